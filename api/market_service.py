@@ -1,0 +1,129 @@
+"""What the market endpoints mean, between parsed parameters and the repository: symbol and
+venue resolution, the feed-staleness rule, history ranges and gap filling. No SQL, no HTTP."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from api.errors import ApiError, ErrorCode
+from api.models import Candle, HistoryResponse, PriceResponse, format_timestamp, ns_to_datetime
+from api.repository import FEED_DOWN_KINDS, CandleRow, LastTrade, MarketRepository
+from schemas.events import INTERVAL_NS, Interval
+
+MAX_CANDLES = 5000  # per call, counted over the requested range (SPEC, "History")
+DEFAULT_CANDLES = 500  # a missing bound is this many intervals away from the other
+
+
+def _unknown_symbol(symbol: str, exchange: str | None) -> ApiError:
+    if exchange is None:
+        return ApiError(ErrorCode.MARKET_001, {"symbol": symbol, "reason": "symbol not served"}, status=404)
+    return ApiError(
+        ErrorCode.MARKET_001,
+        {"symbol": symbol, "exchange": exchange, "reason": "symbol not served on this exchange"},
+        status=404,
+    )
+
+
+def _bad_range(reason: str, **extra: object) -> ApiError:
+    return ApiError(ErrorCode.BAD_REQUEST, {"errors": [{"field": "query", "reason": reason}], **extra})
+
+
+def last_trade(repository: MarketRepository, symbol: str, exchange: str | None) -> LastTrade:
+    """The latest trade of a served symbol (404 MARKET_001 otherwise). Without `exchange` the
+    venue is the one with the most recent trade, so price and history agree on it."""
+    if symbol not in repository.known_symbols():
+        raise _unknown_symbol(symbol, None)
+    trade = repository.last_price(symbol, exchange)
+    if trade is None:
+        raise _unknown_symbol(symbol, exchange)
+    return trade
+
+
+def price(repository: MarketRepository, symbol: str, exchange: str | None) -> PriceResponse:
+    trade = last_trade(repository, symbol, exchange)
+    state = repository.feed_state(symbol, trade.venue)
+    # A stale/disconnected mark only counts until the next trade: a trade after it proves the
+    # feed is back even before the quality agent says so. Event time on both sides, so the
+    # rule holds for replays of old data too.
+    if state is not None and state.kind in FEED_DOWN_KINDS and state.event_ns >= trade.event_ns:
+        raise ApiError(
+            ErrorCode.MARKET_002,
+            {
+                "symbol": symbol,
+                "exchange": trade.venue,
+                "state": state.kind,
+                "since": format_timestamp(ns_to_datetime(state.event_ns)),
+            },
+        )
+    volume = repository.volume_24h(symbol, trade.venue, trade.event_ns)
+    return PriceResponse(
+        symbol=symbol,
+        price=trade.price,
+        timestamp=ns_to_datetime(trade.event_ns),
+        volume=volume,
+        exchange=trade.venue,
+    )
+
+
+def check_range(interval: Interval, start_ns: int | None, end_ns: int | None) -> None:
+    """The checks that need no data: order and the 5000-candle limit of an explicit range."""
+    if start_ns is not None and end_ns is not None:
+        if start_ns >= end_ns:
+            raise _bad_range("start must be before end")
+        if end_ns - start_ns > MAX_CANDLES * INTERVAL_NS[interval.value]:
+            raise _bad_range(f"at most {MAX_CANDLES} candles per call", max_candles=MAX_CANDLES)
+
+
+def resolve_range(interval: Interval, start_ns: int | None, end_ns: int | None, latest_ns: int) -> tuple[int, int]:
+    """Fill in missing bounds: with neither, the 500 candles up to and including the latest
+    trade's (open) candle; with one, 500 intervals from it (so paging by `start` works)."""
+    step = INTERVAL_NS[interval.value]
+    if start_ns is None and end_ns is None:
+        end_ns = (latest_ns // step + 1) * step
+        return end_ns - DEFAULT_CANDLES * step, end_ns
+    if start_ns is None:
+        assert end_ns is not None
+        return max(0, end_ns - DEFAULT_CANDLES * step), end_ns
+    if end_ns is None:
+        return start_ns, start_ns + DEFAULT_CANDLES * step
+    return start_ns, end_ns
+
+
+def fill_gaps(rows: list[CandleRow], step: int) -> list[CandleRow]:
+    """Empty buckets between the first and last candle become flat candles at the previous
+    close with zero volume."""
+    filled: list[CandleRow] = []
+    for row in rows:
+        if filled:
+            previous = filled[-1]
+            close = previous.close
+            for open_ns in range(previous.open_ns + step, row.open_ns, step):
+                filled.append(CandleRow(open_ns, close, close, close, close, Decimal(0)))
+        filled.append(row)
+    return filled
+
+
+def history(
+    repository: MarketRepository,
+    symbol: str,
+    interval: Interval,
+    start_ns: int | None,
+    end_ns: int | None,
+    exchange: str | None,
+    fill: bool,
+) -> HistoryResponse:
+    check_range(interval, start_ns, end_ns)
+    trade = last_trade(repository, symbol, exchange)
+    start_ns, end_ns = resolve_range(interval, start_ns, end_ns, trade.event_ns)
+    rows = repository.candles(symbol, interval, start_ns, end_ns, trade.venue)
+    if fill:
+        rows = fill_gaps(rows, INTERVAL_NS[interval.value])
+    return HistoryResponse(
+        symbol=symbol,
+        data=[
+            Candle(
+                timestamp=ns_to_datetime(r.open_ns), open=r.open, high=r.high, low=r.low, close=r.close, volume=r.volume
+            )
+            for r in rows
+        ],
+    )

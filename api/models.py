@@ -1,0 +1,169 @@
+"""Response models of the REST API.
+
+Values are `Decimal` and `datetime` inside and serialise as the contract's strings:
+decimals in plain notation without trailing zeros (`"65432.1"`, never a float or an
+exponent), timestamps ISO 8601 UTC with `Z` and millisecond precision."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def format_decimal(value: Decimal) -> str:
+    """Plain notation, trailing zeros dropped: the columns are Decimal(38, 8), so the stored
+    scale says nothing about the exchange's own precision and would print `65432.10000000`."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def format_timestamp(value: datetime) -> str:
+    """`2024-08-09T00:00:01.174Z`: UTC, milliseconds truncated (the event happened in that ms)."""
+    utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
+
+
+def ns_to_datetime(ns: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def datetime_to_ns(value: datetime) -> int:
+    utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return (utc - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+DecimalString = Annotated[
+    Decimal,
+    PlainSerializer(format_decimal, return_type=str, when_used="always"),
+    WithJsonSchema({"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}, mode="serialization"),
+]
+UtcTimestamp = Annotated[
+    datetime,
+    PlainSerializer(format_timestamp, return_type=str, when_used="always"),
+    WithJsonSchema(
+        {"type": "string", "format": "date-time", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"},
+        mode="serialization",
+    ),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class PriceResponse(_Model):
+    model_config = ConfigDict(
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "symbol": "BTC-USDT",
+                    "price": "65432.1",
+                    "timestamp": "2024-03-21T09:30:00.123Z",
+                    "volume": "123.45",
+                    "exchange": "binance",
+                }
+            ]
+        },
+    )
+
+    symbol: str = Field(description="`BASE-QUOTE`, upper case.", examples=["BTC-USDT"])
+    price: DecimalString = Field(description="Price of the latest trade, a decimal string.", examples=["65432.1"])
+    timestamp: UtcTimestamp = Field(
+        description="Exchange event time of the latest trade (UTC, milliseconds).",
+        examples=["2024-03-21T09:30:00.123Z"],
+    )
+    volume: DecimalString = Field(
+        description="Base-asset volume traded on `exchange` in the 24 h ending at `timestamp`.", examples=["123.45"]
+    )
+    exchange: str = Field(description="Venue the price comes from.", examples=["binance"])
+
+
+class Candle(_Model):
+    model_config = ConfigDict(
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "timestamp": "2024-03-21T09:00:00.000Z",
+                    "open": "65000",
+                    "high": "65100",
+                    "low": "64900",
+                    "close": "65050",
+                    "volume": "234.56",
+                }
+            ]
+        },
+    )
+
+    timestamp: UtcTimestamp = Field(description="Open time of the candle's bucket (UTC).")
+    open: DecimalString
+    high: DecimalString
+    low: DecimalString
+    close: DecimalString
+    volume: DecimalString = Field(description="Base-asset volume traded in the bucket.")
+
+
+class HistoryResponse(_Model):
+    model_config = ConfigDict(
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "symbol": "BTC-USDT",
+                    "data": [
+                        {
+                            "timestamp": "2024-03-21T09:00:00.000Z",
+                            "open": "65000",
+                            "high": "65100",
+                            "low": "64900",
+                            "close": "65050",
+                            "volume": "234.56",
+                        }
+                    ],
+                }
+            ]
+        },
+    )
+
+    symbol: str = Field(examples=["BTC-USDT"])
+    data: list[Candle] = Field(description="Ordered by time; the still-open candle, if in range, is last.")
+
+
+class ErrorBody(_Model):
+    code: str = Field(description="Stable machine-readable code from the error table.", examples=["MARKET_001"])
+    message: str = Field(
+        description="The code's text, English or Korean by `Accept-Language`.", examples=["Invalid symbol"]
+    )
+    details: dict[str, Any] | None = Field(description="Specifics of this occurrence, or null.")
+    request_id: str = Field(
+        description="Unique per request; also the `X-Request-ID` response header.",
+        examples=["5f0c6a3e9b2d4c81a7e4f3d2c1b0a998"],
+    )
+
+
+class ErrorResponse(_Model):
+    model_config = ConfigDict(
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": {
+                        "code": "MARKET_001",
+                        "message": "Invalid symbol",
+                        "details": {"symbol": "XYZQ-USDT", "reason": "symbol not served"},
+                        "request_id": "5f0c6a3e9b2d4c81a7e4f3d2c1b0a998",
+                    }
+                }
+            ]
+        },
+    )
+
+    error: ErrorBody

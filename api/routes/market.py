@@ -1,0 +1,140 @@
+"""`/market/price/{symbol}` and `/market/history/{symbol}`: parse, ask the service, return the
+model. Plain `def` routes on purpose: FastAPI runs them in its threadpool, where the
+repository's per-thread database clients live (see api/repository.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from api import market_service
+from api.errors import ApiError, ErrorCode, openapi_error_responses
+from api.models import HistoryResponse, PriceResponse
+from api.params import parse_exchange, parse_symbol, parse_time
+from api.repository import MarketRepository
+from schemas.events import Interval
+
+router = APIRouter(prefix="/market", tags=["market"])
+
+
+def get_repository(request: Request) -> MarketRepository:
+    repository: MarketRepository | None = getattr(request.app.state, "repository", None)
+    if repository is None:  # the app was not started (lifespan not run) or is shutting down
+        raise ApiError(ErrorCode.UNAVAILABLE, {"reason": "market data store not ready"})
+    return repository
+
+
+Repository = Annotated[MarketRepository, Depends(get_repository)]
+
+SymbolPath = Annotated[
+    str,
+    Path(
+        description="`BASE-QUOTE`, case-insensitive (`btc-usdt` = `BTC-USDT`); each side 1-15 letters or digits.",
+        examples=["BTC-USDT"],
+    ),
+]
+ExchangeQuery = Annotated[
+    str | None,
+    Query(
+        description=(
+            "Venue id (case-insensitive), e.g. `binance`. Default: the venue with the most recent trade of the symbol."
+        ),
+        examples=["binance"],
+    ),
+]
+
+_DEFAULT_VENUE_NOTE = (
+    "When the symbol trades on several venues and `exchange` is not given, the venue with the most recent "
+    "trade is used (ties: alphabetically first venue)."
+)
+
+PRICE_DESCRIPTION = f"""
+Last trade price of `symbol` with its exchange event time, and the base-asset volume traded on the
+same venue in the 24 hours ending at that trade (`(t - 24h, t]`, event time, so replays of old data
+report a real volume).
+
+{_DEFAULT_VENUE_NOTE}
+
+`MARKET_002` (503) when the venue's feed for the symbol is marked stale or disconnected by the data
+quality monitor and no trade has arrived since.
+"""
+
+HISTORY_DESCRIPTION = f"""
+OHLCV candles of `symbol`, ordered by time. A candle's `timestamp` is its bucket's open time (UTC);
+`start` is inclusive and `end` exclusive, both applied to that open time. Closed candles come from
+the candle store (latest revision); the still-open candle (and any not yet stored) is computed from
+the trades, and comes last. Buckets without trades are absent unless `fill=true`.
+
+Defaults: without `start` and `end`, the last 500 candles ending with the latest trade's candle;
+with only one of them, 500 intervals from it. At most 5000 candles per call, counted over the
+requested range: `(end - start) / interval > 5000` is 400, exactly 5000 is allowed.
+
+{_DEFAULT_VENUE_NOTE}
+"""
+
+
+@router.get(
+    "/price/{symbol}",
+    response_model=PriceResponse,
+    summary="Latest price and 24 h volume",
+    description=PRICE_DESCRIPTION,
+    responses=openapi_error_responses(
+        {
+            400: [ErrorCode.MARKET_001, ErrorCode.BAD_REQUEST],
+            404: [ErrorCode.MARKET_001],
+            500: [ErrorCode.INTERNAL],
+            503: [ErrorCode.MARKET_002, ErrorCode.UNAVAILABLE],
+        }
+    ),
+)
+def get_price(repository: Repository, symbol: SymbolPath, exchange: ExchangeQuery = None) -> PriceResponse:
+    return market_service.price(repository, parse_symbol(symbol), parse_exchange(exchange))
+
+
+@router.get(
+    "/history/{symbol}",
+    response_model=HistoryResponse,
+    summary="OHLCV candles",
+    description=HISTORY_DESCRIPTION,
+    responses=openapi_error_responses(
+        {
+            400: [ErrorCode.BAD_REQUEST, ErrorCode.MARKET_001],
+            404: [ErrorCode.MARKET_001],
+            500: [ErrorCode.INTERNAL],
+            503: [ErrorCode.UNAVAILABLE],
+        }
+    ),
+)
+def get_history(
+    repository: Repository,
+    symbol: SymbolPath,
+    interval: Annotated[Interval, Query(description="Candle interval.")] = Interval.M1,
+    start: Annotated[
+        str | None,
+        Query(
+            description="ISO 8601; inclusive bound on candle open time. No offset means UTC.",
+            examples=["2024-03-21T09:00:00Z"],
+        ),
+    ] = None,
+    end: Annotated[
+        str | None,
+        Query(
+            description="ISO 8601; exclusive bound on candle open time. No offset means UTC.",
+            examples=["2024-03-21T10:00:00Z"],
+        ),
+    ] = None,
+    fill: Annotated[
+        bool, Query(description="Fill empty buckets between the first and last candle with the previous close.")
+    ] = False,
+    exchange: ExchangeQuery = None,
+) -> HistoryResponse:
+    return market_service.history(
+        repository,
+        parse_symbol(symbol),
+        interval,
+        parse_time("start", start),
+        parse_time("end", end),
+        parse_exchange(exchange),
+        fill,
+    )

@@ -1,0 +1,1 @@
+"""Infrastructure: settings, topic creation, migrations, embedded broker and database, CLI."""

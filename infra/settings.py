@@ -1,0 +1,55 @@
+"""One frozen settings object per process, read from ENTASIS_* environment variables
+(and an optional `.env` file). Defaults are the embedded development profile; production
+gets its addresses from the environment (see docker-compose.yml)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ENTASIS_", env_file=".env", frozen=True, extra="ignore")
+
+    profile: Literal["dev", "production"] = "dev"
+
+    # Broker. `broker_flavour=tansu` turns on the embedded-broker workarounds (see
+    # streams/app.py); they never apply to a real Kafka.
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    broker_flavour: Literal["tansu", "kafka"] = "tansu"
+    topic_namespace: str = ""  # replays use their own, e.g. "replay-0001."
+
+    # Database: an HTTP(S) URL of a ClickHouse server (or of the embedded owner process,
+    # which speaks the same protocol), or `chdb:///path` to open an embedded engine in
+    # this very process (only one process may do that per path).
+    clickhouse_url: str = "http://127.0.0.1:18123"
+    clickhouse_database: str = "entasis"
+    clickhouse_user: str = "default"
+    clickhouse_password: str = ""
+
+    # Where `entasis up` keeps the embedded database and its logs.
+    data_dir: Path = Path(".entasis")
+
+    # Candles: a window closes when max event time seen minus `candle_lateness_ms` passes
+    # its end; a late trade within `candle_grace_ms` after that emits a new revision.
+    candle_lateness_ms: int = Field(default=2000, ge=0)
+    candle_grace_ms: int = Field(default=0, ge=0)
+
+    # Sink batching: write when this many rows are buffered or this much time has passed.
+    sink_batch_messages: int = Field(default=500, ge=1)
+    sink_flush_seconds: float = Field(default=0.5, gt=0)
+
+    worker_id: str = "entasis-worker"
+    worker_web_port: int = 16066
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

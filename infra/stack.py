@@ -1,0 +1,175 @@
+"""`entasis up`: the whole system on one machine, embedded broker and database included.
+
+Start order: broker -> database owner -> migrations -> topics -> worker -> API -> feed.
+Stop order (Ctrl-C): feed -> wait until everything the broker acknowledged is stored ->
+worker -> API -> database -> broker. The embedded broker keeps topics in memory only, so
+the drain step is what makes "nothing acknowledged is lost" true across a shutdown.
+
+Children run in their own session, so a Ctrl-C in the terminal reaches only this process,
+which then stops them in order; they also get SIGTERM if this process dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from infra.processes import wait_for_port
+from infra.settings import Settings
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    os.setsid()
+    with contextlib.suppress(OSError):  # not Linux: children just won't follow us down
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    data_dir: Path
+    children: list[Child] = field(default_factory=list)
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            ENTASIS_KAFKA_BOOTSTRAP=self.settings.kafka_bootstrap,
+            ENTASIS_CLICKHOUSE_URL=self.settings.clickhouse_url,
+            ENTASIS_DATA_DIR=str(self.data_dir),
+        )
+        return env
+
+    def _spawn(self, name: str, argv: list[str]) -> Child:
+        log = self.data_dir / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        out = log.open("ab")
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self._env(),
+                                preexec_fn=_die_with_parent)
+        child = Child(name, proc, log)
+        self.children.append(child)
+        return child
+
+    def _entasis(self, name: str, *args: str) -> Child:
+        return self._spawn(name, [sys.executable, "-m", "infra.cli", *args])
+
+    def start_infrastructure(self) -> None:
+        from infra.broker import tansu_binary
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        host, port = self.settings.kafka_bootstrap.rsplit(":", 1)
+        url = f"tcp://{host}:{port}"
+        broker = self._spawn("broker", [tansu_binary(), "broker", "--listener-url", url,
+                                        "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"])
+        self._wait(broker, host, int(port))
+        db_url = urlparse(self.settings.clickhouse_url)
+        db = self._entasis("db", "db", "--path", str((self.data_dir / "chdb").resolve()))
+        self._wait(db, db_url.hostname or "127.0.0.1", db_url.port or 8123, timeout_s=60)
+        self._run_step("migrate")
+        self._run_step("topics", "create")
+
+    def _run_step(self, *args: str) -> None:
+        argv = [sys.executable, "-m", "infra.cli", *args]
+        done = subprocess.run(argv, env=self._env(), capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"`entasis {' '.join(args)}` failed:\n{done.stdout}{done.stderr}")
+        print(done.stdout.strip())
+
+    def _wait(self, child: Child, host: str, port: int, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if child.proc.poll() is not None:
+                raise RuntimeError(f"{child.name} exited with {child.proc.returncode}; see {child.log}")
+            try:
+                wait_for_port(host, port, timeout_s=0.5, what=child.name)
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+
+    def start_services(self) -> None:
+        self._entasis("worker", "worker")
+        api = self._entasis("api", "api", "--host", self.settings.api_host, "--port", str(self.settings.api_port))
+        self._wait(api, self.settings.api_host, self.settings.api_port, timeout_s=60)
+
+    def run(self, replay: Path | None, speed: float | None, exit_after_feed: bool, sim_rate: float, seed: int) -> int:
+        from infra import feeds
+
+        started = time.monotonic()
+        stop = threading.Event()
+        feed_result: dict[str, Any] = {}
+        try:
+            self.start_infrastructure()
+            self.start_services()
+            base = f"http://{self.settings.api_host}:{self.settings.api_port}"
+            print(f"Entasis is up in {time.monotonic() - started:.1f}s: API {base}/docs "
+                  f"(e.g. curl {base}/api/v1/market/price/ETH-USDT); logs in {self.data_dir / 'logs'}; Ctrl-C stops.")
+            if replay is not None:
+                def feed() -> None:
+                    feed_result["summary"] = feeds.replay_into(self.settings, replay, speed=speed, stop=stop)
+            else:
+                def feed() -> None:
+                    feed_result["summary"] = feeds.simulate_into(self.settings, rate=sim_rate, seed=seed, stop=stop)
+            thread = threading.Thread(target=feed, name="feed", daemon=True)
+            thread.start()
+            while thread.is_alive():
+                thread.join(0.5)
+                self._check_children()
+            if "summary" in feed_result:
+                print(f"feed finished: {feed_result['summary']}")
+            if exit_after_feed:
+                self._drain(feed_result.get("summary"))
+                return 0
+            while True:
+                time.sleep(0.5)
+                self._check_children()
+        except KeyboardInterrupt:
+            print("\nstopping: feed, then draining what the broker acknowledged into the database...")
+            stop.set()
+            self._drain(feed_result.get("summary"))
+            return 0
+        finally:
+            self.stop_all()
+
+    def _check_children(self) -> None:
+        for child in self.children:
+            if child.proc.poll() is not None:
+                raise RuntimeError(f"{child.name} exited with {child.proc.returncode}; see {child.log}")
+
+    def _drain(self, summary: Any, timeout_s: float = 60.0) -> None:
+        from infra import feeds
+
+        if summary is None:
+            return
+        stored = feeds.wait_until_stored(self.settings, summary, timeout_s=timeout_s)
+        print("everything acknowledged is stored" if stored else f"drain timed out after {timeout_s:.0f}s")
+
+    def stop_all(self) -> None:
+        # reverse start order: feed is already stopped; worker, api, db, broker
+        for child in reversed(self.children):
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+                try:
+                    child.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    child.proc.kill()
+                    child.proc.wait()
+        self.children.clear()

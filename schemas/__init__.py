@@ -1,0 +1,1 @@
+"""Event and API models and topic declarations. No I/O lives here."""

@@ -1,0 +1,55 @@
+"""Every Kafka topic, declared once. `entasis topics create` creates them all up front:
+nothing relies on auto-creation (Tansu would give an auto-created topic 4 partitions and
+the wrong settings).
+
+Keys are `venue:symbol` (see `schemas.symbols.stream_key`) so one symbol's events stay
+ordered in one partition; portfolio topics are keyed by account for the same reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.events import INTERVAL_NS
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    key: str  # what the key means
+    value_schema: str  # what the value is (see schemas.wire / schemas.events)
+    retention_ms: int | None  # None: keep forever
+    compacted: bool = False
+
+    def full_name(self, namespace: str = "") -> str:
+        """Replays run under their own namespace so they never mix with live data."""
+        return f"{namespace}{self.name}"
+
+    def config(self) -> dict[str, str]:
+        cfg = {"cleanup.policy": "compact" if self.compacted else "delete"}
+        cfg["retention.ms"] = str(self.retention_ms if self.retention_ms is not None else -1)
+        return cfg
+
+
+RAW_PARTITIONS = 4
+
+TRADES = TopicSpec("md.trades.v1", RAW_PARTITIONS, "venue:symbol", "trade_batch.v1", 7 * DAY_MS)
+BOOK = TopicSpec("md.book.v1", RAW_PARTITIONS, "venue:symbol", "book_batch.v1", 2 * DAY_MS)
+CANDLES: dict[str, TopicSpec] = {
+    interval: TopicSpec(f"md.candles.{interval}.v1", RAW_PARTITIONS, "venue:symbol", "candle.v1", 30 * DAY_MS)
+    for interval in INTERVAL_NS
+}
+QUALITY = TopicSpec("md.quality.v1", 1, "venue:symbol", "quality.v1", 30 * DAY_MS)
+DEAD_LETTER = TopicSpec("md.deadletter.v1", 1, "source", "dead_letter.v1", 30 * DAY_MS)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (TRADES, BOOK, *CANDLES.values(), QUALITY, DEAD_LETTER)
+
+
+def by_name(name: str) -> TopicSpec:
+    for spec in ALL_TOPICS:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)

@@ -1,0 +1,1 @@
+"""Stream processing: pure core logic, Faust agents, ingest sources and sinks."""

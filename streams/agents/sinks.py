@@ -1,0 +1,62 @@
+"""Sink agents: raw and derived topics -> ClickHouse, in batches by size and by time.
+
+Faust's `take` acknowledges a batch only after the loop body returns, i.e. after the
+insert: a crash in between re-delivers the batch, which the idempotent tables absorb."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+
+from schemas.events import DeadLetter
+from schemas.wire import TradeRow, WireError, decode_trade_batch
+from streams.agents.candles import DeadLetterEmitter, dead_letter_for
+from streams.sinks.clickhouse import ClickHouseSink, candles_table, dead_letters_table, trades_table
+
+Agent = Callable[[Any], Coroutine[Any, Any, None]]
+
+
+def make_trade_sink(sink: ClickHouseSink, batch: int, within: float, dead_letter: DeadLetterEmitter,
+                    source: str) -> Agent:
+    async def trade_sink(stream: Any) -> None:
+        async for values in stream.take(batch, within=within):
+            batches: list[tuple[str, str, list[TradeRow]]] = []
+            for raw in values:
+                try:
+                    batches.append(decode_trade_batch(raw))
+                except WireError:
+                    continue  # the candles agent dead-letters it; one report per message is enough
+            await sink.insert("trades", trades_table(batches))
+
+    return trade_sink
+
+
+def make_candle_sink(sink: ClickHouseSink, batch: int, within: float, dead_letter: DeadLetterEmitter,
+                     source: str) -> Agent:
+    async def candle_sink(stream: Any) -> None:
+        async for values in stream.take(batch, within=within):
+            candles = []
+            for raw in values:
+                try:
+                    candles.append(orjson.loads(raw))
+                except orjson.JSONDecodeError as exc:
+                    await dead_letter(dead_letter_for(raw, source, exc))
+            await sink.insert("candles", candles_table(candles))
+
+    return candle_sink
+
+
+def make_dead_letter_sink(sink: ClickHouseSink, batch: int, within: float) -> Agent:
+    async def dead_letter_sink(stream: Any) -> None:
+        async for values in stream.take(batch, within=within):
+            letters = []
+            for raw in values:
+                try:
+                    letters.append(DeadLetter.model_validate_json(raw))
+                except ValueError:
+                    continue  # not ours to judge twice; the topic keeps the bytes
+            await sink.insert("dead_letters", dead_letters_table(letters))
+
+    return dead_letter_sink

@@ -1,0 +1,168 @@
+"""Event-time OHLCV candles for one stream (venue, symbol) and one interval.
+
+A window [open, open + interval) closes when the watermark (max event time seen minus the
+allowed lateness) reaches its end: it is emitted as revision 0. A trade that arrives for a
+closed window while the watermark is still within `grace` of the window's end updates the
+candle and emits revision + 1. When the watermark passes end + grace the candle is final:
+with grace 0 the first emission is already final; otherwise a last emission with
+`is_final=True` (same revision) tells consumers nothing more will come. Trades for a final
+window are returned as late (the caller reports them; they never change a final candle).
+
+Open is the earliest trade by event time and close the latest (ties: arrival order), which
+for an exchange feed in trade-id order is the first and last trade by id.
+
+Pure logic: no I/O, no clock. Deterministic: the same trades in the same order give the
+same emissions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from schemas.events import INTERVAL_NS, Candle, Interval
+from schemas.wire import TradeRow
+
+
+@dataclass
+class _Window:
+    open_ts_ns: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    trades: int
+    first_trade_id: str
+    last_trade_id: str
+    first_ts_ns: int
+    last_ts_ns: int
+    max_recv_ns: int
+    revision: int = 0
+    emitted: bool = False
+
+    @classmethod
+    def start(cls, open_ts_ns: int, t: TradeRow) -> _Window:
+        return cls(open_ts_ns, t.price, t.price, t.price, t.price, t.size, 1, t.trade_id, t.trade_id,
+                   t.event_ts_ns, t.event_ts_ns, t.recv_ts_ns)
+
+    def add(self, t: TradeRow) -> None:
+        price, ts = t.price, t.event_ts_ns
+        if price > self.high:
+            self.high = price
+        if price < self.low:
+            self.low = price
+        if ts < self.first_ts_ns:
+            self.open, self.first_ts_ns, self.first_trade_id = price, ts, t.trade_id
+        if ts >= self.last_ts_ns:
+            self.close, self.last_ts_ns, self.last_trade_id = price, ts, t.trade_id
+        if t.recv_ts_ns > self.max_recv_ns:
+            self.max_recv_ns = t.recv_ts_ns
+        self.volume += t.size
+        self.trades += 1
+
+
+@dataclass
+class CandleUpdate:
+    """What one `update` produced: candles to publish and trades too late to count."""
+
+    candles: list[Candle] = field(default_factory=list)
+    late: list[TradeRow] = field(default_factory=list)
+
+
+class CandleBuilder:
+    def __init__(self, venue: str, symbol: str, interval: str | Interval, lateness_ns: int = 0, grace_ns: int = 0):
+        self.venue = venue
+        self.symbol = symbol
+        self.interval = Interval(interval)
+        self.interval_ns = INTERVAL_NS[self.interval.value]
+        self.lateness_ns = lateness_ns
+        self.grace_ns = grace_ns
+        self.max_event_ts_ns: int | None = None
+        self._open: dict[int, _Window] = {}  # not yet emitted
+        self._closed: dict[int, _Window] = {}  # emitted, still inside the grace period
+
+    @property
+    def watermark_ns(self) -> int | None:
+        return None if self.max_event_ts_ns is None else self.max_event_ts_ns - self.lateness_ns
+
+    def bucket(self, event_ts_ns: int) -> int:
+        return event_ts_ns - event_ts_ns % self.interval_ns
+
+    def update(self, trades: Iterable[TradeRow]) -> CandleUpdate:
+        out = CandleUpdate()
+        for t in trades:
+            self._add(t, out)
+        self._advance(out)
+        return out
+
+    def _add(self, t: TradeRow, out: CandleUpdate) -> None:
+        if self.max_event_ts_ns is None or t.event_ts_ns > self.max_event_ts_ns:
+            self.max_event_ts_ns = t.event_ts_ns
+        open_ts = t.event_ts_ns - t.event_ts_ns % self.interval_ns
+        window = self._open.get(open_ts)
+        if window is not None:
+            window.add(t)
+            return
+        window = self._closed.get(open_ts)
+        if window is not None:
+            window.add(t)
+            window.revision += 1
+            out.candles.append(self._candle(window, is_final=False))
+            return
+        if self._is_final(open_ts):
+            out.late.append(t)
+            return
+        self._open[open_ts] = _Window.start(open_ts, t)
+
+    def _is_final(self, open_ts: int) -> bool:
+        """A window whose end + grace the watermark has passed can never change again. A
+        window emitted and then finalised is gone from our state, so this also says 'late'."""
+        wm = self.watermark_ns
+        return wm is not None and open_ts + self.interval_ns + self.grace_ns <= wm and open_ts not in self._open
+
+    def _advance(self, out: CandleUpdate) -> None:
+        wm = self.watermark_ns
+        if wm is None:
+            return
+        for open_ts in sorted(ts for ts in self._open if ts + self.interval_ns <= wm):
+            window = self._open.pop(open_ts)
+            window.emitted = True
+            final = open_ts + self.interval_ns + self.grace_ns <= wm
+            out.candles.append(self._candle(window, is_final=final))
+            if not final:
+                self._closed[open_ts] = window
+        for open_ts in sorted(ts for ts in self._closed if ts + self.interval_ns + self.grace_ns <= wm):
+            out.candles.append(self._candle(self._closed.pop(open_ts), is_final=True))
+
+    def pending_since_ns(self) -> int | None:
+        """Open time of the oldest window that can still change (open, or closed within
+        grace); None when every window seen is final. A trade in a window at or after this
+        point must be seen again after a restart to rebuild the state exactly."""
+        pending = list(self._open) + list(self._closed)
+        return min(pending) if pending else None
+
+    def open_candles(self) -> list[Candle]:
+        """The windows not yet emitted, as provisional candles (revision 0, not final)."""
+        return [self._candle(self._open[ts], is_final=False) for ts in sorted(self._open)]
+
+    def _candle(self, w: _Window, is_final: bool) -> Candle:
+        return Candle(
+            venue=self.venue,
+            symbol=self.symbol,
+            interval=self.interval,
+            open_ts_ns=w.open_ts_ns,
+            event_ts_ns=w.last_ts_ns,
+            recv_ts_ns=w.max_recv_ns,  # derived: when its latest input arrived, never the wall clock
+            open=w.open,
+            high=w.high,
+            low=w.low,
+            close=w.close,
+            volume=w.volume,
+            trades=w.trades,
+            first_trade_id=w.first_trade_id,
+            last_trade_id=w.last_trade_id,
+            revision=w.revision,
+            is_final=is_final,
+        )

@@ -1,0 +1,156 @@
+"""A seeded synthetic trade feed. Pure: no clock, no I/O; time is whatever `start_ns` says.
+
+Per symbol, trades arrive as a Poisson process (`trades_per_s`), the log price follows a
+random walk with volatility `volatility` per square-root second, sizes are log-normal around
+`median_size`, prices are rounded to a 0.01 tick and sizes to 1e-4, and a trade that moved
+the unrounded price up is a buy. Time advances in windows of `window_ms`; each window gives
+each symbol its trades as batches of at most `max_batch`, so batches come out ordered by
+the end of their window, and by event time within one symbol.
+
+Determinism: the same symbols, seed and start give the same trades, hence byte-identical
+wire batches (one numpy PCG64 stream, drawn in a fixed order; decimal strings from Python's
+correctly rounded float formatting).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Final
+
+import numpy as np
+
+from schemas.events import Side, Trade
+from schemas.symbols import normalize_symbol
+from streams.core.batching import TradeBatch
+from streams.core.trusted import trusted
+
+SIM_VENUE: Final = "sim"
+_TICK: Final = 0.01
+_TICK_EXP: Final = -2
+_LOT: Final = 1e-4
+_LOT_EXP: Final = -4
+_BUY: Final = Side.BUY
+_SELL: Final = Side.SELL
+_VENUE_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")  # as schemas.events.Venue
+
+# Plausible starting prices, so simulated candles look like the real ones.
+_START_PRICES: Final[dict[str, str]] = {"BTC-USDT": "60000.00", "ETH-USDT": "2600.00", "SOL-USDT": "150.00"}
+
+
+@dataclass(frozen=True)
+class SimSymbol:
+    symbol: str
+    start_price: Decimal = Decimal("100.00")
+    trades_per_s: float = 20.0
+    volatility: float = 0.0005  # std of the log price over one second (~13 % a day)
+    median_size: float = 0.05
+    size_sigma: float = 1.2  # of log size
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "symbol", normalize_symbol(self.symbol))
+        if not self.start_price > 0:
+            raise ValueError(f"{self.symbol}: start_price must be positive")
+        if not (self.trades_per_s > 0 and self.volatility >= 0 and self.median_size > 0 and self.size_sigma >= 0):
+            raise ValueError(f"{self.symbol}: rates, sizes and volatility must be positive")
+
+
+def default_symbol(symbol: str, trades_per_s: float = 20.0) -> SimSymbol:
+    """A `SimSymbol` with a plausible start price for well-known symbols, 100 otherwise."""
+    name = normalize_symbol(symbol)
+    return SimSymbol(name, Decimal(_START_PRICES.get(name, "100.00")), trades_per_s)
+
+
+@dataclass
+class _State:
+    spec: SimSymbol
+    log_price: float  # unrounded, so rounding to the tick never accumulates
+    next_id: int
+
+
+class TradeSimulator:
+    """Yields trade batches window after window; see the module docstring."""
+
+    def __init__(
+        self,
+        symbols: Sequence[SimSymbol],
+        *,
+        seed: int,
+        start_ns: int,
+        venue: str = SIM_VENUE,
+        window_ms: float = 50.0,
+        max_batch: int = 100,
+    ) -> None:
+        if not symbols:
+            raise ValueError("at least one symbol")
+        if len({s.symbol for s in symbols}) != len(symbols):
+            raise ValueError("symbols must be distinct")
+        if not _VENUE_RE.match(venue):
+            raise ValueError(f"not a venue name: {venue!r}")
+        if window_ms <= 0 or max_batch < 1 or start_ns < 0:
+            raise ValueError("window_ms must be positive, max_batch at least 1, start_ns not negative")
+        self.venue = venue
+        self.window_ns = int(window_ms * 1_000_000)
+        self.max_batch = max_batch
+        self.now_ns = start_ns  # end of what has been generated
+        self._rng = np.random.Generator(np.random.PCG64(seed))
+        self._states = [_State(s, math.log(float(s.start_price)), 1) for s in symbols]
+
+    def next_window(self) -> list[TradeBatch]:
+        """The batches of the next `window_ms`, symbol by symbol in the order given."""
+        start = self.now_ns
+        self.now_ns += self.window_ns
+        batches: list[TradeBatch] = []
+        for state in self._states:
+            trades = self._window_trades(state, start)
+            for first in range(0, len(trades), self.max_batch):
+                batches.append(TradeBatch(self.venue, state.spec.symbol, trades[first : first + self.max_batch]))
+        return batches
+
+    def batches(self) -> Iterator[TradeBatch]:
+        """Endless: every window's batches, in order."""
+        while True:
+            yield from self.next_window()
+
+    def _window_trades(self, state: _State, start_ns: int) -> list[Trade]:
+        spec, rng = state.spec, self._rng
+        count = int(rng.poisson(spec.trades_per_s * self.window_ns / 1e9))
+        if count == 0:
+            return []
+        # Given their number, Poisson arrivals are uniform over the window.
+        times = start_ns + np.sort(rng.integers(0, self.window_ns, size=count))
+        gaps_s = np.diff(times, prepend=start_ns) / 1e9
+        shocks = rng.standard_normal(count)
+        log_prices = state.log_price + np.cumsum(spec.volatility * np.sqrt(gaps_s) * shocks)
+        sizes = rng.lognormal(math.log(spec.median_size), spec.size_sigma, size=count)
+        state.log_price = float(log_prices[-1])
+        # Integer ticks and lots, clamped to one: the models want strictly positive values.
+        ticks = np.maximum(np.rint(np.exp(log_prices) / _TICK), 1).astype(np.int64).tolist()
+        lots = np.maximum(np.rint(sizes / _LOT), 1).astype(np.int64).tolist()
+        ups = (shocks >= 0).tolist()
+        first_id = state.next_id
+        state.next_id += count
+        return [
+            _trade(self.venue, spec.symbol, first_id + i, t, tick, lot, up)
+            for i, (t, tick, lot, up) in enumerate(zip(times.tolist(), ticks, lots, ups, strict=True))
+        ]
+
+
+def _trade(venue: str, symbol: str, trade_id: int, ts_ns: int, ticks: int, lots: int, up: bool) -> Trade:
+    return trusted(
+        Trade,
+        {
+            "venue": venue,
+            "symbol": symbol,
+            "event_ts_ns": ts_ns,
+            "recv_ts_ns": ts_ns,  # nothing travels: received when it happens
+            "schema_version": "trade.v1",
+            "trade_id": str(trade_id),
+            "price": Decimal(ticks).scaleb(_TICK_EXP),  # 123456 ticks -> 1234.56
+            "size": Decimal(lots).scaleb(_LOT_EXP),
+            "side": _BUY if up else _SELL,
+        },
+    )

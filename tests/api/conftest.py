@@ -1,0 +1,172 @@
+"""One embedded database for every API test in this process (chdb opens one engine path per
+process), shared through session fixtures; tests keep apart by using their own symbols.
+
+Set ENTASIS_TEST_CLICKHOUSE_URL (e.g. http://127.0.0.1:8123) to run against a ClickHouse
+server instead; a throwaway database is created there and dropped afterwards."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+
+import pytest
+from clickhouse_connect.driver.client import Client
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.repository import MarketRepository
+from infra.clickhouse import client_for_url
+from infra.migrate import apply_migrations
+
+NS = 10**9
+MINUTE = 60 * NS
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+TRADE_COLUMNS = ["venue", "symbol", "trade_id", "price", "size", "side", "event_ts", "recv_ts"]
+CANDLE_COLUMNS = [
+    "venue", "symbol", "interval", "open_ts", "open", "high", "low", "close", "volume",
+    "trades", "first_trade_id", "last_trade_id", "revision", "is_final", "event_ts", "version",
+]  # fmt: skip
+QUALITY_COLUMNS = ["event_id", "venue", "symbol", "kind", "detail", "event_ts", "recv_ts"]
+
+
+@dataclass(frozen=True)
+class TradeRow:
+    venue: str
+    symbol: str
+    trade_id: str
+    price: Decimal
+    size: Decimal
+    ts_ns: int
+
+
+@dataclass(frozen=True)
+class CandleRow:
+    venue: str
+    symbol: str
+    interval: str
+    open_ns: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    revision: int = 0
+    is_final: bool = True
+
+
+class Market:
+    """Writes rows the way the sink does (column names, Decimal, integer-nanosecond times)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def trades(self, rows: list[TradeRow]) -> None:
+        self.client.insert(
+            "trades",
+            [[r.venue, r.symbol, r.trade_id, r.price, r.size, "buy", r.ts_ns, r.ts_ns + 1000] for r in rows],
+            column_names=TRADE_COLUMNS,
+        )
+
+    def candles(self, rows: list[CandleRow]) -> None:
+        self.client.insert(
+            "candles",
+            [
+                [
+                    r.venue, r.symbol, r.interval, r.open_ns, r.open, r.high, r.low, r.close, r.volume,
+                    1, "first", "last", r.revision, int(r.is_final), r.open_ns + 1, r.revision * 2 + int(r.is_final),
+                ]
+                for r in rows
+            ],
+            column_names=CANDLE_COLUMNS,
+        )  # fmt: skip
+
+    def quality(self, venue: str, symbol: str, kind: str, ts_ns: int) -> None:
+        self.client.insert(
+            "quality_events",
+            [[uuid.uuid4().hex, venue, symbol, kind, "{}", ts_ns, ts_ns]],
+            column_names=QUALITY_COLUMNS,
+        )
+
+
+@pytest.fixture(scope="session")
+def db_location(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(url, database) of the test database."""
+    external = os.environ.get("ENTASIS_TEST_CLICKHOUSE_URL")
+    if external:
+        database = f"entasis_api_test_{uuid.uuid4().hex[:8]}"
+        yield external, database
+        client_for_url(external).command(f"DROP DATABASE IF EXISTS {database}")
+    else:
+        yield "chdb://" + str(tmp_path_factory.mktemp("api-chdb")), "entasis"
+
+
+@pytest.fixture(scope="session")
+def client_factory(db_location: tuple[str, str]) -> Callable[[], Client]:
+    url, database = db_location
+    return lambda: client_for_url(url, database=database)
+
+
+@pytest.fixture(scope="session")
+def db(client_factory: Callable[[], Client]) -> Iterator[Client]:
+    client = client_factory()
+    apply_migrations(client)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def market(db: Client) -> Market:
+    return Market(db)
+
+
+@pytest.fixture(scope="session")
+def repository(db: Client, client_factory: Callable[[], Client]) -> Iterator[MarketRepository]:
+    # No symbol cache: each test inserts its own symbol and queries it at once.
+    repo = MarketRepository(client_factory, symbols_ttl_s=0)
+    yield repo
+    repo.close()
+
+
+@pytest.fixture(scope="session")
+def app(repository: MarketRepository) -> FastAPI:
+    return create_app(repository=repository)
+
+
+@pytest.fixture
+def api(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as client:
+        yield client
+
+
+_symbol_counter = itertools.count(1)
+
+
+@pytest.fixture
+def new_symbol() -> Callable[[str], str]:
+    """A symbol no other test uses: `new_symbol("PX")` -> `PX7-USDT`."""
+
+    def make(prefix: str) -> str:
+        return f"{prefix}{next(_symbol_counter)}-USDT"
+
+    return make
+
+
+def canon(value: Decimal) -> str:
+    """The expected wire form of a decimal, computed independently of api.models."""
+    return format(value.normalize(), "f")
+
+
+def error_of(response: object) -> dict[str, object]:
+    body = response.json()  # type: ignore[attr-defined]
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"code", "message", "details", "request_id"}
+    assert error["request_id"] == response.headers["x-request-id"]  # type: ignore[attr-defined]
+    return error  # type: ignore[no-any-return]

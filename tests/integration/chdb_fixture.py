@@ -1,0 +1,115 @@
+"""A real `python -m infra.chdb_server` subprocess for tests.
+
+Reuse it from any test module (or a conftest.py):
+
+    from tests.integration.chdb_fixture import chdb_server  # noqa: F401  (pytest finds fixtures by name)
+
+    def test_something(chdb_server: str) -> None:
+        client = client_for_url(chdb_server)
+
+`chdb_server` gives each test its own server and data directory; `chdb_server_module` shares one per
+module. `start_chdb_server` is the plain function underneath, for tests that stop and restart a server.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 60.0
+_READY_LINE = re.compile(r"chdb server ready on (http://[^\s:]+:\d+)")
+
+
+@dataclass
+class ChdbServerProcess:
+    url: str
+    path: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM, as a supervisor would; returns the exit status (0 on a clean stop)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise RuntimeError(f"chdb server ignored SIGTERM for {timeout}s; log:\n{self.log()}") from None
+        return self.process.returncode
+
+
+def launch_chdb_server(path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start the process without waiting for it; port 0: the server picks a free one and logs it."""
+    command = [sys.executable, "-m", "infra.chdb_server", "--path", str(path), "--host", "127.0.0.1", "--port", "0"]
+    with log_path.open("wb") as log:
+        return subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def start_chdb_server(path: Path, log_path: Path | None = None, timeout: float = READY_TIMEOUT_S) -> ChdbServerProcess:
+    """Start a server on `path` and return once it answers /ping."""
+    log_path = log_path or path.parent / f"{path.name}-server.log"
+    process = launch_chdb_server(path, log_path)
+    try:
+        url = _wait_until_ready(process, log_path, timeout)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return ChdbServerProcess(url=url, path=path, log_path=log_path, process=process)
+
+
+def _wait_until_ready(process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = log_path.read_text(errors="replace")
+        if process.poll() is not None:
+            raise RuntimeError(f"chdb server exited with {process.returncode}; log:\n{log}")
+        found = _READY_LINE.search(log)
+        if found and _pings(found.group(1)):
+            return found.group(1)
+        time.sleep(0.05)
+    raise RuntimeError(f"chdb server not ready after {timeout}s; log:\n{log_path.read_text(errors='replace')}")
+
+
+def _pings(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+            return bool(response.read() == b"Ok.\n")
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def chdb_server(tmp_path: Path) -> Iterator[str]:
+    """URL of a fresh server with its own data directory, stopped after the test."""
+    server = start_chdb_server(tmp_path / "chdb")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def chdb_server_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a server shared by the tests of one module."""
+    server = start_chdb_server(tmp_path_factory.mktemp("chdb-module") / "chdb")
+    try:
+        yield server.url
+    finally:
+        server.stop()
