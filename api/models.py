@@ -1,7 +1,7 @@
 """Response models of the REST API.
 
 Values are `Decimal` and `datetime` inside and serialise as the contract's strings:
-decimals in plain notation without trailing zeros (`"65432.1"`, never a float or an
+decimals in plain notation at 8 places (`"65432.10000000"`, never a float or an
 exponent), timestamps ISO 8601 UTC with `Z` and millisecond precision."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSche
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+_SCALE = Decimal("0.00000001")
+
+
 def format_decimal(value: Decimal) -> str:
-    """Plain notation, trailing zeros dropped: the columns are Decimal(38, 8), so the stored
-    scale says nothing about the exchange's own precision and would print `65432.10000000`."""
-    text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("", "-0") else text
+    """Plain notation at the store's fixed scale of 8 places (`"2683.80000000"`): the same
+    width for every value of a column, and exactly Binance's own spelling of spot prices."""
+    return format(value.quantize(_SCALE), "f")
 
 
 def format_timestamp(value: datetime) -> str:
@@ -65,7 +65,7 @@ class PriceResponse(_Model):
             "examples": [
                 {
                     "symbol": "BTC-USDT",
-                    "price": "65432.1",
+                    "price": "65432.10000000",
                     "timestamp": "2024-03-21T09:30:00.123Z",
                     "volume": "123.45",
                     "exchange": "binance",
@@ -75,7 +75,7 @@ class PriceResponse(_Model):
     )
 
     symbol: str = Field(description="`BASE-QUOTE`, upper case.", examples=["BTC-USDT"])
-    price: DecimalString = Field(description="Price of the latest trade, a decimal string.", examples=["65432.1"])
+    price: DecimalString = Field(description="Price of the latest trade, a decimal string.", examples=["65432.10000000"])
     timestamp: UtcTimestamp = Field(
         description="Exchange event time of the latest trade (UTC, milliseconds).",
         examples=["2024-03-21T09:30:00.123Z"],

@@ -82,14 +82,17 @@ def replay_into(settings: Settings, path: Path, speed: float | None = None, stop
 
 
 def simulate_into(settings: Settings, rate: float, seed: int, stop: threading.Event | None = None,
-                  symbols: tuple[str, ...] = DEFAULT_SIM_SYMBOLS, count: int | None = None) -> FeedResult:
-    """Paced at `rate` trades/s per symbol until stopped, or `count` trades as fast as possible."""
+                  symbols: tuple[str, ...] = DEFAULT_SIM_SYMBOLS, count: int | None = None,
+                  start_ns: int | None = None) -> FeedResult:
+    """Paced at `rate` trades/s per symbol until stopped, or `count` trades as fast as possible.
+    The same seed and `start_ns` give the same trades (None: start at the wall clock)."""
     from streams.ingest.simulated import simulate
 
     tracker = _tracker(settings, stop)
     started = time.monotonic()
     try:
-        simulate(tracker, list(symbols), seed=seed, trades_per_s=rate, namespace=settings.topic_namespace,
+        simulate(tracker, list(symbols), seed=seed, start_ns=start_ns, trades_per_s=rate,
+                 namespace=settings.topic_namespace,
                  n_trades=count, paced=count is None,
                  should_stop=(lambda: stop.is_set()) if stop is not None else None)
     except FeedStopped:

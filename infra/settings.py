@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as ENTASIS_* variables, to hand them to a child process."""
+        return {f"ENTASIS_{name.upper()}": str(value) for name, value in self.model_dump().items()}
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -36,6 +36,17 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _interrupt_on(*signals: signal.Signals) -> None:
+    """Ctrl-C and SIGTERM both mean "stop cleanly" (even where SIGINT was inherited ignored,
+    as for a background job of a non-interactive shell)."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in signals:
+        signal.signal(sig, interrupt)
+
+
 @dataclass
 class Child:
     name: str
@@ -51,11 +62,7 @@ class Stack:
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(
-            ENTASIS_KAFKA_BOOTSTRAP=self.settings.kafka_bootstrap,
-            ENTASIS_CLICKHOUSE_URL=self.settings.clickhouse_url,
-            ENTASIS_DATA_DIR=str(self.data_dir),
-        )
+        env.update(self.settings.to_env(), ENTASIS_DATA_DIR=str(self.data_dir))
         return env
 
     def _spawn(self, name: str, argv: list[str]) -> Child:
@@ -115,6 +122,7 @@ class Stack:
 
         started = time.monotonic()
         stop = threading.Event()
+        _interrupt_on(signal.SIGINT, signal.SIGTERM)
         feed_result: dict[str, Any] = {}
         try:
             self.start_infrastructure()

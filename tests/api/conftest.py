@@ -159,8 +159,9 @@ def new_symbol() -> Callable[[str], str]:
 
 
 def canon(value: Decimal) -> str:
-    """The expected wire form of a decimal, computed independently of api.models."""
-    return format(value.normalize(), "f")
+    """The expected wire form of a decimal (8 places, the store's scale), computed
+    independently of api.models."""
+    return f"{value:.8f}"
 
 
 def error_of(response: object) -> dict[str, object]:

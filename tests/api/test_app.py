@@ -51,7 +51,7 @@ def test_openapi_documents_market_routes_and_hides_alias(api: TestClient) -> Non
     price_props = components["PriceResponse"]["properties"]
     assert price_props["price"]["type"] == "string" and price_props["volume"]["type"] == "string"
     assert price_props["timestamp"]["type"] == "string"
-    assert components["PriceResponse"]["examples"][0]["price"] == "65432.1"
+    assert components["PriceResponse"]["examples"][0]["price"] == "65432.10000000"
     assert set(components["Candle"]["properties"]) == {"timestamp", "open", "high", "low", "close", "volume"}
 
 
@@ -76,7 +76,7 @@ def test_settings_wiring_builds_and_closes_its_own_repository(
     with TestClient(app) as client:
         response = client.get(f"/api/v1/market/price/{symbol}")
         assert response.status_code == 200, response.text
-        assert response.json()["price"] == "42"
+        assert response.json()["price"] == "42.00000000"
         assert app.state.repository is not None
     assert app.state.repository is None  # closed and dropped on shutdown
 

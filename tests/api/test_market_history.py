@@ -130,21 +130,21 @@ def test_history_merges_stored_and_open_candles(api: TestClient, series: Series)
     # Spelled out once, so the oracle itself is checked too.
     assert data[3] == {
         "timestamp": "2024-08-09T00:03:00.000Z",
-        "open": "200",
-        "high": "202",
-        "low": "199",
-        "close": "202",
-        "volume": "3.75",
+        "open": "200.00000000",
+        "high": "202.00000000",
+        "low": "199.00000000",
+        "close": "202.00000000",
+        "volume": "3.75000000",
     }
     assert data[4] == {
         "timestamp": "2024-08-09T00:06:00.000Z",
-        "open": "209",
-        "high": "211",
-        "low": "209",
-        "close": "211",
-        "volume": "2.1",
+        "open": "209.00000000",
+        "high": "211.00000000",
+        "low": "209.00000000",
+        "close": "211.00000000",
+        "volume": "2.10000000",
     }
-    assert data[1]["volume"] == "4.25"  # revision 1, not 0, not both
+    assert data[1]["volume"] == "4.25000000"  # revision 1, not 0, not both
 
 
 def test_history_is_case_insensitive_and_defaults_to_1m_last_500(api: TestClient, series: Series) -> None:
@@ -159,7 +159,13 @@ def test_history_is_case_insensitive_and_defaults_to_1m_last_500(api: TestClient
 def test_history_fill(api: TestClient, series: Series) -> None:
     data = get(api, series.symbol, start=iso(BASE), end=iso(BASE + 10 * MINUTE), fill="true")
     expected = series.expected_1m()
-    flat = {"open": "202", "high": "202", "low": "202", "close": "202", "volume": "0"}
+    flat = {
+        "open": "202.00000000",
+        "high": "202.00000000",
+        "low": "202.00000000",
+        "close": "202.00000000",
+        "volume": "0.00000000",
+    }
     assert data == [
         *expected[:4],
         {"timestamp": "2024-08-09T00:04:00.000Z", **flat},
@@ -172,7 +178,7 @@ def test_history_5m_comes_from_trades_when_nothing_is_stored(api: TestClient, se
     data = get(api, series.symbol, interval="5m", start=iso(BASE), end=iso(BASE + HOUR))
     assert data == oracle(series.binance, 5 * MINUTE)
     assert [c["timestamp"] for c in data] == ["2024-08-09T00:00:00.000Z", "2024-08-09T00:05:00.000Z"]
-    assert data[0]["open"] == "1" and data[0]["high"] == "999"
+    assert data[0]["open"] == "1.00000000" and data[0]["high"] == "999.00000000"
 
 
 def test_history_1h_computes_buckets_after_the_last_stored_candle(api: TestClient, series: Series) -> None:
@@ -282,9 +288,8 @@ def test_history_5000_filled_candles(api: TestClient, market: Market, new_symbol
     )
     data = get(api, symbol, start=iso(first), end=iso(first + 5000 * MINUTE), fill="true")
     assert len(data) == 5000
-    assert data[0]["close"] == "5" and data[-1]["close"] == "6" and data[-1]["volume"] == "2"
-    assert all(
-        c == {"timestamp": c["timestamp"], **dict.fromkeys(("open", "high", "low", "close"), "5"), "volume": "0"}
-        for c in data[1:-1]
-    )
+    assert data[0]["close"] == "5.00000000" and data[-1]["close"] == "6.00000000"
+    assert data[-1]["volume"] == "2.00000000"
+    flat = {**dict.fromkeys(("open", "high", "low", "close"), "5.00000000"), "volume": "0.00000000"}
+    assert all(c == {"timestamp": c["timestamp"], **flat} for c in data[1:-1])
     assert len({c["timestamp"] for c in data}) == 5000

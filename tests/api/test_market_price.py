@@ -34,7 +34,7 @@ def test_price_fields_exact_strings_and_24h_volume(
     assert response.status_code == 200, response.text
     assert response.json() == {
         "symbol": symbol,
-        "price": "65432.1",
+        "price": "65432.10000000",
         "timestamp": "2024-08-09T00:00:01.174Z",
         "volume": canon(expected_volume),
         "exchange": "binance",
@@ -56,11 +56,11 @@ def test_price_default_venue_is_the_most_recent_and_exchange_selects(
         ]
     )
     default = api.get(f"/api/v1/market/price/{symbol}").json()
-    assert (default["exchange"], default["price"], default["volume"]) == ("okx", "99.75", "7")
+    assert (default["exchange"], default["price"], default["volume"]) == ("okx", "99.75000000", "7.00000000")
 
     for spelled in ("binance", "BINANCE", " Binance "):
         chosen = api.get(f"/api/v1/market/price/{symbol}", params={"exchange": spelled}).json()
-        assert (chosen["exchange"], chosen["price"], chosen["volume"]) == ("binance", "101", "3")
+        assert (chosen["exchange"], chosen["price"], chosen["volume"]) == ("binance", "101.00000000", "3.00000000")
 
     missing = api.get(f"/api/v1/market/price/{symbol}", params={"exchange": "kraken"})
     assert missing.status_code == 404
@@ -115,7 +115,7 @@ def test_stale_feed_is_503_market_002_until_the_next_trade(
     market.trades([TradeRow("binance", symbol, "2", Decimal("11"), Decimal("1"), LAST_NS + 60 * NS)])
     recovered = api.get(f"/api/v1/market/price/{symbol}")
     assert recovered.status_code == 200
-    assert recovered.json()["price"] == "11"
+    assert recovered.json()["price"] == "11.00000000"
 
     market.quality("binance", symbol, "feed_disconnected", LAST_NS + 61 * NS)
     assert api.get(f"/api/v1/market/price/{symbol}").status_code == 503

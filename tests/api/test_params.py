@@ -82,12 +82,12 @@ def test_parse_symbol_and_exchange() -> None:
 
 
 def test_formats() -> None:
-    assert format_decimal(Decimal("65432.10000000")) == "65432.1"
-    assert format_decimal(Decimal("100")) == "100"
-    assert format_decimal(Decimal("1E+2")) == "100"
-    assert format_decimal(Decimal("0E-8")) == "0"
+    assert format_decimal(Decimal("65432.10000000")) == "65432.10000000"
+    assert format_decimal(Decimal("100")) == "100.00000000"
+    assert format_decimal(Decimal("1E+2")) == "100.00000000"
+    assert format_decimal(Decimal("0E-8")) == "0.00000000"
     assert format_decimal(Decimal("0.00000001")) == "0.00000001"
-    assert format_decimal(Decimal("-1.50")) == "-1.5"
+    assert format_decimal(Decimal("-1.50")) == "-1.50000000"
     assert format_timestamp(ns_to_datetime(T0 + 1_174_999_999)) == "2024-08-09T00:00:01.174Z"
     assert format_timestamp(ns_to_datetime(T0)) == "2024-08-09T00:00:00.000Z"
 

@@ -1,0 +1,72 @@
+"""Recorded Binance captures -> raw topics -> Faust worker -> ClickHouse -> REST API, every
+part a real process, checked against the reference candles computed from the same trades."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from infra.feeds import replay_into, wait_until_stored
+from infra.processes import free_port, wait_for_port
+from tests.integration.conftest import Infra, child_env, start_worker
+from tests.integration.pipeline import prepare, scalar, wait_for, wait_stable
+from tests.shared_data import BINANCE, raw_spot_trades, reference_candles
+
+pytestmark = pytest.mark.integration
+
+
+def test_replay_through_the_whole_pipeline_serves_the_reference_candles(infra: Infra, tmp_path: Path) -> None:
+    settings = infra.settings(api_port=free_port(), candle_lateness_ms=0)
+    prepare(settings)
+    worker = start_worker(settings, tmp_path / "worker.log")
+    api = None
+    try:
+        result = replay_into(settings, BINANCE, progress=False)  # every market in the folder
+        spot_trades = raw_spot_trades()
+        assert result.last_trade_ids["binance:ETH-USDT"] == str(spot_trades[-1]["t"])
+        assert wait_until_stored(settings, result, timeout_s=120), (tmp_path / "worker.log").read_text()[-3000:]
+
+        reference = reference_candles()
+        closed = len(reference) - 1  # the last minute never closes: no later trade passes it
+        where = "venue = 'binance' AND symbol = 'ETH-USDT' AND interval = '1m'"
+        wait_for(lambda: scalar(settings, f"SELECT count() FROM candles FINAL WHERE {where}") == closed,
+                 60, "the closed 1m candles")
+        stored = wait_stable(lambda: scalar(settings, "SELECT count() FROM trades"), 1.0, 60, "trade rows")
+        assert stored == scalar(settings, "SELECT count() FROM trades FINAL")  # nothing stored twice
+        assert scalar(settings, "SELECT count() FROM trades FINAL WHERE venue = 'binance'") == len(spot_trades)
+
+        api_log = (tmp_path / "api.log").open("wb")
+        api = subprocess.Popen([sys.executable, "-m", "infra.cli", "api", "--port", str(settings.api_port)],
+                               env=child_env(settings), stdout=api_log, stderr=subprocess.STDOUT)
+        wait_for_port("127.0.0.1", settings.api_port, timeout_s=60, what="api")
+        base = f"http://127.0.0.1:{settings.api_port}/api/v1/market"
+
+        history = httpx.get(f"{base}/history/eth-usdt", params={
+            "interval": "1m", "exchange": "binance", "start": "2024-08-08T23:54:00Z", "end": "2024-08-09T00:06:00Z"})
+        assert history.status_code == 200, history.text
+        body = history.json()
+        assert body["symbol"] == "ETH-USDT"
+        got = [(datetime.fromisoformat(c["timestamp"].replace("Z", "+00:00")), c["open"], c["high"], c["low"],
+                c["close"], c["volume"]) for c in body["data"]]
+        want = [(datetime.fromisoformat(r["minute_start_utc_iso"].replace("Z", "+00:00")), r["open"], r["high"],
+                 r["low"], r["close"], r["volume"]) for r in reference]
+        assert got == want  # every minute, exact decimal strings, the open minute last
+
+        price = httpx.get(f"{base}/price/ETH-USDT", params={"exchange": "binance"}).json()
+        last = spot_trades[-1]
+        assert Decimal(price["price"]) == Decimal(last["p"])
+        assert price["exchange"] == "binance"
+        assert Decimal(price["volume"]) == sum(Decimal(t["q"]) for t in spot_trades)  # all within 24 h
+        assert price["timestamp"].startswith(datetime.utcfromtimestamp(last["T"] / 1000).strftime("%Y-%m-%dT%H:%M:%S"))
+    finally:
+        worker.terminate()
+        assert worker.wait(timeout=30) == 0
+        if api is not None:
+            api.terminate()
+            api.wait(timeout=30)
