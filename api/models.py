@@ -75,7 +75,9 @@ class PriceResponse(_Model):
     )
 
     symbol: str = Field(description="`BASE-QUOTE`, upper case.", examples=["BTC-USDT"])
-    price: DecimalString = Field(description="Price of the latest trade, a decimal string.", examples=["65432.10000000"])
+    price: DecimalString = Field(
+        description="Price of the latest trade, a decimal string.", examples=["65432.10000000"]
+    )
     timestamp: UtcTimestamp = Field(
         description="Exchange event time of the latest trade (UTC, milliseconds).",
         examples=["2024-03-21T09:30:00.123Z"],

@@ -60,7 +60,7 @@ def test_sigkill_mid_stream_then_restart_stores_exactly_the_uninterrupted_rows(i
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=10)
         at_kill = scalar(crashed, "SELECT count() FROM trades FINAL")
-        assert isinstance(at_kill, int) and 0 < at_kill < TRADES, "the kill must land mid-stream for this test to mean anything"
+        assert isinstance(at_kill, int) and 0 < at_kill < TRADES, "the kill must land mid-stream to mean anything"
         worker = start_worker(crashed, log)
         settle(crashed, published)
     finally:

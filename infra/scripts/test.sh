@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The README's second command: set up (once) and run the full test suite: lint, types,
+# the import contract, then every test tier (unit, agents, api, integration).
+source "$(dirname "$0")/bootstrap.sh" dev
+echo "== ruff";          .venv/bin/ruff check .
+echo "== mypy";          .venv/bin/mypy
+echo "== import contract"; .venv/bin/lint-imports
+echo "== pytest"
+set +e
+.venv/bin/python -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: that is a failure here" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# The README's first command: set up (once) and run the whole system on the embedded
+# broker and database. Arguments go to `entasis up` (e.g. --replay ../shared/data/binance).
+source "$(dirname "$0")/bootstrap.sh"
+exec .venv/bin/entasis up "$@"
