@@ -40,7 +40,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     from infra.topics import create_topics
 
-    created = create_topics(settings.kafka_bootstrap, settings.topic_namespace)
+    created = create_topics(settings.kafka_bootstrap, settings.topic_namespace, replication=settings.topic_replication)
     print(f"topics created: {created or 'none (all exist)'}")
     return 0
 

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:19092"
     broker_flavour: Literal["tansu", "kafka"] = "tansu"
     topic_namespace: str = ""  # replays use their own, e.g. "replay-0001."
+    topic_replication: int = Field(default=1, ge=1)  # 3 on a real cluster
 
     # Database: an HTTP(S) URL of a ClickHouse server (or of the embedded owner process,
     # which speaks the same protocol), or `chdb:///path` to open an embedded engine in

@@ -9,7 +9,7 @@ from schemas.topics import ALL_TOPICS, TopicSpec
 
 
 def create_topics(bootstrap: str, namespace: str = "", specs: tuple[TopicSpec, ...] = ALL_TOPICS,
-                  with_config: bool = True) -> list[str]:
+                  with_config: bool = True, replication: int = 1) -> list[str]:
     """Create what is missing; returns the names created now. Existing topics are left as they are.
 
     `with_config=False` skips topic configs for brokers that reject them (Tansu's memory
@@ -17,7 +17,7 @@ def create_topics(bootstrap: str, namespace: str = "", specs: tuple[TopicSpec, .
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = [
-        NewTopic(spec.full_name(namespace), num_partitions=spec.partitions, replication_factor=1,
+        NewTopic(spec.full_name(namespace), num_partitions=spec.partitions, replication_factor=replication,
                  config=spec.config() if with_config else {})
         for spec in specs
         if spec.full_name(namespace) not in existing

@@ -42,10 +42,11 @@ CANDLES: dict[str, TopicSpec] = {
     interval: TopicSpec(f"md.candles.{interval}.v1", RAW_PARTITIONS, "venue:symbol", "candle.v1", 30 * DAY_MS)
     for interval in INTERVAL_NS
 }
+BOOK_TOP = TopicSpec("md.book.top.v1", RAW_PARTITIONS, "venue:symbol", "book_snapshot.v1 (top N)", 2 * DAY_MS)
 QUALITY = TopicSpec("md.quality.v1", 1, "venue:symbol", "quality.v1", 30 * DAY_MS)
 DEAD_LETTER = TopicSpec("md.deadletter.v1", 1, "source", "dead_letter.v1", 30 * DAY_MS)
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (TRADES, BOOK, *CANDLES.values(), QUALITY, DEAD_LETTER)
+ALL_TOPICS: tuple[TopicSpec, ...] = (TRADES, BOOK, *CANDLES.values(), BOOK_TOP, QUALITY, DEAD_LETTER)
 
 
 def by_name(name: str) -> TopicSpec:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -63,7 +63,7 @@ def test_replay_through_the_whole_pipeline_serves_the_reference_candles(infra: I
         assert Decimal(price["price"]) == Decimal(last["p"])
         assert price["exchange"] == "binance"
         assert Decimal(price["volume"]) == sum(Decimal(t["q"]) for t in spot_trades)  # all within 24 h
-        assert price["timestamp"].startswith(datetime.utcfromtimestamp(last["T"] / 1000).strftime("%Y-%m-%dT%H:%M:%S"))
+        assert price["timestamp"].startswith(datetime.fromtimestamp(last["T"] / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
     finally:
         worker.terminate()
         assert worker.wait(timeout=30) == 0
