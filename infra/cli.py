@@ -97,6 +97,9 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from infra.stack import Stack
 
+    if args.replay:
+        # a replay has no live feed that could go stale: MARKET_002 would only hide the data
+        settings = settings.model_copy(update={"stale_feed_seconds": 0.0})
     stack = Stack(settings, data_dir=Path(args.data_dir) if args.data_dir else settings.data_dir)
     return stack.run(replay=Path(args.replay) if args.replay else None, speed=args.speed,
                      exit_after_feed=args.exit_after_feed, sim_rate=args.rate, seed=args.seed)

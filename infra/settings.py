@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     # its end; a late trade within `candle_grace_ms` after that emits a new revision.
     candle_lateness_ms: int = Field(default=2000, ge=0)
     candle_grace_ms: int = Field(default=0, ge=0)
+    # A stream with no trade for this long (wall clock) closes its windows anyway.
+    candle_idle_timeout_s: float = Field(default=10.0, gt=0)
+    # Worker state (open candles) is checkpointed this often; only then are inputs acknowledged.
+    checkpoint_every_s: float = Field(default=1.0, gt=0)
+    # No trade for this long marks the stream's feed stale (MARKET_002 in the API); 0 disables.
+    stale_feed_seconds: float = Field(default=30.0, ge=0)
 
     # Sink batching: write when this many rows are buffered or this much time has passed.
     sink_batch_messages: int = Field(default=500, ge=1)

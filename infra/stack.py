@@ -91,7 +91,20 @@ class Stack:
         db = self._entasis("db", "db", "--path", str((self.data_dir / "chdb").resolve()))
         self._wait(db, db_url.hostname or "127.0.0.1", db_url.port or 8123, timeout_s=60)
         self._run_step("migrate")
+        self._forget_checkpoints()
         self._run_step("topics", "create")
+
+    def _forget_checkpoints(self) -> None:
+        """The embedded broker starts empty, so offsets start again at 0: checkpoints of the
+        previous broker's offsets would make the worker skip new messages. Workaround for
+        Tansu's memory storage only; a real Kafka keeps its offsets and its checkpoints."""
+        from infra.clickhouse import make_client
+
+        client = make_client(self.settings)
+        try:
+            client.command("TRUNCATE TABLE IF EXISTS candle_checkpoints")
+        finally:
+            client.close()
 
     def _run_step(self, *args: str) -> None:
         argv = [sys.executable, "-m", "infra.cli", *args]

@@ -15,11 +15,22 @@ from clickhouse_connect.driver.client import Client
 
 from infra.settings import Settings
 from schemas import topics
-from schemas.events import Candle, DeadLetter
+from schemas.events import Candle, DeadLetter, QualityEvent
 from schemas.symbols import stream_key
 from schemas.wire import encode_event
-from streams.agents.candles import CandleAgentState, CandleEmitter, DeadLetterEmitter, make_candle_agent
-from streams.agents.sinks import make_candle_sink, make_dead_letter_sink, make_trade_sink
+from streams.agents.candles import (
+    CandleAgentState,
+    CandleConfig,
+    CandleEmitter,
+    CheckpointStore,
+    DeadLetterEmitter,
+    QualityEmitter,
+    make_candle_agent,
+    on_tick,
+)
+from streams.agents.quality import StaleFeedMonitor, StreamClock
+from streams.agents.sinks import make_candle_sink, make_dead_letter_sink, make_quality_sink, make_trade_sink
+from streams.sinks.checkpoints import ClickHouseCheckpointStore
 from streams.sinks.clickhouse import ClickHouseSink
 
 
@@ -42,8 +53,8 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "consumer_auto_offset_reset": "earliest",
         "web_enabled": False,
         "producer_acks": -1,
-        # The candles agent holds back acknowledgements of open windows on purpose (see
-        # streams/agents/candles.py); waiting for them at shutdown or rebalance would hang.
+        # The candles agent acknowledges only what a stored checkpoint covers (see
+        # streams/agents/candles.py); waiting for the rest at shutdown or rebalance would hang.
         "stream_wait_empty": False,
     }
     if settings.broker_flavour == "tansu":
@@ -57,12 +68,16 @@ def build_worker(
     settings: Settings,
     client_factory: Callable[[], Client] | None = None,
     candle_emitter: CandleEmitter | None = None,
+    quality_emitter: QualityEmitter | None = None,
     dead_letter_emitter: DeadLetterEmitter | None = None,
+    checkpoint_store: CheckpointStore | None = None,
 ) -> Worker:
     ns = settings.topic_namespace
     app = faust.App(settings.worker_id, **faust_settings(settings))
     trades_topic = app.topic(topics.TRADES.full_name(ns))
-    candles_1m = app.topic(topics.CANDLES["1m"].full_name(ns))
+    candle_topics = {iv: app.topic(spec.full_name(ns)) for iv, spec in topics.CANDLES.items()}
+    all_candles = app.topic(*(spec.full_name(ns) for spec in topics.CANDLES.values()))
+    quality_topic = app.topic(topics.QUALITY.full_name(ns))
     dead_topic = app.topic(topics.DEAD_LETTER.full_name(ns))
 
     if client_factory is None:
@@ -71,32 +86,53 @@ def build_worker(
         def client_factory() -> Client:
             return make_client(settings)
 
+    async def publish(topic: Any, key: str, value: bytes) -> None:
+        fut = await topic.send(key=key.encode(), value=value)
+        await fut  # on the broker before the input behind it is acknowledged
+
     async def publish_candle(candle: Candle) -> None:
-        fut = await candles_1m.send(key=stream_key(candle.venue, candle.symbol).encode(), value=encode_event(candle))
-        await fut  # the candle is on the broker before the trades behind it are acknowledged
+        key = stream_key(candle.venue, candle.symbol)
+        await publish(candle_topics[candle.interval.value], key, encode_event(candle))
+
+    async def publish_quality(event: QualityEvent) -> None:
+        await publish(quality_topic, stream_key(event.venue, event.symbol), encode_event(event))
 
     async def publish_dead_letter(letter: DeadLetter) -> None:
-        fut = await dead_topic.send(key=letter.source.encode(), value=encode_event(letter))
-        await fut
+        await publish(dead_topic, letter.source, encode_event(letter))
 
     emit_candle = candle_emitter or publish_candle
+    emit_quality = quality_emitter or publish_quality
     emit_dead = dead_letter_emitter or publish_dead_letter
     sink = ClickHouseSink(client_factory)
-    state = CandleAgentState("1m", settings.candle_lateness_ms * 10**6, settings.candle_grace_ms * 10**6)
+    config = CandleConfig(
+        lateness_ns=settings.candle_lateness_ms * 10**6,
+        grace_ns=settings.candle_grace_ms * 10**6,
+        idle_timeout_s=settings.candle_idle_timeout_s,
+        checkpoint_every_s=settings.checkpoint_every_s,
+    )
+    state = CandleAgentState(config, checkpoint_store or ClickHouseCheckpointStore(sink), trades_topic.get_topic_name())
+    monitor = StaleFeedMonitor(settings.stale_feed_seconds)
     batch, within = settings.sink_batch_messages, settings.sink_flush_seconds
 
     agents = {
-        "candles_1m": app.agent(trades_topic, name="candles_1m")(
-            make_candle_agent(state, emit_candle, emit_dead, trades_topic.get_topic_name())
+        "candles": app.agent(trades_topic, name="candles")(
+            make_candle_agent(state, emit_candle, emit_quality, emit_dead)
         ),
-        "trade_sink": app.agent(trades_topic, name="trade_sink")(
-            make_trade_sink(sink, batch, within, emit_dead, trades_topic.get_topic_name())
+        "trade_sink": app.agent(trades_topic, name="trade_sink")(make_trade_sink(sink, batch, within)),
+        "candle_sink": app.agent(all_candles, name="candle_sink")(
+            make_candle_sink(sink, batch, within, emit_dead, "md.candles")
         ),
-        "candle_sink": app.agent(candles_1m, name="candle_sink")(
-            make_candle_sink(sink, batch, within, emit_dead, candles_1m.get_topic_name())
-        ),
+        "quality_sink": app.agent(quality_topic, name="quality_sink")(make_quality_sink(sink, batch, within)),
         "dead_letter_sink": app.agent(dead_topic, name="dead_letter_sink")(make_dead_letter_sink(sink, batch, within)),
     }
+
+    @app.timer(1.0)
+    async def tick() -> None:
+        await on_tick(state, emit_candle)
+        clocks = ((key, StreamClock(key.split(":", 1)[0], key.split(":", 1)[1], s.last_trade_wall,
+                                    s.candles.max_event_ts_ns)) for key, s in state.streams.items())
+        for event in monitor.check(clocks, state.clock()):
+            await emit_quality(event)
 
     async def _forget_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
         state.forget(revoked)

@@ -10,16 +10,15 @@ from typing import Any
 
 import orjson
 
-from schemas.events import DeadLetter
+from schemas.events import DeadLetter, QualityEvent
 from schemas.wire import TradeRow, WireError, decode_trade_batch
 from streams.agents.candles import DeadLetterEmitter, dead_letter_for
-from streams.sinks.clickhouse import ClickHouseSink, candles_table, dead_letters_table, trades_table
+from streams.sinks.clickhouse import ClickHouseSink, candles_table, dead_letters_table, quality_table, trades_table
 
 Agent = Callable[[Any], Coroutine[Any, Any, None]]
 
 
-def make_trade_sink(sink: ClickHouseSink, batch: int, within: float, dead_letter: DeadLetterEmitter,
-                    source: str) -> Agent:
+def make_trade_sink(sink: ClickHouseSink, batch: int, within: float) -> Agent:
     async def trade_sink(stream: Any) -> None:
         async for values in stream.take(batch, within=within):
             batches: list[tuple[str, str, list[TradeRow]]] = []
@@ -46,6 +45,20 @@ def make_candle_sink(sink: ClickHouseSink, batch: int, within: float, dead_lette
             await sink.insert("candles", candles_table(candles))
 
     return candle_sink
+
+
+def make_quality_sink(sink: ClickHouseSink, batch: int, within: float) -> Agent:
+    async def quality_sink(stream: Any) -> None:
+        async for values in stream.take(batch, within=within):
+            events = []
+            for raw in values:
+                try:
+                    events.append(QualityEvent.model_validate_json(raw))
+                except ValueError:
+                    continue  # not ours to judge twice; the topic keeps the bytes
+            await sink.insert("quality_events", quality_table(events))
+
+    return quality_sink
 
 
 def make_dead_letter_sink(sink: ClickHouseSink, batch: int, within: float) -> Agent:

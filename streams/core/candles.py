@@ -18,8 +18,9 @@ same emissions.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from schemas.events import INTERVAL_NS, Candle, Interval
 from schemas.wire import TradeRow
@@ -80,12 +81,25 @@ class CandleBuilder:
         self.lateness_ns = lateness_ns
         self.grace_ns = grace_ns
         self.max_event_ts_ns: int | None = None
+        self._idle_watermark_ns: int | None = None  # pushed by the wall clock when the stream is quiet
         self._open: dict[int, _Window] = {}  # not yet emitted
         self._closed: dict[int, _Window] = {}  # emitted, still inside the grace period
 
     @property
     def watermark_ns(self) -> int | None:
-        return None if self.max_event_ts_ns is None else self.max_event_ts_ns - self.lateness_ns
+        from_events = None if self.max_event_ts_ns is None else self.max_event_ts_ns - self.lateness_ns
+        if self._idle_watermark_ns is None:
+            return from_events
+        return self._idle_watermark_ns if from_events is None else max(from_events, self._idle_watermark_ns)
+
+    def advance_to(self, watermark_ns: int) -> CandleUpdate:
+        """Move the watermark without a trade (the caller's idle timeout estimated how far
+        event time has gone); windows that end before it close now. Never moves back."""
+        if self._idle_watermark_ns is None or watermark_ns > self._idle_watermark_ns:
+            self._idle_watermark_ns = watermark_ns
+        out = CandleUpdate()
+        self._advance(out)
+        return out
 
     def bucket(self, event_ts_ns: int) -> int:
         return event_ts_ns - event_ts_ns % self.interval_ns
@@ -143,6 +157,21 @@ class CandleBuilder:
         pending = list(self._open) + list(self._closed)
         return min(pending) if pending else None
 
+    def to_state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this builder is, as JSON-able data."""
+        return {
+            "max_event_ts_ns": self.max_event_ts_ns,
+            "idle_watermark_ns": self._idle_watermark_ns,
+            "open": [_window_state(w) for w in self._open.values()],
+            "closed": [_window_state(w) for w in self._closed.values()],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.max_event_ts_ns = state["max_event_ts_ns"]
+        self._idle_watermark_ns = state["idle_watermark_ns"]
+        self._open = {w.open_ts_ns: w for w in map(_window_from_state, state["open"])}
+        self._closed = {w.open_ts_ns: w for w in map(_window_from_state, state["closed"])}
+
     def open_candles(self) -> list[Candle]:
         """The windows not yet emitted, as provisional candles (revision 0, not final)."""
         return [self._candle(self._open[ts], is_final=False) for ts in sorted(self._open)]
@@ -166,3 +195,20 @@ class CandleBuilder:
             revision=w.revision,
             is_final=is_final,
         )
+
+
+_DECIMAL_FIELDS = ("open", "high", "low", "close", "volume")
+
+
+def _window_state(w: _Window) -> dict[str, Any]:
+    state = asdict(w)
+    for name in _DECIMAL_FIELDS:
+        state[name] = str(state[name])
+    return state
+
+
+def _window_from_state(state: dict[str, Any]) -> _Window:
+    values = dict(state)
+    for name in _DECIMAL_FIELDS:
+        values[name] = Decimal(values[name])
+    return _Window(**values)

@@ -21,7 +21,7 @@ import orjson
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from schemas.events import DeadLetter, QualityEvent
+from schemas.events import BookSnapshot, DeadLetter, QualityEvent
 from schemas.wire import TradeRow
 
 DEC = pa.decimal128(38, 8)
@@ -144,6 +144,16 @@ class ClickHouseSink:
         self.rows_written[table] = self.rows_written.get(table, 0) + n
         return n
 
+    def _query_sync(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        if self._client is None:
+            self._client = self._factory()
+        return [tuple(r) for r in self._client.query(sql, parameters=parameters).result_rows]
+
+    async def query(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Reads on the sink's own thread and client (workers keep a little state here)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._query_sync, sql, parameters)
+
     def close(self) -> None:
         def _close() -> None:
             if self._client is not None:
@@ -151,3 +161,32 @@ class ClickHouseSink:
 
         self._pool.submit(_close).result()
         self._pool.shutdown(wait=True)
+
+
+DEC_LIST = pa.list_(DEC)
+
+
+def book_snapshots_table(snapshots: Sequence[BookSnapshot], depth: int) -> pa.Table:
+    """Rows of `book_snapshots` (infra/migrations/0002_order_books.sql): each snapshot's
+    levels, best first, as parallel price/size arrays; `depth` is the number of levels per
+    side the snapshots were cut at (a side with fewer is the whole side)."""
+
+    def column(side: str, index: int) -> pa.Array:
+        return pa.array(
+            [[Decimal(level[index]).quantize(_QUANT) for level in getattr(s, side)] for s in snapshots], DEC_LIST
+        )
+
+    return pa.table(
+        {
+            "venue": pa.array([s.venue for s in snapshots], pa.string()),
+            "symbol": pa.array([s.symbol for s in snapshots], pa.string()),
+            "event_ts": pa.array([s.event_ts_ns for s in snapshots], TS),
+            "recv_ts": pa.array([s.recv_ts_ns for s in snapshots], TS),
+            "last_update_id": pa.array([s.last_update_id for s in snapshots], pa.uint64()),
+            "depth": pa.array([depth] * len(snapshots), pa.uint16()),
+            "bid_prices": column("bids", 0),
+            "bid_sizes": column("bids", 1),
+            "ask_prices": column("asks", 0),
+            "ask_sizes": column("asks", 1),
+        }
+    )

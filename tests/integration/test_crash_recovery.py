@@ -37,7 +37,9 @@ def settle(settings: Settings, result: FeedResult) -> None:
 
 def test_sigkill_mid_stream_then_restart_stores_exactly_the_uninterrupted_rows(infra: Infra, tmp_path: Path) -> None:
     # small batches: many inserts, so the kill lands between them
-    tuning = {"sink_batch_messages": 4, "sink_flush_seconds": 0.05, "candle_lateness_ms": 500}
+    # (no idle close: it runs on the wall clock, which differs between the two runs)
+    tuning = {"sink_batch_messages": 4, "sink_flush_seconds": 0.05, "candle_lateness_ms": 500,
+              "candle_idle_timeout_s": 3600.0}
 
     baseline = infra.settings(**tuning)
     prepare(baseline)

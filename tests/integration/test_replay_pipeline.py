@@ -22,7 +22,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_replay_through_the_whole_pipeline_serves_the_reference_candles(infra: Infra, tmp_path: Path) -> None:
-    settings = infra.settings(api_port=free_port(), candle_lateness_ms=0)
+    # no idle close or staleness here: the open minute must stay open, the feed is a replay
+    settings = infra.settings(api_port=free_port(), candle_lateness_ms=0, candle_idle_timeout_s=3600.0,
+                              stale_feed_seconds=0)
     prepare(settings)
     worker = start_worker(settings, tmp_path / "worker.log")
     api = None
@@ -63,7 +65,8 @@ def test_replay_through_the_whole_pipeline_serves_the_reference_candles(infra: I
         assert Decimal(price["price"]) == Decimal(last["p"])
         assert price["exchange"] == "binance"
         assert Decimal(price["volume"]) == sum(Decimal(t["q"]) for t in spot_trades)  # all within 24 h
-        assert price["timestamp"].startswith(datetime.fromtimestamp(last["T"] / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+        last_second = datetime.fromtimestamp(last["T"] / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        assert price["timestamp"].startswith(last_second)
     finally:
         worker.terminate()
         assert worker.wait(timeout=30) == 0
