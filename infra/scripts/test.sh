@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's second command: set up (once) and run the full test suite: lint, types,
 # the import contract, then every test tier (unit, agents, api, integration).
-source "$(dirname "$0")/bootstrap.sh" dev
+source "$(dirname "$0")/bootstrap.sh"
+entasis_bootstrap dev
 echo "== ruff";          .venv/bin/ruff check .
 echo "== mypy";          .venv/bin/mypy
 echo "== import contract"; .venv/bin/lint-imports
