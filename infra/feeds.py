@@ -57,6 +57,10 @@ class TrackingPublisher:
     def flush(self) -> None:
         self.inner.flush()
 
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        (close or self.inner.flush)()
+
 
 def _tracker(settings: Settings, stop: threading.Event | None) -> TrackingPublisher:
     trades_topic = topics.TRADES.full_name(settings.topic_namespace)
@@ -76,7 +80,7 @@ def replay_into(settings: Settings, path: Path, speed: float | None = None, stop
     except FeedStopped:
         tracker.result.detail = "(stopped)"
     finally:
-        tracker.flush()
+        tracker.close()
         tracker.result.elapsed_s = time.monotonic() - started
     return tracker.result
 
@@ -98,7 +102,7 @@ def simulate_into(settings: Settings, rate: float, seed: int, stop: threading.Ev
     except FeedStopped:
         tracker.result.detail = "(stopped)"
     finally:
-        tracker.flush()
+        tracker.close()
         tracker.result.elapsed_s = time.monotonic() - started
     return tracker.result
 

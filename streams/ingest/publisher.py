@@ -108,6 +108,9 @@ class KafkaPublisher:
 
     def close(self, timeout_s: float = 60.0) -> None:
         self.flush(timeout_s)
+        # The producer holds our delivery callback, a reference cycle: drop it now, so its
+        # threads stop with the feed instead of reconnecting until some later GC pass.
+        del self._producer
 
     def __enter__(self) -> KafkaPublisher:
         return self
