@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     # No trade for this long marks the stream's feed stale (MARKET_002 in the API); 0 disables.
     stale_feed_seconds: float = Field(default=30.0, ge=0)
 
+    # Order books: top-N snapshots published on change at most every `book_min_interval_ms`
+    # (event time) per symbol; the top 100 levels stored every `book_snapshot_every_s`.
+    book_top_depth: int = Field(default=20, ge=1, le=100)
+    book_min_interval_ms: int = Field(default=100, ge=0)
+    book_snapshot_every_s: float = Field(default=10.0, gt=0)
+
     # Sink batching: write when this many rows are buffered or this much time has passed.
     sink_batch_messages: int = Field(default=500, ge=1)
     sink_flush_seconds: float = Field(default=0.5, gt=0)

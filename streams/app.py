@@ -18,6 +18,7 @@ from schemas import topics
 from schemas.events import Candle, DeadLetter, QualityEvent
 from schemas.symbols import stream_key
 from schemas.wire import encode_event
+from streams.agents.book import clickhouse_snapshot_store, register_book_agents
 from streams.agents.candles import (
     CandleAgentState,
     CandleConfig,
@@ -125,6 +126,13 @@ def build_worker(
         "quality_sink": app.agent(quality_topic, name="quality_sink")(make_quality_sink(sink, batch, within)),
         "dead_letter_sink": app.agent(dead_topic, name="dead_letter_sink")(make_dead_letter_sink(sink, batch, within)),
     }
+
+    book = register_book_agents(
+        app, settings,
+        book_topic=app.topic(topics.BOOK.full_name(ns)), book_top_topic=app.topic(topics.BOOK_TOP.full_name(ns)),
+        emit_quality=emit_quality, emit_dead_letter=emit_dead, store_snapshots=clickhouse_snapshot_store(sink),
+    )
+    agents.update(book.agents)
 
     @app.timer(1.0)
     async def tick() -> None:

@@ -43,6 +43,10 @@ def test_replay_through_the_whole_pipeline_serves_the_reference_candles(infra: I
         assert stored == scalar(settings, "SELECT count() FROM trades FINAL")  # nothing stored twice
         assert scalar(settings, "SELECT count() FROM trades FINAL WHERE venue = 'binance'") == len(spot_trades)
 
+        # the book agent rebuilt every recorded book without a gap and stored periodic snapshots
+        wait_for(lambda: scalar(settings, "SELECT uniqExact(venue) FROM book_snapshots") == 3, 60, "book snapshots")
+        assert scalar(settings, "SELECT count() FROM quality_events WHERE kind IN ('book_gap', 'late_trade')") == 0
+
         api_log = (tmp_path / "api.log").open("wb")
         api = subprocess.Popen([sys.executable, "-m", "infra.cli", "api", "--port", str(settings.api_port)],
                                env=child_env(settings), stdout=api_log, stderr=subprocess.STDOUT)
