@@ -5,10 +5,12 @@ insert: a crash in between re-delivers the batch, which the idempotent tables ab
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import orjson
+import pyarrow as pa
+from pydantic import BaseModel
 
 from schemas.events import DeadLetter, QualityEvent
 from schemas.wire import TradeRow, WireError, decode_trade_batch
@@ -16,6 +18,7 @@ from streams.agents.candles import DeadLetterEmitter, dead_letter_for
 from streams.sinks.clickhouse import ClickHouseSink, candles_table, dead_letters_table, quality_table, trades_table
 
 Agent = Callable[[Any], Coroutine[Any, Any, None]]
+M = TypeVar("M", bound=BaseModel)
 
 
 def make_trade_sink(sink: ClickHouseSink, batch: int, within: float) -> Agent:
@@ -47,29 +50,26 @@ def make_candle_sink(sink: ClickHouseSink, batch: int, within: float, dead_lette
     return candle_sink
 
 
-def make_quality_sink(sink: ClickHouseSink, batch: int, within: float) -> Agent:
-    async def quality_sink(stream: Any) -> None:
+def make_event_sink(sink: ClickHouseSink, batch: int, within: float, model: type[M], table: str,
+                    to_arrow: Callable[[Sequence[M]], pa.Table]) -> Agent:
+    """A sink for a derived topic of one event model (quality events, dead letters, ...)."""
+
+    async def event_sink(stream: Any) -> None:
         async for values in stream.take(batch, within=within):
             events = []
             for raw in values:
                 try:
-                    events.append(QualityEvent.model_validate_json(raw))
+                    events.append(model.model_validate_json(raw))
                 except ValueError:
                     continue  # not ours to judge twice; the topic keeps the bytes
-            await sink.insert("quality_events", quality_table(events))
+            await sink.insert(table, to_arrow(events))
 
-    return quality_sink
+    return event_sink
+
+
+def make_quality_sink(sink: ClickHouseSink, batch: int, within: float) -> Agent:
+    return make_event_sink(sink, batch, within, QualityEvent, "quality_events", quality_table)
 
 
 def make_dead_letter_sink(sink: ClickHouseSink, batch: int, within: float) -> Agent:
-    async def dead_letter_sink(stream: Any) -> None:
-        async for values in stream.take(batch, within=within):
-            letters = []
-            for raw in values:
-                try:
-                    letters.append(DeadLetter.model_validate_json(raw))
-                except ValueError:
-                    continue  # not ours to judge twice; the topic keeps the bytes
-            await sink.insert("dead_letters", dead_letters_table(letters))
-
-    return dead_letter_sink
+    return make_event_sink(sink, batch, within, DeadLetter, "dead_letters", dead_letters_table)
