@@ -1,5 +1,10 @@
-"""The one place the API is wired: routers, error model, repository. Tests pass their own
-repository through `create_app`; a served app builds one from settings when it starts."""
+"""The one place the API is wired: routers, error model, security gate, repositories. Tests pass
+their own repositories (and settings) through `create_app`; a served app builds its repositories
+from settings when it starts.
+
+Middleware, outermost first: RequestContextMiddleware (request id, headers on every response,
+the 500 envelope) -> SecurityMiddleware (address, allowlist, credentials, rate limit; see
+api/security.py) -> FastAPI's routing and exception handlers."""
 
 from __future__ import annotations
 
@@ -9,13 +14,19 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from api.auth import Authenticator, JwtVerifier
 from api.errors import ErrorCode, error_response, install_error_handlers
+from api.key_repository import ApiKeyRepository
+from api.keys import ApiKeyRecord, ApiKeyVerifier
+from api.ratelimit import RateLimiter, build_rate_limiter
 from api.repository import MarketRepository, StoreUnavailable
 from api.routes import market
+from api.security import SecurityGate, SecurityMiddleware
 from api.settings import ApiSettings, get_api_settings
 from infra.clickhouse import make_client
 from infra.settings import Settings, get_settings
@@ -35,7 +46,57 @@ Real-time and historical market data (REST) from the Entasis Engine.
 * Every error is `{"error": {"code", "message", "details", "request_id"}}`; `message` is English,
   or Korean when `Accept-Language` prefers `ko`. Every response carries `X-Request-ID`.
 * Routes are served under `/api/v1` (and, undocumented, under `/v1` as an alias).
+
+**Authentication.** `Authorization: Bearer <jwt>` (`sub` = account, `exp` required, `scope` lists
+`market:read portfolio:read portfolio:write analysis:read`) or `X-API-Key: <key>`, or both (then
+both must be valid and name the same account). Missing or invalid credentials: 401 `AUTH_FAILED`
+with `WWW-Authenticate`; a missing scope or a client address outside the allowlist: 403 `FORBIDDEN`.
+
+**Rate limit.** 1000 requests per minute per account (per client address when unauthenticated),
+moving window. Every response carries `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
+`X-RateLimit-Reset` (seconds until the window frees a request); a 429 `RATE_LIMITED` also carries
+`Retry-After` (at most 60 seconds).
 """
+
+_INT = {"type": "integer", "minimum": 0}
+_COMMON_HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-ID": {
+        "description": "Unique id of this request (also `request_id` in error bodies).",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "X-RateLimit-Limit": {
+        "description": "Requests allowed per window (1000 per minute).",
+        "required": True,
+        "schema": _INT,
+    },
+    "X-RateLimit-Remaining": {
+        "description": "Requests left in the current moving window after this one.",
+        "required": True,
+        "schema": _INT,
+    },
+    "X-RateLimit-Reset": {
+        "description": "Whole seconds until the window frees a request.",
+        "required": True,
+        "schema": _INT,
+    },
+}
+_STATUS_HEADERS: dict[str, dict[str, dict[str, Any]]] = {
+    "401": {
+        "WWW-Authenticate": {
+            "description": "The accepted schemes (RFC 9110 challenges; RFC 6750 `error` for a bad token).",
+            "required": True,
+            "schema": {"type": "string"},
+        }
+    },
+    "429": {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying (1 to 60).",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 60},
+        }
+    },
+}
 
 
 def _api_version() -> str:
@@ -70,6 +131,10 @@ class EntasisAPI(FastAPI):
                 if "HTTPValidationError" in ref:
                     del responses["422"]
                 _restore_null_details(responses)
+                for status, response in responses.items():
+                    headers = response.setdefault("headers", {})
+                    headers.update(_COMMON_HEADERS)
+                    headers.update(_STATUS_HEADERS.get(status, {}))
         component_schemas = schema.get("components", {}).get("schemas", {})
         component_schemas.pop("HTTPValidationError", None)
         component_schemas.pop("ValidationError", None)
@@ -81,28 +146,39 @@ def create_app(
     repository: MarketRepository | None = None,
     settings: Settings | None = None,
     api_settings: ApiSettings | None = None,
+    *,
+    key_repository: ApiKeyRepository | None = None,
+    rate_limiter: RateLimiter | None = None,
+    dev: bool = False,
 ) -> FastAPI:
     """The API application.
 
-    `repository`: used as is and never closed by the app (the caller owns it). When None,
-    one is built from `settings` (default: the process settings) when the app starts, with
-    a database client per worker thread, and closed when it stops."""
+    `repository`, `key_repository`: used as they are and never closed by the app (the caller owns
+    them). When None, they are built from `settings` (default: the process settings) when the app
+    starts, with a database client per worker thread, and closed when it stops.
+
+    `dev`: the development relaxations that `entasis api --dev` allows (a known JWT secret when
+    none is configured). Whether settings are safe to serve is `api.main.startup_problems`'s call."""
+    options = api_settings if api_settings is not None else get_api_settings()
     owns_repository = repository is None
+    owns_key_repository = key_repository is None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db_settings = settings if settings is not None else get_settings()
         if owns_repository:
-            db_settings = settings if settings is not None else get_settings()
-            options = api_settings if api_settings is not None else get_api_settings()
             app.state.repository = MarketRepository(
                 lambda: make_client(db_settings), symbols_ttl_s=options.symbols_cache_seconds
             )
+        if owns_key_repository:
+            app.state.key_repository = ApiKeyRepository(lambda: make_client(db_settings))
         try:
             yield
         finally:
-            if owns_repository:
-                built: MarketRepository | None = app.state.repository
-                app.state.repository = None
+            for name, owned in (("repository", owns_repository), ("key_repository", owns_key_repository)):
+                built = getattr(app.state, name) if owned else None
+                if owned:
+                    setattr(app.state, name, None)
                 if built is not None:
                     built.close()
 
@@ -114,8 +190,25 @@ def create_app(
         redoc_url=None,
         openapi_url="/openapi.json",
         lifespan=lifespan,
+        swagger_ui_parameters={"persistAuthorization": True},
     )
     app.state.repository = repository
+    app.state.key_repository = key_repository
+
+    async def lookup_key(key_id: str) -> ApiKeyRecord | None:
+        keys: ApiKeyRepository | None = app.state.key_repository
+        if keys is None:  # not started, or shutting down
+            raise StoreUnavailable("API key store not ready")
+        # The query blocks (chdb has no async client): off the event loop, like the routes.
+        return await anyio.to_thread.run_sync(keys.get, key_id)
+
+    authenticator = Authenticator(
+        JwtVerifier(options, dev=dev), ApiKeyVerifier(lookup_key, ttl_s=options.api_key_cache_seconds)
+    )
+    limiter = rate_limiter if rate_limiter is not None else build_rate_limiter(options.rate_limit, options.redis_url)
+    app.state.gate = SecurityGate(options, authenticator, limiter)
+    # Added before the error handlers' RequestContextMiddleware, so that one wraps this one.
+    app.add_middleware(SecurityMiddleware, gate=app.state.gate, public_docs=options.public_docs)
     install_error_handlers(app)
 
     async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:

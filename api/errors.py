@@ -172,6 +172,20 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+_RESPONSE_HEADERS_STATE = "response_headers"
+
+
+def response_headers(scope: Scope) -> dict[str, str]:
+    """Headers to put on whatever response this request gets, error or not (rate limit, HSTS):
+    filled by the security middleware, stamped by RequestContextMiddleware at response start."""
+    state = scope.setdefault("state", {})
+    headers = state.get(_RESPONSE_HEADERS_STATE)
+    if not isinstance(headers, dict):
+        headers = {}
+        state[_RESPONSE_HEADERS_STATE] = headers
+    return headers
+
+
 def request_id_of(scope: Scope) -> str:
     state = scope.setdefault("state", {})
     request_id = state.get("request_id")
@@ -245,8 +259,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class RequestContextMiddleware:
-    """Gives every request its id (body and `X-Request-ID` header, success and error alike)
-    and turns any unhandled exception into the 500 envelope.
+    """Gives every request its id (body and `X-Request-ID` header, success and error alike),
+    stamps the headers collected in `response_headers(scope)` on every response, and turns any
+    unhandled exception into the 500 envelope.
 
     A plain ASGI middleware rather than an `Exception` handler: Starlette runs that handler
     in ServerErrorMiddleware, outside every user middleware, where the request-id header
@@ -264,6 +279,7 @@ class RequestContextMiddleware:
         # id cannot guarantee. The client's id is logged next to ours for correlation.
         request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
+        extra = response_headers(scope)
         incoming = Headers(scope=scope).get(REQUEST_ID_HEADER)
         response_started = False
 
@@ -271,7 +287,11 @@ class RequestContextMiddleware:
             nonlocal response_started
             if message["type"] == "http.response.start":
                 response_started = True
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+                headers = MutableHeaders(scope=message)
+                for name, value in extra.items():
+                    headers[name] = value
+                headers[REQUEST_ID_HEADER] = request_id
+                headers["X-Content-Type-Options"] = "nosniff"
             await send(message)
 
         try:
@@ -331,4 +351,7 @@ _EXAMPLE_DETAILS: dict[tuple[int, ErrorCode], dict[str, Any]] = {
         "since": "2024-03-21T09:30:00.123Z",
     },
     (503, ErrorCode.UNAVAILABLE): {"reason": "market data store unreachable"},
+    (401, ErrorCode.AUTH_FAILED): {"reason": "token expired"},
+    (403, ErrorCode.FORBIDDEN): {"reason": "insufficient scope", "required_scope": "market:read"},
+    (429, ErrorCode.RATE_LIMITED): {"limit": 1000, "retry_after_seconds": 12},
 }

@@ -1,4 +1,4 @@
-"""All SQL the market endpoints run, and nothing else.
+"""All SQL the market endpoints run, and the per-thread client plumbing every repository shares.
 
 Concurrency: routes are plain `def`, so FastAPI runs them in its worker threadpool, and
 clickhouse-connect clients are not thread-safe. Each worker thread therefore gets its own
@@ -135,27 +135,14 @@ def _ceil_to(value: int, step: int) -> int:
     return -(-value // step) * step
 
 
-class MarketRepository:
-    """Read side of the market tables (`trades`, `candles`, `quality_events`), all with FINAL."""
+class ClickHouseRepository:
+    """Per-thread clients from a factory (see the module docstring), shared by every repository."""
 
-    def __init__(
-        self,
-        client_factory: Callable[[], Client],
-        *,
-        symbols_ttl_s: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, client_factory: Callable[[], Client]) -> None:
         self._client_factory = client_factory
         self._local = threading.local()
         self._clients: list[Client] = []
         self._clients_lock = threading.Lock()
-        self._symbols_ttl_s = symbols_ttl_s
-        self._clock = clock
-        self._symbols: frozenset[str] = frozenset()
-        self._symbols_at: float | None = None
-        self._symbols_lock = threading.Lock()
-
-    # --- plumbing ----------------------------------------------------------------------
 
     def _client(self) -> Client:
         client: Client | None = getattr(self._local, "client", None)
@@ -187,6 +174,24 @@ class MarketRepository:
         for client in clients:
             client.close()
         self._local = threading.local()
+
+
+class MarketRepository(ClickHouseRepository):
+    """Read side of the market tables (`trades`, `candles`, `quality_events`), all with FINAL."""
+
+    def __init__(
+        self,
+        client_factory: Callable[[], Client],
+        *,
+        symbols_ttl_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(client_factory)
+        self._symbols_ttl_s = symbols_ttl_s
+        self._clock = clock
+        self._symbols: frozenset[str] = frozenset()
+        self._symbols_at: float | None = None
+        self._symbols_lock = threading.Lock()
 
     # --- queries -----------------------------------------------------------------------
 

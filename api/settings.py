@@ -1,22 +1,103 @@
 """Settings of the API process alone (ENTASIS_API_*); the database address and the listen
-address stay in `infra.settings.Settings`, shared with every other process."""
+address stay in `infra.settings.Settings`, shared with every other process.
+
+Lists (`ENTASIS_API_ALLOWLIST`, `ENTASIS_API_TRUSTED_PROXIES`) are comma-separated CIDRs
+(`10.0.0.0/8, 2001:db8::/32`); a bare address means that one host. The Redis URL is read from
+`ENTASIS_API_REDIS_URL`, or from the conventional `REDIS_URL` when that is not set.
+
+Which values are unsafe outside development (no TLS, an empty or default JWT secret, a
+wildcard allowlist) is decided in `api.main.startup_problems`, so a test can build an app with
+any settings while a served process refuses to start with them unless `--dev` is given."""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from limits import parse as parse_rate_limit
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Network = IPv4Network | IPv6Network
+
+# Signs tokens only for a server started with --dev (`entasis token` uses it when no secret is
+# configured); `startup_problems` refuses it, and every secret shorter than 32 bytes, otherwise.
+DEV_JWT_SECRET = "entasis-development-secret-never-use-in-production"
+
+
+def _networks(value: Any) -> Any:
+    if isinstance(value, str):
+        value = [part for part in value.replace(";", ",").split(",") if part.strip()]
+    if isinstance(value, list | tuple):
+        # strict=False: `10.0.0.1/8` means 10.0.0.0/8, as every firewall reads it.
+        return [ip_network(item.strip() if isinstance(item, str) else item, strict=False) for item in value]
+    return value
 
 
 class ApiSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ENTASIS_API_", env_file=".env", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="ENTASIS_API_", env_file=".env", frozen=True, extra="ignore", populate_by_name=True
+    )
 
     # How long the set of served symbols is reused before asking the database again: a new
     # symbol becomes visible this late, and unknown-symbol requests cost no query meanwhile.
     symbols_cache_seconds: float = Field(default=5.0, ge=0)
     # uvicorn's per-request access log costs more than a price lookup; off unless asked for.
     access_log: bool = False
+
+    # --- JWT -----------------------------------------------------------------------------
+    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
+    jwt_secret: SecretStr = SecretStr("")  # HS256 only
+    jwt_public_key_path: Path | None = None  # RS256: verifies
+    jwt_private_key_path: Path | None = None  # RS256: signs (only `entasis token` needs it)
+    # Clock skew tolerated on exp, nbf and iat between the issuer and this server.
+    jwt_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    jwt_audience: str | None = None  # checked when set
+    jwt_issuer: str | None = None  # checked when set
+
+    # --- network -------------------------------------------------------------------------
+    # Deployment-wide client allowlist; empty means "not configured" (every address), which only
+    # a --dev server accepts.
+    allowlist: Annotated[list[Network], NoDecode] = Field(default_factory=list)
+    # Peers whose X-Forwarded-For is believed; nobody else's is read at all.
+    trusted_proxies: Annotated[list[Network], NoDecode] = Field(default_factory=list)
+
+    # --- rate limit ----------------------------------------------------------------------
+    # `limits` notation; the contract is 1000/minute, other values are for operators and tests.
+    rate_limit: str = "1000/minute"
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("ENTASIS_API_REDIS_URL", "REDIS_URL"))
+
+    # --- API keys ------------------------------------------------------------------------
+    # A key's row is reused this long: a revocation takes effect in every API process within it.
+    api_key_cache_seconds: float = Field(default=2.0, ge=0, le=60)
+
+    # --- TLS and docs --------------------------------------------------------------------
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # /docs and /openapi.json without credentials (still behind the allowlist and rate limit).
+    public_docs: bool = True
+
+    _split_networks = field_validator("allowlist", "trusted_proxies", mode="before")(_networks)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _valid_rate_limit(cls, value: str) -> str:
+        try:
+            parse_rate_limit(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit such as '1000/minute': {value!r}") from exc
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
 
 
 @lru_cache(maxsize=1)

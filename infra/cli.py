@@ -2,6 +2,8 @@
 
     entasis up [--replay PATH] [--speed X]   broker, database, migrations, topics, worker, API, feed
     entasis broker | db | migrate | topics create | worker | api | replay PATH | simulate
+    entasis bench [candles|pipeline|parser|chdb|all] [ARGS...]   benchmarks (tests/bench), reported only
+    entasis token | keys create|list|revoke   credentials for the API
 
 Every sub-command reads the same ENTASIS_* settings (infra/settings.py); `up` passes the
 addresses of what it started to its children through those variables.
@@ -74,10 +76,110 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
-    from api.main import run
+    from pydantic import ValidationError
 
-    run(host=args.host or settings.api_host, port=args.port or settings.api_port)
+    from api.main import UnsafeSettings, run
+    from api.settings import get_api_settings
+
+    try:
+        api_settings = get_api_settings()
+    except ValidationError as exc:
+        print(f"entasis api: invalid ENTASIS_API_* settings:\n{exc}", file=sys.stderr)
+        return 2
+    flags = {"tls_cert": args.tls_cert, "tls_key": args.tls_key}
+    api_settings = api_settings.model_copy(update={k: v for k, v in flags.items() if v is not None})
+    try:
+        run(host=args.host or settings.api_host, port=args.port or settings.api_port,
+            api_settings=api_settings, dev=args.dev)
+    except UnsafeSettings as exc:
+        print(f"entasis api: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    """Print a JWT this deployment accepts (for development and scripts: `$(entasis token)`)."""
+    from api.auth import issue_token, signing_key
+    from api.principal import KNOWN_SCOPES
+    from api.settings import get_api_settings
+
+    scopes = [s for part in (args.scope or [" ".join(KNOWN_SCOPES)]) for s in part.split()]
+    try:
+        api_settings = get_api_settings()
+        _, is_dev_secret = signing_key(api_settings)
+        token = issue_token(api_settings, args.account, scopes, ttl_s=args.ttl)
+    except ValueError as exc:
+        print(f"entasis token: {exc}", file=sys.stderr)
+        return 2
+    if is_dev_secret:
+        print("entasis token: signed with the development secret (no ENTASIS_API_JWT_SECRET set): "
+              "only a server started with --dev accepts it", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """API keys in ClickHouse: create (the key is printed once), list, revoke."""
+    from ipaddress import ip_network
+
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    from api.key_repository import ApiKeyRepository
+    from api.keys import ApiKeyRecord, generate_key
+    from api.principal import KNOWN_SCOPES, valid_account
+    from api.repository import StoreUnavailable
+    from infra.clickhouse import make_client
+
+    repo = ApiKeyRepository(lambda: make_client(settings))
+    try:
+        if args.action == "create":
+            scopes = [s for part in (args.scope or [" ".join(KNOWN_SCOPES)]) for s in part.split()]
+            unknown = sorted(set(scopes) - set(KNOWN_SCOPES))
+            if unknown or not scopes:
+                print(f"entasis keys: unknown scopes {unknown}; known: {' '.join(KNOWN_SCOPES)}", file=sys.stderr)
+                return 2
+            if not valid_account(args.account):
+                print(f"entasis keys: not a valid account id: {args.account!r}", file=sys.stderr)
+                return 2
+            try:
+                networks = tuple(ip_network(c, strict=False) for c in args.allow or [])
+            except ValueError as exc:
+                print(f"entasis keys: {exc}", file=sys.stderr)
+                return 2
+            new = generate_key()
+            repo.insert(ApiKeyRecord(new.key_id, args.account, new.key_hash, tuple(dict.fromkeys(scopes)),
+                                     networks, args.label or ""))
+            print(new.key)
+            print(f"key id {new.key_id} for account {args.account}, scopes {' '.join(dict.fromkeys(scopes))}"
+                  f"{', from ' + ' '.join(map(str, networks)) if networks else ''}. "
+                  "The key is shown only now: store it safely.", file=sys.stderr)
+            return 0
+        if args.action == "list":
+            rows = repo.list_keys(args.account, include_revoked=args.all)
+            print("key_id\taccount\tscopes\tallow\tcreated_at\trevoked_at\tlabel")
+            for r in rows:
+                print("\t".join([r.key_id, r.account, " ".join(r.scopes),
+                                 " ".join(map(str, r.allowed_networks)) or "-",
+                                 r.created_at.isoformat() if r.created_at else "-",
+                                 r.revoked_at.isoformat() if r.revoked_at else "-", r.label or "-"]))
+            return 0
+        revoked = repo.revoke(args.key_id)
+        if revoked is None:
+            print(f"entasis keys: no key with id {args.key_id}", file=sys.stderr)
+            return 1
+        print(f"revoked {revoked.key_id} (account {revoked.account}); API processes refuse it within "
+              "ENTASIS_API_API_KEY_CACHE_SECONDS (default 2 s)")
+        return 0
+    except StoreUnavailable:
+        print(f"entasis keys: no database answers at {settings.clickhouse_url}", file=sys.stderr)
+        return 2
+    except DatabaseError as exc:
+        if "UNKNOWN_TABLE" in str(exc) or "UNKNOWN_DATABASE" in str(exc):
+            print("entasis keys: no api_keys table: run `entasis migrate` first", file=sys.stderr)
+            return 2
+        raise
+    finally:
+        repo.close()
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
@@ -92,6 +194,32 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
 
     print(simulate_into(settings, rate=args.rate, seed=args.seed, symbols=tuple(args.symbols), count=args.count))
     return 0
+
+
+BENCHMARKS = {"candles": "bench_candles", "pipeline": "bench_pipeline", "parser": "bench_parser",
+              "chdb": "bench_chdb_server"}
+
+
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    """Run tests/bench modules with this interpreter, from the repository root (they import `tests`),
+    passing the extra arguments to each; reports only, so the exit status is the worst module's."""
+    import subprocess
+
+    names = list(BENCHMARKS) if args.which == "all" else [args.which]
+    root = Path(__file__).resolve().parents[1]
+    worst = 0
+    for name in names:
+        command = [sys.executable, "-m", f"tests.bench.{BENCHMARKS[name]}", *args.bench_args]
+        print(f"$ {' '.join(command)}", flush=True)
+        proc = subprocess.Popen(command, cwd=root)
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the benchmark too (same process group): let it stop what it started.
+            # (subprocess.call would SIGKILL it here and orphan its broker, database and worker.)
+            return proc.wait() or 130
+        worst = max(worst, code)
+    return worst
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
@@ -142,10 +270,38 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="warning")
     worker.set_defaults(func=cmd_worker)
 
-    api = sub.add_parser("api", help="serve the REST API")
+    api = sub.add_parser("api", help="serve the REST API (HTTPS; refuses unsafe settings unless --dev)")
     api.add_argument("--host")
     api.add_argument("--port", type=int)
+    api.add_argument("--tls-cert", type=Path, help="PEM certificate (or ENTASIS_API_TLS_CERT)")
+    api.add_argument("--tls-key", type=Path, help="PEM private key (or ENTASIS_API_TLS_KEY)")
+    api.add_argument("--dev", action="store_true",
+                     help="development only: allow plain HTTP, the development JWT secret and every client address")
     api.set_defaults(func=cmd_api)
+
+    token = sub.add_parser("token", help="print a JWT for development and scripts")
+    token.add_argument("--account", default="dev", help="the `sub` claim (default: dev)")
+    token.add_argument("--scope", action="append",
+                       help="scopes, space-separated or repeated (default: all four)")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until `exp` (default 3600)")
+    token.set_defaults(func=cmd_token)
+
+    keys = sub.add_parser("keys", help="API keys: create, list, revoke")
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    create = keys_sub.add_parser("create", help="create a key for an account; the key is printed once")
+    create.add_argument("--account", required=True)
+    create.add_argument("--scope", action="append", help="scopes, space-separated or repeated (default: all four)")
+    create.add_argument("--allow", action="append", metavar="CIDR",
+                        help="client addresses this key may be used from (repeatable; default: any allowed address)")
+    create.add_argument("--label", help="a note for humans, e.g. who holds the key")
+    create.set_defaults(func=cmd_keys)
+    listing = keys_sub.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--account")
+    listing.add_argument("--all", action="store_true", help="include revoked keys")
+    listing.set_defaults(func=cmd_keys)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(func=cmd_keys)
 
     replay = sub.add_parser("replay", help="publish recorded captures to the raw topics")
     replay.add_argument("path")
@@ -159,6 +315,11 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--count", type=int, default=None, help="publish this many trades as fast as possible, then stop")
     sim.add_argument("--rate", type=float, default=20.0, help="paced: trades per second per symbol")
     sim.set_defaults(func=cmd_simulate)
+
+    bench = sub.add_parser("bench", help="run benchmarks (tests/bench): figures and ratios, never pass/fail")
+    bench.add_argument("which", nargs="?", default="all", choices=[*BENCHMARKS, "all"])
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to each benchmark, e.g. --trades 100000")
+    bench.set_defaults(func=cmd_bench)
     return p
 
 

@@ -59,6 +59,8 @@ class Stack:
     settings: Settings
     data_dir: Path
     children: list[Child] = field(default_factory=list)
+    tls_cert: Path = Path()
+    tls_created: bool = False
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -126,8 +128,16 @@ class Stack:
                     raise
 
     def start_services(self) -> None:
+        """The API runs in development mode (`--dev`: development JWT secret, every address
+        allowed) but over HTTPS with a self-signed certificate made here on first use."""
+        from api.tls import ensure_self_signed
+
+        self.tls_cert, key = self.data_dir / "tls" / "cert.pem", self.data_dir / "tls" / "key.pem"
+        hosts = list(dict.fromkeys(["localhost", "127.0.0.1", self.settings.api_host]))
+        self.tls_created = ensure_self_signed(self.tls_cert, key, hosts=hosts)
         self._entasis("worker", "worker")
-        api = self._entasis("api", "api", "--host", self.settings.api_host, "--port", str(self.settings.api_port))
+        api = self._entasis("api", "api", "--dev", "--host", self.settings.api_host,
+                            "--port", str(self.settings.api_port), "--tls-cert", str(self.tls_cert), "--tls-key", str(key))
         self._wait(api, self.settings.api_host, self.settings.api_port, timeout_s=60)
 
     def run(self, replay: Path | None, speed: float | None, exit_after_feed: bool, sim_rate: float, seed: int) -> int:
@@ -140,9 +150,13 @@ class Stack:
         try:
             self.start_infrastructure()
             self.start_services()
-            base = f"http://{self.settings.api_host}:{self.settings.api_port}"
-            print(f"Entasis is up in {time.monotonic() - started:.1f}s: API {base}/docs "
-                  f"(e.g. curl {base}/api/v1/market/price/ETH-USDT); logs in {self.data_dir / 'logs'}; Ctrl-C stops.")
+            base = f"https://{self.settings.api_host}:{self.settings.api_port}"
+            print(f"Entasis is up in {time.monotonic() - started:.1f}s: API {base}/docs; logs in "
+                  f"{self.data_dir / 'logs'}; Ctrl-C stops.\n"
+                  f"DEVELOPMENT MODE: self-signed certificate {self.tls_cert} "
+                  f"({'new' if self.tls_created else 'reused'}), development JWT secret, every client address "
+                  f"allowed. Try:\n  TOKEN=$(.venv/bin/entasis token)\n  curl --cacert {self.tls_cert} "
+                  f"-H \"Authorization: Bearer $TOKEN\" {base}/api/v1/market/price/ETH-USDT")
             if replay is not None:
                 def feed() -> None:
                     feed_result["summary"] = feeds.replay_into(self.settings, replay, speed=speed, stop=stop)

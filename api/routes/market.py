@@ -6,16 +6,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Security
 
 from api import market_service
 from api.errors import ApiError, ErrorCode, openapi_error_responses
 from api.models import HistoryResponse, PriceResponse
 from api.params import parse_exchange, parse_symbol, parse_time
+from api.principal import MARKET_READ
 from api.repository import MarketRepository
+from api.security import SECURITY_ERRORS, require_scope
 from schemas.events import Interval
 
-router = APIRouter(prefix="/market", tags=["market"])
+router = APIRouter(prefix="/market", tags=["market"], dependencies=[Security(require_scope(MARKET_READ))])
 
 
 def get_repository(request: Request) -> MarketRepository:
@@ -27,11 +29,14 @@ def get_repository(request: Request) -> MarketRepository:
 
 Repository = Annotated[MarketRepository, Depends(get_repository)]
 
+# The patterns document exactly what the parsers accept (api/params.py); they are not enforced
+# by FastAPI, so a mismatch still gets the contract's MARKET_001 or BAD_REQUEST, not a generic 400.
 SymbolPath = Annotated[
     str,
     Path(
         description="`BASE-QUOTE`, case-insensitive (`btc-usdt` = `BTC-USDT`); each side 1-15 letters or digits.",
         examples=["BTC-USDT"],
+        json_schema_extra={"pattern": r"^[A-Za-z0-9]{1,15}-[A-Za-z0-9]{1,15}$"},
     ),
 ]
 ExchangeQuery = Annotated[
@@ -41,8 +46,11 @@ ExchangeQuery = Annotated[
             "Venue id (case-insensitive), e.g. `binance`. Default: the venue with the most recent trade of the symbol."
         ),
         examples=["binance"],
+        json_schema_extra={"pattern": r"^[A-Za-z0-9][A-Za-z0-9-]{0,31}$"},
     ),
 ]
+
+_SCOPE_NOTE = "Requires scope `market:read` (JWT `scope` claim or the API key's scopes)."
 
 _DEFAULT_VENUE_NOTE = (
     "When the symbol trades on several venues and `exchange` is not given, the venue with the most recent "
@@ -58,6 +66,8 @@ report a real volume).
 
 `MARKET_002` (503) when the venue's feed for the symbol is marked stale or disconnected by the data
 quality monitor and no trade has arrived since.
+
+{_SCOPE_NOTE}
 """
 
 HISTORY_DESCRIPTION = f"""
@@ -71,6 +81,8 @@ with only one of them, 500 intervals from it. At most 5000 candles per call, cou
 requested range: `(end - start) / interval > 5000` is 400, exactly 5000 is allowed.
 
 {_DEFAULT_VENUE_NOTE}
+
+{_SCOPE_NOTE}
 """
 
 
@@ -85,6 +97,7 @@ requested range: `(end - start) / interval > 5000` is 400, exactly 5000 is allow
             404: [ErrorCode.MARKET_001],
             500: [ErrorCode.INTERNAL],
             503: [ErrorCode.MARKET_002, ErrorCode.UNAVAILABLE],
+            **SECURITY_ERRORS,
         }
     ),
 )
@@ -103,6 +116,7 @@ def get_price(repository: Repository, symbol: SymbolPath, exchange: ExchangeQuer
             404: [ErrorCode.MARKET_001],
             500: [ErrorCode.INTERNAL],
             503: [ErrorCode.UNAVAILABLE],
+            **SECURITY_ERRORS,
         }
     ),
 )
@@ -113,15 +127,17 @@ def get_history(
     start: Annotated[
         str | None,
         Query(
-            description="ISO 8601; inclusive bound on candle open time. No offset means UTC.",
+            description="ISO 8601 (1970 to 2255); inclusive bound on candle open time. No offset means UTC.",
             examples=["2024-03-21T09:00:00Z"],
+            json_schema_extra={"format": "date-time"},
         ),
     ] = None,
     end: Annotated[
         str | None,
         Query(
-            description="ISO 8601; exclusive bound on candle open time. No offset means UTC.",
+            description="ISO 8601 (1970 to 2255); exclusive bound on candle open time. No offset means UTC.",
             examples=["2024-03-21T10:00:00Z"],
+            json_schema_extra={"format": "date-time"},
         ),
     ] = None,
     fill: Annotated[

@@ -3,6 +3,12 @@
 # the import contract, then every test tier (unit, agents, api, integration).
 source "$(dirname "$0")/bootstrap.sh"
 entasis_bootstrap dev
+# The shared rate-limit tests run two API processes against a real Redis (Debian's).
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "== installing redis-server (Debian) for the rate-limit tests"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
 echo "== ruff";          .venv/bin/ruff check .
 echo "== mypy";          .venv/bin/mypy
 echo "== import contract"; .venv/bin/lint-imports

@@ -1,6 +1,10 @@
 """One embedded database for every API test in this process (chdb opens one engine path per
 process), shared through session fixtures; tests keep apart by using their own symbols.
 
+Every test client is authenticated as an account of its own (`api` fixture: a valid token with all
+scopes), so tests never share a rate-limit budget; `anon` is a client without credentials, from
+an address of its own for the same reason.
+
 Set ENTASIS_TEST_CLICKHOUSE_URL (e.g. http://127.0.0.1:8123) to run against a ClickHouse
 server instead; a throwaway database is created there and dropped afterwards."""
 
@@ -17,11 +21,58 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from api.app import create_app
+from api.auth import issue_token
+from api.key_repository import ApiKeyRepository
+from api.principal import KNOWN_SCOPES
 from api.repository import MarketRepository
+from api.settings import ApiSettings
 from infra.clickhouse import client_for_url
 from infra.migrate import apply_migrations
+
+TEST_JWT_SECRET = "tests-only-hs256-secret-0123456789abcdef"  # 40 bytes: passes the length rule
+
+
+def test_api_settings(**overrides: object) -> ApiSettings:
+    """Settings for test apps, independent of the environment and any .env file."""
+    values: dict[str, object] = {"jwt_secret": SecretStr(TEST_JWT_SECRET), "symbols_cache_seconds": 0}
+    values.update(overrides)
+    return ApiSettings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+test_api_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+_account_counter = itertools.count(1)
+
+
+def new_account(prefix: str = "acct") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}-{next(_account_counter)}"
+
+
+def token_for(
+    account: str,
+    scopes: tuple[str, ...] | list[str] = KNOWN_SCOPES,
+    settings: ApiSettings | None = None,
+    **kwargs: object,
+) -> str:
+    return issue_token(settings or test_api_settings(), account, scopes, **kwargs)  # type: ignore[arg-type]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+_address_counter = itertools.count(1)
+
+
+def new_address() -> str:
+    """An address no other test client uses (IPv6 documentation range), so each unauthenticated
+    client has a rate-limit budget of its own."""
+    return f"2001:db8::{next(_address_counter):x}"
+
 
 NS = 10**9
 MINUTE = 60 * NS
@@ -135,13 +186,32 @@ def repository(db: Client, client_factory: Callable[[], Client]) -> Iterator[Mar
 
 
 @pytest.fixture(scope="session")
-def app(repository: MarketRepository) -> FastAPI:
-    return create_app(repository=repository)
+def key_repository(db: Client, client_factory: Callable[[], Client]) -> Iterator[ApiKeyRepository]:
+    repo = ApiKeyRepository(client_factory)
+    yield repo
+    repo.close()
+
+
+@pytest.fixture(scope="session")
+def app(repository: MarketRepository, key_repository: ApiKeyRepository) -> FastAPI:
+    return create_app(repository=repository, api_settings=test_api_settings(), key_repository=key_repository)
 
 
 @pytest.fixture
-def api(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app) as client:
+def account() -> str:
+    """The account the `api` client is authenticated as (new for every test)."""
+    return new_account()
+
+
+@pytest.fixture
+def api(app: FastAPI, account: str) -> Iterator[TestClient]:
+    with TestClient(app, headers=bearer(token_for(account))) as client:
+        yield client
+
+
+@pytest.fixture
+def anon(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, client=(new_address(), 50000)) as client:
         yield client
 
 

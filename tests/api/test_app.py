@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from decimal import Decimal
 
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.settings import ApiSettings
 from infra.settings import Settings
-from tests.api.conftest import NS, Market, TradeRow
+from tests.api.conftest import NS, Market, TradeRow, bearer, new_account, test_api_settings, token_for
 
 
 def test_openapi_documents_market_routes_and_hides_alias(api: TestClient) -> None:
@@ -26,15 +26,28 @@ def test_openapi_documents_market_routes_and_hides_alias(api: TestClient) -> Non
 
     price = paths["/api/v1/market/price/{symbol}"]["get"]
     history = paths["/api/v1/market/history/{symbol}"]["get"]
-    assert set(price["responses"]) == {"200", "400", "404", "500", "503"}
-    assert set(history["responses"]) == {"200", "400", "404", "500", "503"}
+    statuses = {"200", "400", "401", "403", "404", "429", "500", "503"}
+    assert set(price["responses"]) == statuses
+    assert set(history["responses"]) == statuses
     assert "most recent trade" in price["description"] and "most recent trade" in history["description"]
     assert {p["name"] for p in price["parameters"]} == {"symbol", "exchange"}
     assert {p["name"] for p in history["parameters"]} == {"symbol", "interval", "start", "end", "fill", "exchange"}
     assert all(p.get("description") for p in price["parameters"] + history["parameters"] if p["name"] != "symbol")
 
     for op in (price, history):
-        for status in ("400", "404", "500", "503"):
+        # Either credential is enough: two alternatives, not one requirement naming both.
+        assert op["security"] == [{"BearerJWT": []}, {"ApiKey": []}]
+        assert "market:read" in op["description"]
+        for status, response in op["responses"].items():
+            headers = response["headers"]
+            for name in ("X-Request-ID", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"):
+                assert headers[name]["required"] is True, (status, name)
+        assert op["responses"]["429"]["headers"]["Retry-After"]["schema"]["maximum"] == 60
+        assert "WWW-Authenticate" in op["responses"]["401"]["headers"]
+        for status, code in (("401", "AUTH_FAILED"), ("403", "FORBIDDEN"), ("429", "RATE_LIMITED")):
+            examples = op["responses"][status]["content"]["application/json"]["examples"]
+            assert examples[code]["value"]["error"]["code"] == code
+        for status in ("400", "401", "403", "404", "429", "500", "503"):
             content = op["responses"][status]["content"]["application/json"]
             assert content["schema"]["$ref"].endswith("/ErrorResponse")
             assert content["examples"]
@@ -46,6 +59,16 @@ def test_openapi_documents_market_routes_and_hides_alias(api: TestClient) -> Non
     # Validation failures are 400 here; FastAPI's default 422 must be gone everywhere.
     text = json.dumps(schema)
     assert '"422"' not in text and "HTTPValidationError" not in text
+
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["BearerJWT"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": schemes["BearerJWT"]["description"],
+    }
+    assert schemes["ApiKey"]["type"] == "apiKey" and schemes["ApiKey"]["in"] == "header"
+    assert schemes["ApiKey"]["name"] == "X-API-Key"
 
     components = schema["components"]["schemas"]
     price_props = components["PriceResponse"]["properties"]
@@ -71,9 +94,9 @@ def test_settings_wiring_builds_and_closes_its_own_repository(
     market.trades([TradeRow("binance", symbol, "1", Decimal("42"), Decimal("1"), 1_723_161_601 * NS)])
     app = create_app(
         settings=Settings(clickhouse_url=url, clickhouse_database=database),
-        api_settings=ApiSettings(symbols_cache_seconds=0),
+        api_settings=test_api_settings(symbols_cache_seconds=0),
     )
-    with TestClient(app) as client:
+    with TestClient(app, headers=bearer(token_for(new_account()))) as client:
         response = client.get(f"/api/v1/market/price/{symbol}")
         assert response.status_code == 200, response.text
         assert response.json()["price"] == "42.00000000"
@@ -83,7 +106,22 @@ def test_settings_wiring_builds_and_closes_its_own_repository(
 
 def test_app_not_started_answers_503() -> None:
     # Without the lifespan (no `with`), there is no repository yet: a clean 503, not a crash.
-    client = TestClient(create_app(settings=Settings()))
+    app = create_app(settings=Settings(), api_settings=test_api_settings())
+    client = TestClient(app, headers=bearer(token_for(new_account())))
     response = client.get("/api/v1/market/price/BTC-USDT")
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "UNAVAILABLE"
+
+
+def test_every_documented_operation_requires_credentials(anon: TestClient) -> None:
+    # A router wired in without `require_scope` would be an open endpoint: refuse that here, for
+    # every operation in the schema and its /v1 alias.
+    schema = anon.get("/openapi.json").json()
+    assert schema["paths"]
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            assert operation.get("security"), (method, path)
+            concrete = re.sub(r"\{[^}]+\}", "BTC-USDT", path)
+            for url in (concrete, concrete.replace("/api/v1/", "/v1/", 1)):
+                response = anon.request(method.upper(), url)
+                assert response.status_code == 401, (method, url, response.status_code)

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.errors import ERRORS, ErrorCode, negotiate_language
 from api.repository import MarketRepository, StoreUnavailable
-from tests.api.conftest import NS, Market, TradeRow, error_of
+from tests.api.conftest import NS, Market, TradeRow, bearer, error_of, new_account, test_api_settings, token_for
 
 SPEC = Path(__file__).resolve().parents[2].parent / "shared" / "SPEC.md"
 KO_HEADERS = [{"Accept-Language": v} for v in ("ko", "ko-KR", "ko-KR,ko;q=0.9,en;q=0.8")]
@@ -173,8 +173,8 @@ class _Exploding(MarketRepository):
 
 def test_unhandled_exception_is_500_internal_without_internals(caplog: pytest.LogCaptureFixture) -> None:
     secret = "boom in /srv/entasis/api/secret_module.py line 42"
-    app = create_app(repository=_Exploding(RuntimeError(secret)))
-    with TestClient(app) as client, caplog.at_level(logging.ERROR):
+    app = create_app(repository=_Exploding(RuntimeError(secret)), api_settings=test_api_settings())
+    with TestClient(app, headers=bearer(token_for(new_account()))) as client, caplog.at_level(logging.ERROR):
         for headers, message in (({}, "Internal server error"), ({"Accept-Language": "ko"}, "서버 내부 오류")):
             response = client.get("/api/v1/market/price/BTC-USDT", headers=headers)
             assert response.status_code == 500
@@ -193,8 +193,8 @@ def test_unhandled_exception_is_500_internal_without_internals(caplog: pytest.Lo
 
 
 def test_store_unavailable_is_503() -> None:
-    app = create_app(repository=_Exploding(StoreUnavailable("connection refused")))
-    with TestClient(app) as client:
+    app = create_app(repository=_Exploding(StoreUnavailable("connection refused")), api_settings=test_api_settings())
+    with TestClient(app, headers=bearer(token_for(new_account()))) as client:
         response = client.get("/api/v1/market/history/BTC-USDT")
     assert response.status_code == 503
     error = error_of(response)
@@ -207,7 +207,8 @@ def test_unreachable_database_is_503_through_the_real_wiring() -> None:
     from infra.settings import Settings
 
     settings = Settings(clickhouse_url="http://127.0.0.1:1", clickhouse_database="entasis")
-    with TestClient(create_app(settings=settings)) as client:
+    app = create_app(settings=settings, api_settings=test_api_settings())
+    with TestClient(app, headers=bearer(token_for(new_account()))) as client:
         response = client.get("/api/v1/market/price/BTC-USDT")
     assert response.status_code == 503
     assert error_of(response)["code"] == "UNAVAILABLE"

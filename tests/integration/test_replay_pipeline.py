@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api.auth import issue_token
+from api.settings import ApiSettings
 from infra.feeds import replay_into, wait_until_stored
 from infra.processes import free_port, wait_for_port
 from tests.integration.conftest import Infra, child_env, start_worker
@@ -48,13 +50,18 @@ def test_replay_through_the_whole_pipeline_serves_the_reference_candles(infra: I
         assert scalar(settings, "SELECT count() FROM quality_events WHERE kind IN ('book_gap', 'late_trade')") == 0
 
         api_log = (tmp_path / "api.log").open("wb")
-        api = subprocess.Popen([sys.executable, "-m", "infra.cli", "api", "--port", str(settings.api_port)],
-                               env=child_env(settings), stdout=api_log, stderr=subprocess.STDOUT)
+        secret = "integration-tests-hs256-secret-0123456789"
+        api = subprocess.Popen([sys.executable, "-m", "infra.cli", "api", "--dev", "--port", str(settings.api_port)],
+                               env={**child_env(settings), "ENTASIS_API_JWT_SECRET": secret},
+                               stdout=api_log, stderr=subprocess.STDOUT)
         wait_for_port("127.0.0.1", settings.api_port, timeout_s=60, what="api")
         base = f"http://127.0.0.1:{settings.api_port}/api/v1/market"
+        token = issue_token(ApiSettings(_env_file=None, jwt_secret=secret), "it-replay", ["market:read"])
+        auth = {"Authorization": f"Bearer {token}"}
 
         history = httpx.get(f"{base}/history/eth-usdt", params={
-            "interval": "1m", "exchange": "binance", "start": "2024-08-08T23:54:00Z", "end": "2024-08-09T00:06:00Z"})
+            "interval": "1m", "exchange": "binance", "start": "2024-08-08T23:54:00Z", "end": "2024-08-09T00:06:00Z"},
+            headers=auth)
         assert history.status_code == 200, history.text
         body = history.json()
         assert body["symbol"] == "ETH-USDT"
@@ -64,7 +71,8 @@ def test_replay_through_the_whole_pipeline_serves_the_reference_candles(infra: I
                  r["low"], r["close"], r["volume"]) for r in reference]
         assert got == want  # every minute, exact decimal strings, the open minute last
 
-        price = httpx.get(f"{base}/price/ETH-USDT", params={"exchange": "binance"}).json()
+        assert httpx.get(f"{base}/price/ETH-USDT").status_code == 401  # no credentials, no data
+        price = httpx.get(f"{base}/price/ETH-USDT", params={"exchange": "binance"}, headers=auth).json()
         last = spot_trades[-1]
         assert Decimal(price["price"]) == Decimal(last["p"])
         assert price["exchange"] == "binance"

@@ -1,0 +1,228 @@
+"""The security gate every request passes before routing, and the scope check routes declare.
+
+Order, for every HTTP request (and, through `SecurityGate.admit`, for a WebSocket handshake):
+
+1. client address: the TCP peer, or from `X-Forwarded-For` when the peer is a trusted proxy
+   (api/network.py); a trusted proxy that forwards garbage gets 400 `BAD_REQUEST`;
+2. deployment allowlist: an address outside it gets 403 `FORBIDDEN` (when no allowlist is
+   configured, which only a `--dev` server accepts, every address passes);
+3. credentials: whatever is sent is verified (api/auth.py), on every path, public ones included;
+   invalid credentials get 401 `AUTH_FAILED`, a key used outside its own allowlist 403;
+4. rate limit (api/ratelimit.py): counted per account once authenticated, per client address
+   otherwise, so failed and unauthenticated attempts spend the address's budget, never the
+   account's; over the limit, 429 `RATE_LIMITED` whatever else was wrong;
+5. routing; a route that needs a scope (`require_scope`) answers 401 when the request carried no
+   credentials and 403 when they lack the scope.
+
+Every response, errors included (even a 500), carries `X-RateLimit-Limit`, `-Remaining`, `-Reset`
+and `X-Request-ID`; a 429 also `Retry-After`; HTTPS responses `Strict-Transport-Security`.
+
+Public endpoints: `/docs`, `/docs/oauth2-redirect` and `/openapi.json` need no credentials by
+default (`ENTASIS_API_PUBLIC_DOCS=true`): the schema describes the API, it is no secret, and a
+developer must be able to read it before holding a key. They still sit behind the allowlist and
+the rate limit, and credentials sent to them are still checked. `ENTASIS_API_PUBLIC_DOCS=false`
+makes them require valid credentials (any scope). Unknown paths and wrong methods answer 404 and
+405 without credentials: the route table is public through the schema anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import parse_qs
+
+from fastapi import Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.auth import Authenticator, address_forbidden, auth_failed, insufficient_scope
+from api.errors import ApiError, ErrorCode, error_response, response_headers
+from api.network import AddressSet, ClientAddressResolver, IPAddress, MalformedForwardedFor
+from api.principal import Principal
+from api.ratelimit import RateDecision, RateLimiter
+from api.repository import StoreUnavailable
+from api.settings import ApiSettings
+
+# The answers every protected route can give besides its own (for `openapi_error_responses`).
+SECURITY_ERRORS: dict[int, list[ErrorCode]] = {
+    401: [ErrorCode.AUTH_FAILED],
+    403: [ErrorCode.FORBIDDEN],
+    429: [ErrorCode.RATE_LIMITED],
+}
+logger = logging.getLogger("api.security")
+
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json"})
+HSTS = "max-age=31536000; includeSubDomains"
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The gate's verdict on one request or WebSocket handshake."""
+
+    principal: Principal | None
+    client_ip: IPAddress | None
+    rate: RateDecision
+    error: ApiError | None
+
+
+class SecurityGate:
+    """Plain object, no FastAPI: the HTTP middleware below and a WebSocket endpoint share it
+    (`await gate.admit(websocket.scope, allow_query_token=True)`, then close with 4401/4403/4429
+    when `error` is set)."""
+
+    def __init__(
+        self,
+        settings: ApiSettings,
+        authenticator: Authenticator,
+        limiter: RateLimiter,
+    ) -> None:
+        self.resolver = ClientAddressResolver(settings.trusted_proxies)
+        self.allowlist = AddressSet(settings.allowlist)
+        self.authenticator = authenticator
+        self.limiter = limiter
+
+    async def admit(self, scope: Scope, *, allow_query_token: bool = False) -> Admission:
+        headers = Headers(scope=scope)
+        peer = scope.get("client")
+        peer_host: str | None = peer[0] if peer else None
+        error: ApiError | None = None
+        client_ip: IPAddress | None = None
+        try:
+            client_ip = self.resolver.resolve(peer_host, headers.getlist("x-forwarded-for"))
+        except MalformedForwardedFor:
+            error = ApiError(ErrorCode.BAD_REQUEST, {"reason": "malformed X-Forwarded-For from a trusted proxy"})
+        if error is None and self.allowlist and client_ip not in self.allowlist:
+            error = address_forbidden(client_ip, "client address not allowed")
+
+        principal: Principal | None = None
+        if error is None:
+            try:
+                principal = await self._authenticate(scope, headers, client_ip, allow_query_token)
+            except ApiError as exc:
+                error = exc
+            except StoreUnavailable:
+                error = ApiError(ErrorCode.UNAVAILABLE, {"reason": "API key store unreachable"})
+            except Exception:
+                # Still counted and answered with the usual headers; the operator gets the traceback.
+                logger.exception("credential check failed request_id=%s", scope.get("state", {}).get("request_id"))
+                error = ApiError(ErrorCode.INTERNAL)
+
+        identity = f"account:{principal.account}" if principal else f"ip:{client_ip or peer_host or 'unknown'}"
+        rate = await self.limiter.hit(identity)
+        if not rate.allowed:
+            error = ApiError(ErrorCode.RATE_LIMITED, {"limit": rate.limit, "retry_after_seconds": rate.reset_s})
+        return Admission(principal, client_ip, rate, error)
+
+    async def _authenticate(
+        self, scope: Scope, headers: Headers, client_ip: IPAddress | None, allow_query_token: bool
+    ) -> Principal | None:
+        authorization = headers.getlist("authorization")
+        api_key = headers.getlist("x-api-key")
+        if len(authorization) > 1 or len(api_key) > 1:
+            raise auth_failed("send each credential header once")
+        query_token: str | None = None
+        if allow_query_token:
+            tokens = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [])
+            if len(tokens) > 1:
+                raise auth_failed("send the token once")
+            query_token = tokens[0] if tokens else None
+        return await self.authenticator.authenticate(
+            authorization=authorization[0] if authorization else None,
+            api_key=api_key[0] if api_key else None,
+            client_ip=client_ip,
+            query_token=query_token,
+        )
+
+
+# WebSocket close codes for the gate's refusals (SPEC: an unauthenticated socket is closed 4401).
+_WEBSOCKET_CLOSE = {
+    ErrorCode.AUTH_FAILED: 4401,
+    ErrorCode.FORBIDDEN: 4403,
+    ErrorCode.RATE_LIMITED: 4429,
+    ErrorCode.BAD_REQUEST: 4400,
+}
+
+
+def websocket_close_code(error: ApiError) -> int:
+    """The close code a WebSocket endpoint uses when `SecurityGate.admit` refused the handshake
+    (1011, "internal error", for anything else, e.g. an unreachable key store)."""
+    return _WEBSOCKET_CLOSE.get(error.code, 1011)
+
+
+class SecurityMiddleware:
+    """Runs the gate for every HTTP request (plain ASGI: no per-request task or body buffering).
+    Must sit inside RequestContextMiddleware, which stamps the headers collected here on every
+    response, its own 500 included."""
+
+    def __init__(self, app: ASGIApp, gate: SecurityGate, public_docs: bool = True) -> None:
+        self.app = app
+        self.gate = gate
+        self.public_docs = public_docs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = response_headers(scope)
+        if scope.get("scheme") == "https":
+            extra["Strict-Transport-Security"] = HSTS
+        admission = await self.gate.admit(scope)
+        extra.update(admission.rate.headers())
+        state = scope.setdefault("state", {})
+        state["principal"] = admission.principal
+        state["client_ip"] = admission.client_ip
+        error = admission.error
+        if error is None and not self.public_docs and admission.principal is None and scope["path"] in DOCS_PATHS:
+            error = auth_failed("credentials required")
+        if error is not None:
+            await error_response(scope, error.code, error.details, error.status, error.headers)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+# --- routes ------------------------------------------------------------------------------
+
+bearer_scheme = HTTPBearer(
+    scheme_name="BearerJWT",
+    bearerFormat="JWT",
+    description=(
+        "`Authorization: Bearer <jwt>` (HS256 or RS256 as configured). Claims: `sub` = account id, `exp` "
+        "required, `scope` = space-separated scopes, e.g. `market:read`. Development: `entasis token`."
+    ),
+    auto_error=False,
+)
+api_key_scheme = APIKeyHeader(
+    name="X-API-Key",
+    scheme_name="ApiKey",
+    description="`X-API-Key: ek_...`, issued by `entasis keys create`. Sent with a token, both must name the "
+    "same account and the request gets the scopes both allow.",
+    auto_error=False,
+)
+
+
+def principal_of(request: Request) -> Principal | None:
+    principal = getattr(request.state, "principal", None)
+    return principal if isinstance(principal, Principal) else None
+
+
+def require_scope(scope: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
+    """A route dependency: the caller's Principal, which must hold `scope`. The two security
+    parameters only document the schemes in OpenAPI; the middleware has verified them already."""
+
+    async def dependency(
+        request: Request,
+        _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)] = None,
+        _api_key: Annotated[str | None, Security(api_key_scheme)] = None,
+    ) -> Principal:
+        principal = principal_of(request)
+        if principal is None:
+            raise auth_failed("credentials required")
+        if not principal.allows(scope):
+            raise insufficient_scope(scope)
+        return principal
+
+    dependency.__name__ = f"require_{scope.replace(':', '_')}"
+    return dependency
