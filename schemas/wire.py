@@ -52,6 +52,16 @@ def encode_trade_batch(venue: str, symbol: str, trades: Sequence[Trade]) -> byte
 
 
 _new_row = tuple.__new__
+_SIDES = frozenset(("buy", "sell", "unknown"))
+MAX_DECIMALS = 8  # the store's scale (Decimal(38, 8)): finer values would be rounded, so refuse them
+
+
+def _check(row: TradeRow) -> None:
+    price, size = row.price, row.size
+    if not (price > 0 and size > 0) or row.side not in _SIDES:
+        raise WireError(f"trade {row.trade_id}: price and size must be positive, side one of {sorted(_SIDES)}")
+    if -price.as_tuple().exponent > MAX_DECIMALS or -size.as_tuple().exponent > MAX_DECIMALS:  # type: ignore[operator]
+        raise WireError(f"trade {row.trade_id}: more than {MAX_DECIMALS} decimal places")
 
 
 def decode_trade_batch(raw: bytes) -> tuple[str, str, list[TradeRow]]:
@@ -66,6 +76,8 @@ def decode_trade_batch(raw: bytes) -> tuple[str, str, list[TradeRow]]:
             _new_row(TradeRow, (str(r[0]), Decimal(r[1]), Decimal(r[2]), r[3], int(r[4]), int(r[5])))
             for r in msg["trades"]
         ]
+        for row in rows:
+            _check(row)
         return msg["venue"], msg["symbol"], rows
     except WireError:
         raise

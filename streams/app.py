@@ -54,6 +54,9 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "consumer_auto_offset_reset": "earliest",
         "web_enabled": False,
         "producer_acks": -1,
+        # Raw messages carry ~100 trades: a 1 MB per-partition fetch cap (Faust's default)
+        # left the worker idle between fetches (tests/bench/bench_pipeline.py).
+        "consumer_max_fetch_size": 16 * 1024 * 1024,
         # The candles agent acknowledges only what a stored checkpoint covers (see
         # streams/agents/candles.py); waiting for the rest at shutdown or rebalance would hang.
         "stream_wait_empty": False,

@@ -15,7 +15,14 @@ from pydantic import BaseModel
 from schemas.events import DeadLetter, QualityEvent
 from schemas.wire import TradeRow, WireError, decode_trade_batch
 from streams.agents.candles import DeadLetterEmitter, dead_letter_for
-from streams.sinks.clickhouse import ClickHouseSink, candles_table, dead_letters_table, quality_table, trades_table
+from streams.sinks.clickhouse import (
+    ClickHouseSink,
+    candles_table,
+    dead_letters_table,
+    quality_table,
+    trades_table,
+    trades_table_from_raw,
+)
 
 Agent = Callable[[Any], Coroutine[Any, Any, None]]
 M = TypeVar("M", bound=BaseModel)
@@ -24,15 +31,22 @@ M = TypeVar("M", bound=BaseModel)
 def make_trade_sink(sink: ClickHouseSink, batch: int, within: float) -> Agent:
     async def trade_sink(stream: Any) -> None:
         async for values in stream.take(batch, within=within):
-            batches: list[tuple[str, str, list[TradeRow]]] = []
-            for raw in values:
-                try:
-                    batches.append(decode_trade_batch(raw))
-                except WireError:
-                    continue  # the candles agent dead-letters it; one report per message is enough
-            await sink.insert("trades", trades_table(batches))
+            await sink.insert("trades", _trades(values))
 
     return trade_sink
+
+
+def _trades(values: Sequence[bytes]) -> pa.Table:
+    try:
+        return trades_table_from_raw(values)
+    except Exception:  # something malformed in the batch: the careful path keeps the rest
+        batches: list[tuple[str, str, list[TradeRow]]] = []
+        for raw in values:
+            try:
+                batches.append(decode_trade_batch(raw))
+            except WireError:
+                continue  # the candles agent dead-letters it; one report per message is enough
+        return trades_table(batches)
 
 
 def make_candle_sink(sink: ClickHouseSink, batch: int, within: float, dead_letter: DeadLetterEmitter,

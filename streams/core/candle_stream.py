@@ -15,7 +15,7 @@ from typing import Any
 
 from schemas.events import INTERVAL_NS, Candle
 from schemas.wire import TradeRow
-from streams.core.candles import CandleBuilder
+from streams.core.candles import CandleBuilder, partials
 
 INTERVALS: tuple[str, ...] = tuple(INTERVAL_NS)  # finest first: 1m, 5m, 1h, 1d
 STATE_VERSION = 1
@@ -81,8 +81,11 @@ class CandleStream:
         if first.late:
             late_ids = {id(t) for t in first.late}
             on_time = [t for t in fresh if id(t) not in late_ids]
-        for builder in coarser:
-            out.candles += builder.update(on_time).candles
+        if coarser and on_time:
+            # every interval is a multiple of the finest: fold its per-bucket partials, not each trade
+            parts = partials(on_time, finest.interval_ns)
+            for builder in coarser:
+                out.candles += builder.update_partials(parts).candles
         return out
 
     def advance_to(self, watermark_ns: int) -> list[Candle]:

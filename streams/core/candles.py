@@ -63,6 +63,35 @@ class _Window:
         self.volume += t.size
         self.trades += 1
 
+    def merge(self, p: _Window) -> None:
+        """Fold in a partial window (the same rules as adding its trades one by one)."""
+        if p.high > self.high:
+            self.high = p.high
+        if p.low < self.low:
+            self.low = p.low
+        if p.first_ts_ns < self.first_ts_ns:
+            self.open, self.first_ts_ns, self.first_trade_id = p.open, p.first_ts_ns, p.first_trade_id
+        if p.last_ts_ns >= self.last_ts_ns:
+            self.close, self.last_ts_ns, self.last_trade_id = p.close, p.last_ts_ns, p.last_trade_id
+        if p.max_recv_ns > self.max_recv_ns:
+            self.max_recv_ns = p.max_recv_ns
+        self.volume += p.volume
+        self.trades += p.trades
+
+
+def partials(trades: Iterable[TradeRow], interval_ns: int) -> list[_Window]:
+    """Trades pre-aggregated per `interval_ns` bucket, in order of first arrival. Coarser
+    intervals fold these instead of every trade: one merge per bucket and message."""
+    out: dict[int, _Window] = {}
+    for t in trades:
+        open_ts = t.event_ts_ns - t.event_ts_ns % interval_ns
+        w = out.get(open_ts)
+        if w is None:
+            out[open_ts] = _Window.start(open_ts, t)
+        else:
+            w.add(t)
+    return list(out.values())
+
 
 @dataclass
 class CandleUpdate:
@@ -106,12 +135,36 @@ class CandleBuilder:
 
     def update(self, trades: Iterable[TradeRow]) -> CandleUpdate:
         out = CandleUpdate()
+        revised: set[int] = set()
         for t in trades:
-            self._add(t, out)
+            self._add(t, out, revised)
+        self._emit_revisions(revised, out)
         self._advance(out)
         return out
 
-    def _add(self, t: TradeRow, out: CandleUpdate) -> None:
+    def update_partials(self, parts: Iterable[_Window]) -> CandleUpdate:
+        """Like `update`, from partial windows of a finer interval that divides this one
+        (see `partials`); the caller has already dropped trades too late for the finer one."""
+        out = CandleUpdate()
+        revised: set[int] = set()
+        for p in parts:
+            if self.max_event_ts_ns is None or p.last_ts_ns > self.max_event_ts_ns:
+                self.max_event_ts_ns = p.last_ts_ns
+            open_ts = p.open_ts_ns - p.open_ts_ns % self.interval_ns
+            window = self._open.get(open_ts)
+            if window is not None:
+                window.merge(p)
+            elif open_ts in self._closed:
+                self._closed[open_ts].merge(p)
+                revised.add(open_ts)
+            else:
+                # never final here: a finer window that is not final lies in a coarser one that is not
+                self._open[open_ts] = _Window(**{**asdict(p), "open_ts_ns": open_ts, "revision": 0, "emitted": False})
+        self._emit_revisions(revised, out)
+        self._advance(out)
+        return out
+
+    def _add(self, t: TradeRow, out: CandleUpdate, revised: set[int]) -> None:
         if self.max_event_ts_ns is None or t.event_ts_ns > self.max_event_ts_ns:
             self.max_event_ts_ns = t.event_ts_ns
         open_ts = t.event_ts_ns - t.event_ts_ns % self.interval_ns
@@ -122,13 +175,19 @@ class CandleBuilder:
         window = self._closed.get(open_ts)
         if window is not None:
             window.add(t)
-            window.revision += 1
-            out.candles.append(self._candle(window, is_final=False))
+            revised.add(open_ts)
             return
         if self._is_final(open_ts):
             out.late.append(t)
             return
         self._open[open_ts] = _Window.start(open_ts, t)
+
+    def _emit_revisions(self, revised: set[int], out: CandleUpdate) -> None:
+        """One new revision per emitted window that late trades changed in this update."""
+        for open_ts in sorted(revised):
+            window = self._closed[open_ts]
+            window.revision += 1
+            out.candles.append(self._candle(window, is_final=False))
 
     def _is_final(self, open_ts: int) -> bool:
         """A window whose end + grace the watermark has passed can never change again. A
