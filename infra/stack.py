@@ -136,8 +136,8 @@ class Stack:
         hosts = list(dict.fromkeys(["localhost", "127.0.0.1", self.settings.api_host]))
         self.tls_created = ensure_self_signed(self.tls_cert, key, hosts=hosts)
         self._entasis("worker", "worker")
-        api = self._entasis("api", "api", "--dev", "--host", self.settings.api_host,
-                            "--port", str(self.settings.api_port), "--tls-cert", str(self.tls_cert), "--tls-key", str(key))
+        api = self._entasis("api", "api", "--dev", "--host", self.settings.api_host, "--port",
+                            str(self.settings.api_port), "--tls-cert", str(self.tls_cert), "--tls-key", str(key))
         self._wait(api, self.settings.api_host, self.settings.api_port, timeout_s=60)
 
     def run(self, replay: Path | None, speed: float | None, exit_after_feed: bool, sim_rate: float, seed: int) -> int:
