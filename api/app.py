@@ -25,7 +25,8 @@ from api.key_repository import ApiKeyRepository
 from api.keys import ApiKeyRecord, ApiKeyVerifier
 from api.ratelimit import RateLimiter, build_rate_limiter
 from api.repository import MarketRepository, StoreUnavailable
-from api.routes import market
+from api.risk_repository import RiskRepository
+from api.routes import market, risk
 from api.security import SecurityGate, SecurityMiddleware
 from api.settings import ApiSettings, get_api_settings
 from infra.clickhouse import make_client
@@ -167,7 +168,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db_settings = settings if settings is not None else get_settings()
         if owns_repository:
-            app.state.repository = MarketRepository(
+            app.state.repository = RiskRepository(  # market queries plus the analysis tables
                 lambda: make_client(db_settings), symbols_ttl_s=options.symbols_cache_seconds
             )
         if owns_key_repository:
@@ -217,7 +218,7 @@ def create_app(
 
     app.add_exception_handler(StoreUnavailable, _store_unavailable)
 
-    for router in (market.router,):
+    for router in (market.router, risk.router):
         app.include_router(router, prefix=API_PREFIX)
         app.include_router(router, prefix=ALIAS_PREFIX, include_in_schema=False)
     return app

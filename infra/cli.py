@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from infra import risk_cli
 from infra.settings import Settings, get_settings
 
 log = logging.getLogger("entasis")
@@ -197,7 +198,7 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 BENCHMARKS = {"candles": "bench_candles", "pipeline": "bench_pipeline", "parser": "bench_parser",
-              "chdb": "bench_chdb_server"}
+              "chdb": "bench_chdb_server", "orderbook": "bench_orderbook", "risk": "bench_risk"}
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
@@ -320,6 +321,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("which", nargs="?", default="all", choices=[*BENCHMARKS, "all"])
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to each benchmark, e.g. --trades 100000")
     bench.set_defaults(func=cmd_bench)
+    risk_cli.add_parser(sub)
     return p
 
 

@@ -30,6 +30,7 @@ from streams.agents.candles import (
     on_tick,
 )
 from streams.agents.quality import StaleFeedMonitor, StreamClock
+from streams.agents.risk import register_risk_agents
 from streams.agents.sinks import make_candle_sink, make_dead_letter_sink, make_quality_sink, make_trade_sink
 from streams.sinks.checkpoints import ClickHouseCheckpointStore
 from streams.sinks.clickhouse import ClickHouseSink
@@ -136,6 +137,9 @@ def build_worker(
         emit_quality=emit_quality, emit_dead_letter=emit_dead, store_snapshots=clickhouse_snapshot_store(sink),
     )
     agents.update(book.agents)
+    risk = register_risk_agents(app, settings, candle_topic=all_candles,
+                                risk_topic=app.topic(topics.RISK.full_name(ns)), sink=sink)
+    agents.update(risk.agents)
 
     @app.timer(1.0)
     async def tick() -> None:

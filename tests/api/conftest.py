@@ -28,6 +28,7 @@ from api.auth import issue_token
 from api.key_repository import ApiKeyRepository
 from api.principal import KNOWN_SCOPES
 from api.repository import MarketRepository
+from api.risk_repository import RiskRepository
 from api.settings import ApiSettings
 from infra.clickhouse import client_for_url
 from infra.migrate import apply_migrations
@@ -180,7 +181,7 @@ def market(db: Client) -> Market:
 @pytest.fixture(scope="session")
 def repository(db: Client, client_factory: Callable[[], Client]) -> Iterator[MarketRepository]:
     # No symbol cache: each test inserts its own symbol and queries it at once.
-    repo = MarketRepository(client_factory, symbols_ttl_s=0)
+    repo = RiskRepository(client_factory, symbols_ttl_s=0)  # what the served app builds: market + analysis
     yield repo
     repo.close()
 

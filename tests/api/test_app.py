@@ -21,7 +21,8 @@ def test_openapi_documents_market_routes_and_hides_alias(api: TestClient) -> Non
     assert schema["info"]["title"] == "Entasis Engine API"
     assert schema["info"]["version"]
     paths = schema["paths"]
-    assert set(paths) == {"/api/v1/market/price/{symbol}", "/api/v1/market/history/{symbol}"}
+    assert set(paths) == {"/api/v1/market/price/{symbol}", "/api/v1/market/history/{symbol}",
+                          "/api/v1/analysis/risk/{symbol}", "/api/v1/analysis/risk/{symbol}/backtest"}
     assert not any(p.startswith("/v1") for p in paths)
 
     price = paths["/api/v1/market/price/{symbol}"]["get"]

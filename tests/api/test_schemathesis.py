@@ -19,6 +19,10 @@ from api.key_repository import ApiKeyRepository
 from api.keys import ApiKeyRecord, generate_key
 from api.principal import KNOWN_SCOPES
 from api.repository import MarketRepository
+from api.risk_repository import RiskRepository
+from schemas.events import Interval
+from schemas.risk import RiskEstimate, RiskMethod
+from streams.sinks.risk import risk_table
 from tests.api.conftest import HOUR, MINUTE, NS, Market, TradeRow, new_account, test_api_settings, token_for
 
 T0 = 1_723_161_600 * NS
@@ -41,7 +45,14 @@ CONFIG = SchemathesisConfig.from_dict(
                 "checks": {
                     "positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "403", "404", "429"]}
                 },
-            }
+            },
+            {
+                # the same for a backtest's period: `start < end`, at most 366 days
+                "include-path": "/api/v1/analysis/risk/{symbol}/backtest",
+                "checks": {
+                    "positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "403", "404", "429"]}
+                },
+            },
         ],
     }
 )
@@ -49,7 +60,7 @@ CONFIG = SchemathesisConfig.from_dict(
 # Built at import: schemathesis reads the schema while collecting (its fixture-based loader does not
 # work with pytest 9). The database, a session fixture, is attached to the app before any test runs.
 fuzz_app = create_app(
-    repository=MarketRepository(_not_ready),
+    repository=RiskRepository(_not_ready),  # the repository the served app builds
     key_repository=ApiKeyRepository(_not_ready),
     api_settings=test_api_settings(),
 )
@@ -71,6 +82,16 @@ def _attach_database(repository: MarketRepository, key_repository: ApiKeyReposit
             ]
             + [TradeRow("okx", symbol, "x", Decimal("99"), Decimal("1"), T0 + 5 * HOUR)]
         )
+    # ...and a risk estimate for every method and interval, so the risk route answers with data;
+    # without one it rightly says 503 (not enough data yet), which is no server fault to find here
+    repository_client = repository._client()
+    repository_client.insert_arrow("risk_estimates", risk_table([
+        RiskEstimate(venue=venue, symbol=symbol, interval=interval, method=method, event_ts_ns=T0 + HOUR,
+                     recv_ts_ns=T0 + HOUR, price=Decimal("100"), var_95=Decimal("3.5"),
+                     expected_shortfall=Decimal("4.25"), volatility=Decimal("0.5"), window=2160)
+        for symbol in ("BTC-USDT", "ETH-USDT") for venue in ("binance", "okx")
+        for method in RiskMethod for interval in Interval
+    ]))
 
 
 @schema.parametrize()
