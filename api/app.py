@@ -26,9 +26,10 @@ from api.keys import ApiKeyRecord, ApiKeyVerifier
 from api.ratelimit import RateLimiter, build_rate_limiter
 from api.repository import MarketRepository, StoreUnavailable
 from api.risk_repository import RiskRepository
-from api.routes import market, risk
+from api.routes import market, portfolio, risk
 from api.security import SecurityGate, SecurityMiddleware
 from api.settings import ApiSettings, get_api_settings
+from api.ws import MarketFeed, MarketHub, install_market_websocket
 from infra.clickhouse import make_client
 from infra.settings import Settings, get_settings
 
@@ -151,6 +152,7 @@ def create_app(
     key_repository: ApiKeyRepository | None = None,
     rate_limiter: RateLimiter | None = None,
     dev: bool = False,
+    market_hub: MarketHub | None = None,
 ) -> FastAPI:
     """The API application.
 
@@ -164,6 +166,10 @@ def create_app(
     owns_repository = repository is None
     owns_key_repository = key_repository is None
 
+    # A served app (it builds its own repository) consumes the derived topics once for all its
+    # WebSocket clients; tests pass their own repository and push into the hub themselves.
+    start_feed = market_hub is None and owns_repository
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db_settings = settings if settings is not None else get_settings()
@@ -173,9 +179,15 @@ def create_app(
             )
         if owns_key_repository:
             app.state.key_repository = ApiKeyRepository(lambda: make_client(db_settings))
+        feed = MarketFeed(db_settings, app.state.market_hub) if start_feed else None
+        if feed is not None:
+            await feed.start()
         try:
             yield
         finally:
+            if feed is not None:
+                await feed.stop()
+            await portfolio.close_portfolio_bus(app)
             for name, owned in (("repository", owns_repository), ("key_repository", owns_key_repository)):
                 built = getattr(app.state, name) if owned else None
                 if owned:
@@ -218,7 +230,8 @@ def create_app(
 
     app.add_exception_handler(StoreUnavailable, _store_unavailable)
 
-    for router in (market.router, risk.router):
+    for router in (market.router, risk.router, portfolio.router):
         app.include_router(router, prefix=API_PREFIX)
         app.include_router(router, prefix=ALIAS_PREFIX, include_in_schema=False)
+    install_market_websocket(app, market_hub)
     return app

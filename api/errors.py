@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.models import ErrorResponse
@@ -243,12 +244,27 @@ async def _http_exception_handler(request: Request, exc: Exception) -> JSONRespo
     if code is ErrorCode.NOT_FOUND:
         details = {"path": request.url.path}
     elif code is ErrorCode.METHOD_NOT_ALLOWED:
-        allow = (exc.headers or {}).get("Allow", "")
-        details = {"method": request.method, "allowed": [m.strip() for m in allow.split(",") if m.strip()]}
+        allowed = _methods_for_path(request)
+        exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
+        details = {"method": request.method, "allowed": allowed}
     else:
         # Framework `detail` strings are not part of the contract; never echo them.
         details = None
     return error_response(request.scope, code, details, status, exc.headers)
+
+
+def _methods_for_path(request: Request) -> list[str]:
+    """Every method some route serves at this path: Starlette names only the first route that
+    matched the path, and a path (GET and POST /positions) can be served by several."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+
+
+_HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 def install_error_handlers(app: FastAPI) -> None:

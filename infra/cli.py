@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infra import risk_cli
+from infra import portfolio_cli, risk_cli
 from infra.settings import Settings, get_settings
 
 log = logging.getLogger("entasis")
@@ -322,6 +322,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to each benchmark, e.g. --trades 100000")
     bench.set_defaults(func=cmd_bench)
     risk_cli.add_parser(sub)
+    portfolio_cli.add_parser(sub)
     return p
 
 

@@ -4,6 +4,7 @@ gets its addresses from the environment (see docker-compose.yml)."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -55,6 +56,12 @@ class Settings(BaseSettings):
     # Sink batching: write when this many rows are buffered or this much time has passed.
     sink_batch_messages: int = Field(default=500, ge=1)
     sink_flush_seconds: float = Field(default=0.5, gt=0)
+
+    # Paper trading: every account starts with this balance and these limits (a per-account
+    # balance is set with `entasis portfolio set-balance`).
+    portfolio_initial_balance: Decimal = Decimal("100000")
+    portfolio_max_open_positions: int = Field(default=50, ge=1)
+    portfolio_max_symbol_notional: Decimal = Decimal("1000000")
 
     worker_id: str = "entasis-worker"
     worker_web_port: int = 16066

@@ -29,6 +29,7 @@ from streams.agents.candles import (
     make_candle_agent,
     on_tick,
 )
+from streams.agents.portfolio import register_portfolio_agent
 from streams.agents.quality import StaleFeedMonitor, StreamClock
 from streams.agents.risk import register_risk_agents
 from streams.agents.sinks import make_candle_sink, make_dead_letter_sink, make_quality_sink, make_trade_sink
@@ -140,6 +141,9 @@ def build_worker(
     risk = register_risk_agents(app, settings, candle_topic=all_candles,
                                 risk_topic=app.topic(topics.RISK.full_name(ns)), sink=sink)
     agents.update(risk.agents)
+    portfolio = register_portfolio_agent(app, settings, commands_topic=app.topic(topics.PF_COMMANDS.full_name(ns)),
+                                         events_topic=app.topic(topics.PF_EVENTS.full_name(ns)))
+    agents.update(portfolio.agents)
 
     @app.timer(1.0)
     async def tick() -> None:

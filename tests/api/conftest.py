@@ -26,6 +26,7 @@ from pydantic import SecretStr
 from api.app import create_app
 from api.auth import issue_token
 from api.key_repository import ApiKeyRepository
+from api.portfolio_service import LocalPortfolioBus
 from api.principal import KNOWN_SCOPES
 from api.repository import MarketRepository
 from api.risk_repository import RiskRepository
@@ -195,7 +196,9 @@ def key_repository(db: Client, client_factory: Callable[[], Client]) -> Iterator
 
 @pytest.fixture(scope="session")
 def app(repository: MarketRepository, key_repository: ApiKeyRepository) -> FastAPI:
-    return create_app(repository=repository, api_settings=test_api_settings(), key_repository=key_repository)
+    app = create_app(repository=repository, api_settings=test_api_settings(), key_repository=key_repository)
+    app.state.portfolio_bus = LocalPortfolioBus()  # the in-process bus: no broker in the API tier
+    return app
 
 
 @pytest.fixture

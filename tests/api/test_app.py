@@ -22,7 +22,9 @@ def test_openapi_documents_market_routes_and_hides_alias(api: TestClient) -> Non
     assert schema["info"]["version"]
     paths = schema["paths"]
     assert set(paths) == {"/api/v1/market/price/{symbol}", "/api/v1/market/history/{symbol}",
-                          "/api/v1/analysis/risk/{symbol}", "/api/v1/analysis/risk/{symbol}/backtest"}
+                          "/api/v1/analysis/risk/{symbol}", "/api/v1/analysis/risk/{symbol}/backtest",
+                          "/api/v1/portfolio/positions", "/api/v1/portfolio/positions/{position_id}",
+                          "/api/v1/portfolio/balance"}
     assert not any(p.startswith("/v1") for p in paths)
 
     price = paths["/api/v1/market/price/{symbol}"]["get"]
@@ -57,7 +59,10 @@ def test_openapi_documents_market_routes_and_hides_alias(api: TestClient) -> Non
     market_404 = history["responses"]["404"]["content"]["application/json"]["examples"]["MARKET_001"]["value"]
     assert market_404["error"]["message"] == "Invalid symbol"
 
-    # Validation failures are 400 here; FastAPI's default 422 must be gone everywhere.
+    # Validation failures are 400 here; FastAPI's default 422 must be gone everywhere. The one
+    # 422 left is opening a position: PORT_001/PORT_002, as SPEC.md says.
+    post = paths["/api/v1/portfolio/positions"]["post"]["responses"].pop("422")
+    assert set(json.dumps(post).split('"code": "')[1:][i][:8] for i in range(2)) == {"PORT_001", "PORT_002"}
     text = json.dumps(schema)
     assert '"422"' not in text and "HTTPValidationError" not in text
 

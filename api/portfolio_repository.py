@@ -1,0 +1,134 @@
+"""The portfolio's storage as the API sees it: `pf.commands.v1` to write, `pf.events.v1` to read.
+
+`KafkaPortfolioBus`, one per API process:
+- a producer writes each command keyed by its account (murmur2, the partitioner Faust and every
+  Java client use, so an account's commands always land in the same partition);
+- one consumer, manually assigned every partition of the events topic (no group: each process
+  reads everything), reads from the beginning and folds each event into the process's read model
+  (the same `Ledger` the agent keeps), then resolves the future of the command it answers.
+  Folding before resolving gives read-your-writes: once a POST has answered, a GET on the same
+  process shows the position. Other processes show it once they have read that event (normally
+  milliseconds).
+- commands are accepted only once the read model has caught up with the events that existed
+  when the bus started (503 until then), so an API restart never answers from a partial fold.
+
+The fold of every account is held in memory: replaying the topic at start costs time linear
+in its length. Snapshots (or a ClickHouse projection) are the next step when that matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import ValidationError
+
+from api.portfolio_service import BusTimeout, BusUnavailable, PortfolioCommand, is_answer
+from schemas.portfolio import COMMANDS_TOPIC_NAME, EVENTS_TOPIC_NAME, PortfolioEvent, decode_event
+from schemas.wire import encode_event
+from streams.core.portfolio import AccountDefaults, Ledger
+
+log = logging.getLogger("api.portfolio")
+
+
+class KafkaPortfolioBus:
+    def __init__(self, bootstrap: str, namespace: str = "", defaults: AccountDefaults | None = None,
+                 catch_up_timeout_s: float = 30.0) -> None:
+        self.defaults = defaults or AccountDefaults()
+        self.commands_topic = f"{namespace}{COMMANDS_TOPIC_NAME}"
+        self.events_topic = f"{namespace}{EVENTS_TOPIC_NAME}"
+        self._bootstrap = bootstrap
+        self._catch_up_timeout_s = catch_up_timeout_s
+        self._ledger = Ledger()
+        self._waiting: dict[str, asyncio.Future[PortfolioEvent]] = {}
+        self._ready = asyncio.Event()
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.malformed = 0
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False, group_id=None)
+        await self._producer.start()
+        await self._consumer.start()
+        await self._consumer.topics()  # metadata, so the topic's partitions are known
+        partitions = self._consumer.partitions_for_topic(self.events_topic)
+        if not partitions:
+            raise BusUnavailable(f"topic {self.events_topic} does not exist (run `entasis topics create`)")
+        tps = [TopicPartition(self.events_topic, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+        end = await self._consumer.end_offsets(tps)
+        self._task = asyncio.create_task(self._run(tps, end), name="portfolio-events")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                await client.stop()
+        for future in self._waiting.values():
+            future.cancel()
+
+    async def _run(self, tps: list[TopicPartition], end: dict[TopicPartition, int]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        if all(end[tp] == 0 for tp in tps):
+            self._ready.set()
+        while True:
+            batches = await consumer.getmany(*tps, timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    self._on_event(record.value)
+            if not self._ready.is_set():
+                positions = [await consumer.position(tp) for tp in tps]
+                if all(pos >= end[tp] for pos, tp in zip(positions, tps, strict=True)):
+                    self._ready.set()
+
+    def _on_event(self, raw: Any) -> None:
+        try:
+            event = decode_event(raw)
+            self._ledger.apply(event)
+        except (ValidationError, ValueError) as exc:
+            self.malformed += 1  # the agent is the only writer; this is a bug to log, not to crash on
+            log.error("unreadable portfolio event: %s", exc)
+            return
+        if is_answer(event):
+            future = self._waiting.get(event.command_id)
+            if future is not None and not future.done():
+                future.set_result(event)
+
+    async def _caught_up(self) -> None:
+        try:
+            await asyncio.wait_for(self._ready.wait(), self._catch_up_timeout_s)
+        except TimeoutError:
+            raise BusUnavailable("portfolio events not replayed yet") from None
+
+    async def submit(self, command: PortfolioCommand, timeout_s: float) -> PortfolioEvent:
+        if self._producer is None:
+            raise BusUnavailable("portfolio bus not started")
+        await self._caught_up()
+        future: asyncio.Future[PortfolioEvent] = asyncio.get_running_loop().create_future()
+        self._waiting[command.command_id] = future  # before sending: the answer may come at once
+        try:
+            try:
+                await self._producer.send_and_wait(self.commands_topic, encode_event(command),
+                                                   key=command.account.encode())
+            except Exception as exc:  # aiokafka's errors: broker down, topic missing, timeouts
+                raise BusUnavailable(f"could not write the command: {type(exc).__name__}") from exc
+            try:
+                return await asyncio.wait_for(future, timeout_s)
+            except TimeoutError:
+                raise BusTimeout(command.command_id) from None
+        finally:
+            self._waiting.pop(command.command_id, None)
+
+    async def ledger(self) -> Ledger:
+        await self._caught_up()
+        return self._ledger

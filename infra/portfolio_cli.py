@@ -1,0 +1,72 @@
+"""`entasis portfolio set-balance ACCOUNT AMOUNT`: set an account's paper balance (and, with
+`--max-open-positions` / `--max-symbol-notional`, its limits).
+
+It is a command like any other: a `SetBalance` on `pf.commands.v1`, keyed by the account, so the
+portfolio agent applies it in order with the account's orders and records a `BalanceSet` event;
+the CLI waits for that event (printing it) and exits 1 when no answer comes in `--timeout`
+seconds. Accounts that never had a balance set start with `ENTASIS_PORTFOLIO_INITIAL_BALANCE`
+(default 100000) when their first command is decided.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from schemas.portfolio import SetBalance
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a decimal: {text!r}") from None
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"not a finite decimal: {text!r}")
+    return value
+
+
+async def _set_balance(settings: Any, command: SetBalance, timeout_s: float) -> int:
+    from api.portfolio_repository import KafkaPortfolioBus
+    from api.portfolio_service import BusTimeout, BusUnavailable
+
+    bus = KafkaPortfolioBus(settings.kafka_bootstrap, settings.topic_namespace)
+    try:
+        await bus.start()
+        event = await bus.submit(command, timeout_s)
+    except (BusTimeout, BusUnavailable) as exc:
+        print(f"no answer from the portfolio agent ({type(exc).__name__}: {exc}); is the worker running?",
+              file=sys.stderr)
+        return 1
+    finally:
+        await bus.close()
+    print(event.model_dump_json())
+    return 0
+
+
+def cmd_set_balance(settings: Any, args: argparse.Namespace) -> int:
+    command = SetBalance(
+        account=args.account, command_id=uuid.uuid4().hex, balance=args.amount,
+        max_open_positions=args.max_open_positions, max_symbol_notional=args.max_symbol_notional,
+        issued_ts_ns=time.time_ns(),
+    )
+    return asyncio.run(_set_balance(settings, command, args.timeout))
+
+
+def add_parser(sub: Any) -> None:
+    """Add `portfolio set-balance` to the `entasis` sub-command parsers."""
+    portfolio = sub.add_parser("portfolio", help="paper portfolio administration")
+    portfolio_sub = portfolio.add_subparsers(dest="portfolio_command", required=True)
+    sb = portfolio_sub.add_parser("set-balance", help="set an account's cash balance (and optionally its limits)")
+    sb.add_argument("account", help="account id (the JWT `sub` / API key's account)")
+    sb.add_argument("amount", type=_decimal, help="the new cash balance, e.g. 100000")
+    sb.add_argument("--max-open-positions", type=int, help="limit on open positions (default: unchanged)")
+    sb.add_argument("--max-symbol-notional", type=_decimal,
+                    help="limit on open notional per symbol, quote currency (default: unchanged)")
+    sb.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the agent's answer")
+    sb.set_defaults(func=cmd_set_balance)

@@ -1,0 +1,232 @@
+"""The portfolio as a pure fold over `pf.events.v1`, and the decisions that produce the events.
+
+Two functions carry everything:
+- `Ledger.apply(event)`: the fold. State changes only here, only from events, without checks
+  (an event is a fact). Replaying an account's events from the start gives its state.
+- `decide(ledger, command, defaults)`: the events a command produces against the current state,
+  without changing it. The agent applies each event right after publishing it.
+
+Money rules (SPEC.md, "Portfolio"):
+- required margin = size × price ÷ leverage, rounded UP to 8 places (never under-reserve);
+- free balance = cash − margin of the open positions; PORT_001 when margin > free;
+- then limits, PORT_002: open positions + 1 > max_open_positions, or the symbol's open notional
+  (Σ size × entry price) + size × price > max_symbol_notional;
+- pnl = (current − entry) × size for long, (entry − current) × size for short; leverage does not
+  scale it. Closing realises pnl into cash (which may go below zero: paper losses are not capped
+  at the margin; no liquidation is modelled).
+- Idempotency: a request with a key the account has used before gets `RequestReplayed` with the
+  first result when the request hash matches, IDEMPOTENCY_CONFLICT otherwise; neither changes
+  positions or cash. A command id already decided (a re-delivered command) produces nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
+from typing import TypedDict
+
+from schemas.portfolio import (
+    AccountOpened,
+    BalanceSet,
+    ClosePosition,
+    CloseRejected,
+    OpenPosition,
+    PortfolioEvent,
+    PositionClosed,
+    PositionOpened,
+    PositionRejected,
+    PositionType,
+    RejectCode,
+    RequestReplayed,
+    SetBalance,
+)
+
+QUANT = Decimal("0.00000001")  # the store's and the API's 8 places
+
+
+class _Head(TypedDict):
+    account: str
+    command_id: str
+    seq: int
+    ts_ns: int
+
+
+class _Ident(TypedDict):
+    idempotency_key: str | None
+    request_hash: str
+
+
+@dataclass(frozen=True)
+class AccountDefaults:
+    """What a new account starts with (written into its AccountOpened event)."""
+
+    balance: Decimal = Decimal("100000")
+    max_open_positions: int = 50
+    max_symbol_notional: Decimal = Decimal("1000000")
+
+    @classmethod
+    def from_settings(cls, settings: object) -> AccountDefaults:
+        """`portfolio_initial_balance`, `portfolio_max_open_positions`, `portfolio_max_symbol_notional`
+        of a settings object when it has them (the settings class can grow them), else the defaults."""
+        base = cls()
+        balance = getattr(settings, "portfolio_initial_balance", None)
+        count = getattr(settings, "portfolio_max_open_positions", None)
+        notional = getattr(settings, "portfolio_max_symbol_notional", None)
+        return cls(
+            balance=Decimal(str(balance)) if balance is not None else base.balance,
+            max_open_positions=int(count) if count is not None else base.max_open_positions,
+            max_symbol_notional=Decimal(str(notional)) if notional is not None else base.max_symbol_notional,
+        )
+
+
+@dataclass
+class Position:
+    position_id: str
+    symbol: str
+    type: PositionType
+    size: Decimal
+    leverage: Decimal
+    entry_price: Decimal
+    margin: Decimal
+    opened_ts_ns: int
+
+    @property
+    def notional(self) -> Decimal:
+        return self.size * self.entry_price
+
+
+@dataclass
+class AccountState:
+    account: str
+    cash: Decimal
+    max_open_positions: int
+    max_symbol_notional: Decimal
+    seq: int = 0  # the last applied event's number
+    updated_ts_ns: int = 0
+    positions: dict[str, Position] = field(default_factory=dict)  # open ones only
+    decided: set[str] = field(default_factory=set)  # command ids with an event already
+    idempotency: dict[str, PositionOpened | PositionRejected] = field(default_factory=dict)  # key -> first result
+
+    @property
+    def used_margin(self) -> Decimal:
+        return sum((p.margin for p in self.positions.values()), Decimal(0))
+
+    @property
+    def free_balance(self) -> Decimal:
+        return self.cash - self.used_margin
+
+    def symbol_notional(self, symbol: str) -> Decimal:
+        return sum((p.notional for p in self.positions.values() if p.symbol == symbol), Decimal(0))
+
+
+def required_margin(size: Decimal, price: Decimal, leverage: Decimal) -> Decimal:
+    return (size * price / leverage).quantize(QUANT, rounding=ROUND_CEILING)
+
+
+def pnl(position_type: PositionType, entry: Decimal, current: Decimal, size: Decimal) -> Decimal:
+    diff = current - entry if position_type is PositionType.LONG else entry - current
+    return (diff * size).quantize(QUANT, rounding=ROUND_HALF_EVEN)
+
+
+class Ledger:
+    """Every account's state: the fold over the events seen so far."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, AccountState] = {}
+
+    def get(self, account: str) -> AccountState | None:
+        return self.accounts.get(account)
+
+    def apply(self, event: PortfolioEvent) -> None:
+        if isinstance(event, AccountOpened):
+            self.accounts[event.account] = AccountState(
+                event.account, event.balance, event.max_open_positions, event.max_symbol_notional)
+        state = self.accounts.get(event.account)
+        if state is None:  # an event before the account's AccountOpened: not from our agent
+            raise ValueError(f"event {event.kind} seq {event.seq} for unknown account {event.account}")
+        state.seq, state.updated_ts_ns = event.seq, event.ts_ns
+        state.decided.add(event.command_id)
+        if isinstance(event, BalanceSet):
+            state.cash = event.balance
+            state.max_open_positions, state.max_symbol_notional = event.max_open_positions, event.max_symbol_notional
+        elif isinstance(event, PositionOpened):
+            state.positions[event.position_id] = Position(
+                event.position_id, event.symbol, event.type, event.size, event.leverage, event.entry_price,
+                event.margin, event.ts_ns)
+            if event.idempotency_key is not None:
+                state.idempotency[event.idempotency_key] = event
+        elif isinstance(event, PositionRejected):
+            if event.idempotency_key is not None and event.code is not RejectCode.IDEMPOTENCY_CONFLICT:
+                state.idempotency[event.idempotency_key] = event
+        elif isinstance(event, PositionClosed):
+            state.positions.pop(event.position_id, None)
+            state.cash += event.pnl
+        # CloseRejected, RequestReplayed: answers only, no state beyond seq and `decided`.
+
+
+def decide(
+    ledger: Ledger, command: OpenPosition | ClosePosition | SetBalance, defaults: AccountDefaults
+) -> list[PortfolioEvent]:
+    """The events `command` produces now, in order; [] for a command already decided."""
+    state = ledger.get(command.account)
+    events: list[PortfolioEvent] = []
+    if state is None:
+        events.append(AccountOpened(
+            account=command.account, command_id=command.command_id, seq=1, ts_ns=command.issued_ts_ns,
+            balance=defaults.balance, max_open_positions=defaults.max_open_positions,
+            max_symbol_notional=defaults.max_symbol_notional))
+        state = AccountState(command.account, defaults.balance, defaults.max_open_positions,
+                             defaults.max_symbol_notional, seq=1)
+    elif command.command_id in state.decided:
+        return []
+    head = _Head(account=command.account, command_id=command.command_id, seq=state.seq + 1,
+                 ts_ns=command.issued_ts_ns)
+    if isinstance(command, SetBalance):
+        events.append(BalanceSet(
+            **head, balance=command.balance,
+            max_open_positions=(command.max_open_positions if command.max_open_positions is not None
+                                else state.max_open_positions),
+            max_symbol_notional=(command.max_symbol_notional if command.max_symbol_notional is not None
+                                 else state.max_symbol_notional)))
+    elif isinstance(command, ClosePosition):
+        position = state.positions.get(command.position_id)
+        if position is None:
+            events.append(CloseRejected(**head, position_id=command.position_id, code=RejectCode.NOT_FOUND))
+        else:
+            events.append(PositionClosed(
+                **head, position_id=position.position_id, exit_price=command.price,
+                pnl=pnl(position.type, position.entry_price, command.price, position.size)))
+    else:
+        events.append(_open(state, command, head))
+    return events
+
+
+def _open(state: AccountState, command: OpenPosition, head: _Head) -> PortfolioEvent:
+    key = command.idempotency_key
+    if key is not None and key in state.idempotency:
+        first = state.idempotency[key]
+        if first.request_hash == command.request_hash:
+            return RequestReplayed(**head, original=first)
+        return PositionRejected(**head, code=RejectCode.IDEMPOTENCY_CONFLICT, idempotency_key=key,
+                                request_hash=command.request_hash)
+    ident = _Ident(idempotency_key=key, request_hash=command.request_hash)
+    margin = required_margin(command.size, command.price, command.leverage)
+    free = state.free_balance
+    if margin > free:
+        return PositionRejected(**head, code=RejectCode.PORT_001, **ident,
+                                details={"required_margin": _s(margin), "free_balance": _s(free)})
+    if len(state.positions) + 1 > state.max_open_positions:
+        return PositionRejected(**head, code=RejectCode.PORT_002, **ident,
+                                details={"limit": "max_open_positions", "max": str(state.max_open_positions)})
+    notional = state.symbol_notional(command.symbol) + command.size * command.price
+    if notional > state.max_symbol_notional:
+        return PositionRejected(**head, code=RejectCode.PORT_002, **ident,
+                                details={"limit": "max_symbol_notional", "max": _s(state.max_symbol_notional),
+                                         "notional": _s(notional)})
+    return PositionOpened(
+        **head, position_id=command.command_id, symbol=command.symbol, type=command.type,
+        size=command.size, leverage=command.leverage, entry_price=command.price, margin=margin, **ident)
+
+
+def _s(value: Decimal) -> str:
+    return format(value.quantize(QUANT), "f")

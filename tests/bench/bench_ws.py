@@ -1,0 +1,342 @@
+"""WebSocket fan-out: `python -m tests.bench.bench_ws [--seconds 5] [--max-clients 1600]`.
+
+Tick-to-client latency: from the moment a trade batch is handed to the producer for the raw topic
+(`md.trades.v1`) to the moment a `websockets` client has parsed the `market` message carrying it.
+The trade's price *is* its send time (seconds since the epoch, 6 decimals), so every process reads
+the latency off the message with no bookkeeping; the hosts share one clock (one machine).
+
+Setup: the embedded Tansu broker (or ENTASIS_TEST_KAFKA_BOOTSTRAP); the API in a subprocess (one
+uvicorn worker, uvloop + httptools, its one MarketFeed consumer); the producer here; clients in
+`--client-procs` processes, every client subscribed to all `--symbols` symbols on the `market`
+channel, so each receives up to one message per tick.
+
+Reported: p50/p99 at 1k and 5k ticks/s with one client; then, at 1k ticks/s, clients doubling
+from 10 until p99 passes 100 ms (DESIGN.md targets: p99 < 15 ms at 1k ticks/s to 100 clients,
+≥ 100k deliveries/s per API process). Reported, never asserted. On a 2-core machine the client
+processes share the CPUs with the server, so the capacity figure is a lower bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+NS = "bench-ws."
+SYMBOL_FMT = "BW{}-USDT"
+
+
+# --- server subprocess -------------------------------------------------------------------
+
+
+def run_server(port: int, bootstrap: str) -> None:
+    """The API with its feed (`bootstrap` given) or without a broker (`bootstrap` = "direct": ticks are
+    published into the hub by this process, which isolates the fan-out from the broker). Commands on
+    stdin: `RUN rate seconds symbols` (direct mode: publish ticks), `STATS` (feed-arrival latency
+    since the last STATS, ms: the raw topic -> API part of the tick-to-client latency)."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.ws import MarketFeed, MarketHub, install_market_websocket
+    from infra.settings import Settings
+    from tests.api.conftest import test_api_settings
+
+    class NoStore:
+        def known_symbols(self) -> frozenset[str]:
+            return frozenset()
+
+        def close(self) -> None:
+            pass
+
+    arrivals: list[float] = []
+
+    class TimingHub(MarketHub):
+        def publish_trades(self, symbol: str, price: Decimal, event_ts_ns: int, volume: Decimal) -> None:
+            arrivals.append((time.time() - float(price)) * 1000)
+            super().publish_trades(symbol, price, event_ts_ns, volume)
+
+    direct = bootstrap == "direct"
+    app = create_app(
+        repository=NoStore(),  # type: ignore[arg-type]
+        api_settings=test_api_settings(rate_limit="1000000/minute"),
+        key_repository=NoStore(),  # type: ignore[arg-type]
+    )
+    hub = install_market_websocket(app, TimingHub(max_subscriptions=100))
+    feed = None if direct else MarketFeed(Settings(kafka_bootstrap=bootstrap, topic_namespace=NS), hub)  # type: ignore[call-arg]
+
+    async def publish(rate: float, seconds: float, symbols: int) -> int:
+        sent = 0
+        start = time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            while sent < int(elapsed * rate):
+                now = time.time_ns()
+                hub.publish_trades(SYMBOL_FMT.format(sent % symbols), Decimal(now // 1000) / 1_000_000, now,
+                                   Decimal("0.001"))  # fmt: skip
+                sent += 1
+            await asyncio.sleep(0.0005)
+        return sent
+
+    async def commands() -> None:
+        loop = asyncio.get_running_loop()
+        while line := (await loop.run_in_executor(None, sys.stdin.readline)).split():
+            if line[0] == "RUN":
+                print(f"DONE {await publish(float(line[1]), float(line[2]), int(line[3]))}", flush=True)
+            elif line[0] == "STATS":
+                print(json.dumps({"p50": percentile(arrivals, 0.5), "p99": percentile(arrivals, 0.99)}), flush=True)
+                arrivals.clear()
+
+    async def main() -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", http="httptools", log_level="warning")
+        server = uvicorn.Server(config)
+        if feed is not None:
+            await feed.start()
+            await asyncio.wait_for(feed.assigned.wait(), 60)
+        commander = asyncio.create_task(commands())
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        print("READY", flush=True)
+        await serving
+        commander.cancel()
+        if feed is not None:
+            await feed.stop()
+
+    import uvloop
+
+    uvloop.run(main())
+
+
+# --- client subprocess -------------------------------------------------------------------
+
+
+def run_clients(port: int, count: int, symbols: int, token: str) -> None:
+    """Open `count` sockets, subscribe, print READY; then record latencies until stdin says STOP,
+    and print them (ms, one JSON list)."""
+    import uvloop
+    from websockets.asyncio.client import connect
+
+    latencies: list[float] = []
+    recording = False
+
+    async def client(ready: asyncio.Event) -> None:
+        async with connect(
+            f"ws://127.0.0.1:{port}/ws/market", additional_headers={"Authorization": f"Bearer {token}"},
+            compression=None, max_queue=None, ping_interval=None,
+        ) as ws:  # fmt: skip
+            await ws.send(json.dumps({"action": "subscribe", "channel": "market",
+                                      "symbols": [SYMBOL_FMT.format(i) for i in range(symbols)]}))  # fmt: skip
+            await ws.recv()
+            ready.set()
+            async for raw in ws:
+                if recording:
+                    price = json.loads(raw).get("price")
+                    if price is not None:
+                        latencies.append((time.time() - float(price)) * 1000)
+
+    async def main() -> None:
+        nonlocal recording
+        readies = []
+        tasks = []
+        for _ in range(count):
+            ready = asyncio.Event()
+            readies.append(ready)
+            tasks.append(asyncio.create_task(client(ready)))
+        await asyncio.gather(*(r.wait() for r in readies))
+        print("READY", flush=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, sys.stdin.readline)  # START
+        recording = True
+        await loop.run_in_executor(None, sys.stdin.readline)  # STOP
+        recording = False
+        print(json.dumps([round(x, 3) for x in latencies]), flush=True)
+        for task in tasks:
+            task.cancel()
+
+    uvloop.run(main())
+
+
+# --- driver --------------------------------------------------------------------------------
+
+
+def _trade_batch(symbol: str, seq: int) -> bytes:
+    import orjson
+
+    from schemas.wire import TRADE_BATCH
+
+    now = time.time_ns()
+    price = format(Decimal(now // 1000) / 1_000_000, "f")
+    return orjson.dumps({"schema": TRADE_BATCH, "venue": "bench", "symbol": symbol,
+                         "trades": [[str(seq), price, "0.001", "buy", now, now]]})  # fmt: skip
+
+
+async def produce(bootstrap: str, rate: float, seconds: float, symbols: int) -> int:
+    from aiokafka import AIOKafkaProducer
+
+    from schemas import topics
+
+    topic = topics.TRADES.full_name(NS)
+    # A few ms of batching, as the ingest does: one produce request per tick costs the broker more than
+    # the fan-out costs the API.
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, acks=1)
+    await producer.start()
+    sent = 0
+    try:
+        start = time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            due = int(elapsed * rate)
+            while sent < due:
+                symbol = SYMBOL_FMT.format(sent % symbols)
+                await producer.send(topic, _trade_batch(symbol, sent), key=f"bench:{symbol}".encode())
+                sent += 1
+            await asyncio.sleep(0.0005)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def ticks(args: argparse.Namespace, server: Any, rate: float, seconds: float) -> int:
+    if args.direct:
+        server.stdin.write(f"RUN {rate} {seconds} {args.symbols}\n".encode())
+        await server.stdin.drain()
+        return int((await server.stdout.readline()).split()[1])
+    return await produce(args.bootstrap, rate, seconds, args.symbols)
+
+
+async def measure(
+    args: argparse.Namespace, server: Any, port: int, clients: int, rate: float, token: str
+) -> dict[str, Any]:
+    procs = min(args.client_procs, clients)
+    per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.bench.bench_ws", "--client", str(port), str(n), str(args.symbols), token,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, limit=1 << 30,  # one line holds every latency
+        )
+        for n in per
+    ]  # fmt: skip
+    for child in children:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(child.stdout.readline(), 120)
+        assert line.strip() == b"READY", line
+    # warm-up: one second of ticks before recording
+    await ticks(args, server, rate, 1.0)
+    server.stdin.write(b"STATS\n")
+    await server.stdin.drain()
+    await server.stdout.readline()
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write(b"START\n")
+        await child.stdin.drain()
+    sent = await ticks(args, server, rate, args.seconds)
+    await asyncio.sleep(0.5)
+    server.stdin.write(b"STATS\n")
+    await server.stdin.drain()
+    arrival = json.loads(await server.stdout.readline())  # let the last ticks arrive
+    latencies: list[float] = []
+    for child in children:
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write(b"STOP\n")
+        await child.stdin.drain()
+        latencies.extend(json.loads(await asyncio.wait_for(child.stdout.readline(), 120)))
+        await child.wait()
+    return {
+        "clients": clients,
+        "ticks_per_s": rate,
+        "sent": sent,
+        "deliveries_per_s": round(len(latencies) / args.seconds),
+        "delivered_share": round(len(latencies) / max(1, sent * clients), 3),
+        "p50_ms": round(percentile(latencies, 0.50), 2),
+        "p99_ms": round(percentile(latencies, 0.99), 2),
+        "to_api_p50_ms": round(arrival["p50"], 2),
+        "to_api_p99_ms": round(arrival["p99"], 2),
+    }
+
+
+async def drive(args: argparse.Namespace) -> None:
+    from infra.processes import free_port
+    from infra.topics import create_topics
+    from tests.api.conftest import token_for
+
+    if not args.direct:
+        await asyncio.to_thread(create_topics, args.bootstrap, NS)
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.bench.bench_ws", "--serve", str(port), "direct" if args.direct else args.bootstrap,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None and server.stdin is not None
+        assert (await asyncio.wait_for(server.stdout.readline(), 90)).strip() == b"READY"
+        await asyncio.sleep(0.5)
+        token = token_for("bench-ws")
+        # make the symbols known (seen on the feed) before anyone subscribes
+        await ticks(args, server, 1000, 0.1)
+        await asyncio.sleep(1.0)
+        results = []
+        for rate in (1000.0, 5000.0):
+            result = await measure(args, server, port, 1, rate, token)
+            print(json.dumps(result), flush=True)
+            results.append(result)
+        clients = 10
+        while clients <= args.max_clients:
+            result = await measure(args, server, port, clients, 1000.0, token)
+            print(json.dumps(result), flush=True)
+            results.append(result)
+            if result["p99_ms"] > 100:
+                break
+            clients *= 2
+    finally:
+        if server.returncode is None:
+            server.terminate()
+        await server.wait()
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve":
+        run_server(int(sys.argv[2]), sys.argv[3])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--client":
+        run_clients(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--symbols", type=int, default=10)
+    parser.add_argument("--max-clients", type=int, default=1280)
+    parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument("--bootstrap", default=os.environ.get("ENTASIS_TEST_KAFKA_BOOTSTRAP"))
+    parser.add_argument("--direct", action="store_true", help="no broker: ticks published in the API process")
+    args = parser.parse_args()
+    broker = None
+    if not args.bootstrap and not args.direct:
+        from infra.broker import start_tansu
+        from infra.processes import free_port
+
+        port = free_port()
+        broker = start_tansu(port, log=Path(tempfile.mkdtemp()) / "tansu.log")
+        args.bootstrap = f"127.0.0.1:{port}"
+    try:
+        asyncio.run(drive(args))
+    finally:
+        if broker is not None:
+            broker.terminate()
+            broker.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
