@@ -20,6 +20,7 @@ from api.app import create_app
 from api.key_repository import ApiKeyRepository
 from api.keys import ApiKeyRecord, generate_key
 from api.main import startup_problems, uvicorn_config
+from api.portfolio_service import LocalPortfolioBus
 from api.principal import KNOWN_SCOPES
 from api.repository import MarketRepository
 from api.tls import self_signed
@@ -71,6 +72,7 @@ def https_server(
     options = test_api_settings(tls_cert=cert, tls_key=key, allowlist="127.0.0.1/32, ::1/128")
     assert startup_problems(options, dev=False) == []  # a configuration production accepts
     app = create_app(repository=repository, api_settings=options, key_repository=key_repository)
+    app.state.portfolio_bus = LocalPortfolioBus()  # the agent's fold in process: this tier has no broker
     port = free_port()
     server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, options, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
