@@ -26,7 +26,7 @@ from api.keys import ApiKeyRecord, ApiKeyVerifier
 from api.ratelimit import RateLimiter, build_rate_limiter
 from api.repository import MarketRepository, StoreUnavailable
 from api.risk_repository import RiskRepository
-from api.routes import market, portfolio, risk
+from api.routes import market, portfolio, prediction, risk
 from api.security import SecurityGate, SecurityMiddleware
 from api.settings import ApiSettings, get_api_settings
 from api.ws import MarketFeed, MarketHub, install_market_websocket
@@ -230,7 +230,7 @@ def create_app(
 
     app.add_exception_handler(StoreUnavailable, _store_unavailable)
 
-    for router in (market.router, risk.router, portfolio.router):
+    for router in (market.router, risk.router, prediction.router, portfolio.router):
         app.include_router(router, prefix=API_PREFIX)
         app.include_router(router, prefix=ALIAS_PREFIX, include_in_schema=False)
     install_market_websocket(app, market_hub)

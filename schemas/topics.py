@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from schemas.events import INTERVAL_NS
 from schemas.portfolio import COMMANDS_TOPIC_NAME, EVENTS_TOPIC_NAME
+from schemas.prediction import PREDICTION_TOPIC_NAME
 from schemas.risk import RISK_TOPIC_NAME
 
 DAY_MS = 24 * 3600 * 1000
@@ -46,6 +47,8 @@ CANDLES: dict[str, TopicSpec] = {
 }
 BOOK_TOP = TopicSpec("md.book.top.v1", RAW_PARTITIONS, "venue:symbol", "book_snapshot.v1 (top N)", 2 * DAY_MS)
 RISK = TopicSpec(RISK_TOPIC_NAME, RAW_PARTITIONS, "venue:symbol", "risk_estimate.v1", 30 * DAY_MS)
+PREDICTIONS = TopicSpec(PREDICTION_TOPIC_NAME, RAW_PARTITIONS, "venue:symbol",
+                        "prediction.v1 | prediction_outcome.v1", 90 * DAY_MS)
 PF_COMMANDS = TopicSpec(COMMANDS_TOPIC_NAME, RAW_PARTITIONS, "account", "portfolio command (schemas/portfolio.py)",
                         7 * DAY_MS)
 # the source of truth of every position and balance: kept forever, never compacted
@@ -53,8 +56,9 @@ PF_EVENTS = TopicSpec(EVENTS_TOPIC_NAME, RAW_PARTITIONS, "account", "portfolio e
 QUALITY = TopicSpec("md.quality.v1", 1, "venue:symbol", "quality.v1", 30 * DAY_MS)
 DEAD_LETTER = TopicSpec("md.deadletter.v1", 1, "source", "dead_letter.v1", 30 * DAY_MS)
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (TRADES, BOOK, *CANDLES.values(), BOOK_TOP, RISK, PF_COMMANDS, PF_EVENTS, QUALITY,
-                                      DEAD_LETTER)
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    TRADES, BOOK, *CANDLES.values(), BOOK_TOP, RISK, PREDICTIONS, PF_COMMANDS, PF_EVENTS, QUALITY, DEAD_LETTER,
+)
 
 
 def by_name(name: str) -> TopicSpec:

@@ -30,6 +30,7 @@ from streams.agents.candles import (
     on_tick,
 )
 from streams.agents.portfolio import register_portfolio_agent
+from streams.agents.predict import register_predict_agent
 from streams.agents.quality import StaleFeedMonitor, StreamClock
 from streams.agents.risk import register_risk_agents
 from streams.agents.sinks import make_candle_sink, make_dead_letter_sink, make_quality_sink, make_trade_sink
@@ -141,6 +142,10 @@ def build_worker(
     risk = register_risk_agents(app, settings, candle_topic=all_candles,
                                 risk_topic=app.topic(topics.RISK.full_name(ns)), sink=sink)
     agents.update(risk.agents)
+    predict = register_predict_agent(app, settings, candle_topic=all_candles,
+                                     prediction_topic=app.topic(topics.PREDICTIONS.full_name(ns)),
+                                     book_top_topic=app.topic(topics.BOOK_TOP.full_name(ns)), sink=sink)
+    agents.update(predict.agents)
     portfolio = register_portfolio_agent(app, settings, commands_topic=app.topic(topics.PF_COMMANDS.full_name(ns)),
                                          events_topic=app.topic(topics.PF_EVENTS.full_name(ns)))
     agents.update(portfolio.agents)

@@ -24,7 +24,8 @@ def test_openapi_documents_market_routes_and_hides_alias(api: TestClient) -> Non
     assert set(paths) == {"/api/v1/market/price/{symbol}", "/api/v1/market/history/{symbol}",
                           "/api/v1/analysis/risk/{symbol}", "/api/v1/analysis/risk/{symbol}/backtest",
                           "/api/v1/portfolio/positions", "/api/v1/portfolio/positions/{position_id}",
-                          "/api/v1/portfolio/balance"}
+                          "/api/v1/portfolio/balance", "/api/v1/analysis/prediction/{symbol}",
+                          "/api/v1/analysis/prediction/{symbol}/metrics"}
     assert not any(p.startswith("/v1") for p in paths)
 
     price = paths["/api/v1/market/price/{symbol}"]["get"]
