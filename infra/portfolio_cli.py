@@ -58,6 +58,27 @@ def cmd_set_balance(settings: Any, args: argparse.Namespace) -> int:
     return asyncio.run(_set_balance(settings, command, args.timeout))
 
 
+def cmd_rebuild(settings: Any, args: argparse.Namespace) -> int:
+    """The ClickHouse projection is disposable: replay the whole event topic into it."""
+    import asyncio
+
+    from infra.clickhouse import make_client
+    from schemas import topics
+    from streams.agents.portfolio import read_topic
+    from streams.sinks.portfolio import portfolio_events_table
+
+    raws = asyncio.run(read_topic(settings.kafka_bootstrap, topics.PF_EVENTS.full_name(settings.topic_namespace)))
+    table = portfolio_events_table(raws)
+    client = make_client(settings)
+    try:
+        if table.num_rows:
+            client.insert_arrow("portfolio_events", table)
+    finally:
+        client.close()
+    print(f"portfolio_events: {table.num_rows} events replayed from pf.events")
+    return 0
+
+
 def add_parser(sub: Any) -> None:
     """Add `portfolio set-balance` to the `entasis` sub-command parsers."""
     portfolio = sub.add_parser("portfolio", help="paper portfolio administration")
@@ -70,3 +91,5 @@ def add_parser(sub: Any) -> None:
                     help="limit on open notional per symbol, quote currency (default: unchanged)")
     sb.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the agent's answer")
     sb.set_defaults(func=cmd_set_balance)
+    rebuild = portfolio_sub.add_parser("rebuild", help="refill the portfolio_events table from pf.events (idempotent)")
+    rebuild.set_defaults(func=cmd_rebuild)

@@ -33,7 +33,13 @@ from streams.agents.portfolio import register_portfolio_agent
 from streams.agents.predict import register_predict_agent
 from streams.agents.quality import StaleFeedMonitor, StreamClock
 from streams.agents.risk import register_risk_agents
-from streams.agents.sinks import make_candle_sink, make_dead_letter_sink, make_quality_sink, make_trade_sink
+from streams.agents.sinks import (
+    make_candle_sink,
+    make_dead_letter_sink,
+    make_portfolio_event_sink,
+    make_quality_sink,
+    make_trade_sink,
+)
 from streams.sinks.checkpoints import ClickHouseCheckpointStore
 from streams.sinks.clickhouse import ClickHouseSink
 
@@ -149,6 +155,9 @@ def build_worker(
     portfolio = register_portfolio_agent(app, settings, commands_topic=app.topic(topics.PF_COMMANDS.full_name(ns)),
                                          events_topic=app.topic(topics.PF_EVENTS.full_name(ns)))
     agents.update(portfolio.agents)
+    agents["portfolio_event_sink"] = app.agent(app.topic(topics.PF_EVENTS.full_name(ns)), name="portfolio_event_sink")(
+        make_portfolio_event_sink(sink, batch, within)
+    )
 
     @app.timer(1.0)
     async def tick() -> None:

@@ -23,6 +23,7 @@ from streams.sinks.clickhouse import (
     trades_table,
     trades_table_from_raw,
 )
+from streams.sinks.portfolio import portfolio_events_table
 
 Agent = Callable[[Any], Coroutine[Any, Any, None]]
 M = TypeVar("M", bound=BaseModel)
@@ -79,6 +80,16 @@ def make_event_sink(sink: ClickHouseSink, batch: int, within: float, model: type
             await sink.insert(table, to_arrow(events))
 
     return event_sink
+
+
+def make_portfolio_event_sink(sink: ClickHouseSink, batch: int, within: float) -> Agent:
+    """pf.events.v1 -> `portfolio_events`: the projection that `entasis portfolio rebuild` refills."""
+
+    async def portfolio_event_sink(stream: Any) -> None:
+        async for values in stream.take(batch, within=within):
+            await sink.insert("portfolio_events", portfolio_events_table(values))
+
+    return portfolio_event_sink
 
 
 def make_quality_sink(sink: ClickHouseSink, batch: int, within: float) -> Agent:

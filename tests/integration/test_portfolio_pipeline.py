@@ -10,6 +10,7 @@ Until streams/app.py registers the portfolio agent, the worker is this module ru
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import signal
 import subprocess
@@ -27,11 +28,13 @@ from api.key_repository import ApiKeyRepository
 from api.portfolio_repository import KafkaPortfolioBus
 from api.risk_repository import RiskRepository
 from infra.clickhouse import make_client
-from infra.portfolio_cli import cmd_set_balance
+from infra.portfolio_cli import cmd_rebuild, cmd_set_balance
 from infra.settings import Settings
+from schemas import topics
+from streams.agents.portfolio import read_topic
 from tests.api.conftest import TRADE_COLUMNS, bearer, error_of, test_api_settings, token_for
 from tests.integration.conftest import Infra, start_worker
-from tests.integration.pipeline import prepare
+from tests.integration.pipeline import command, prepare, rows, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -134,6 +137,18 @@ def test_portfolio_against_the_running_system(infra: Infra, tmp_path: Path) -> N
             assert client.get(f"{P}/positions", headers=bearer(token_for("alice"))).json() == before
             set_balance(settings, "alice", "1000000")
             assert post(client, "alice", order)[0] == 201
+
+        # the ClickHouse projection holds every event of pf.events; dropped, it is rebuilt the same
+        events_topic = topics.PF_EVENTS.full_name(settings.topic_namespace)
+        on_topic = asyncio.run(read_topic(settings.kafka_bootstrap, events_topic))
+        projection = "SELECT account, seq, kind, command_id, body, event_ts FROM portfolio_events FINAL ORDER BY ALL"
+        wait_for(lambda: len(rows(settings, projection)) == len(on_topic), 60, "the portfolio projection")
+        before_rebuild = rows(settings, projection)
+        assert len(on_topic) >= 8 and {r[2] for r in before_rebuild} >= {"position_opened", "position_rejected"}
+        command(settings, "TRUNCATE TABLE portfolio_events")
+        assert rows(settings, projection) == []
+        assert cmd_rebuild(settings, argparse.Namespace()) == 0
+        assert rows(settings, projection) == before_rebuild
     finally:
         worker.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
