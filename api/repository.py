@@ -29,7 +29,7 @@ from schemas.events import INTERVAL_NS, Interval
 DAY_NS = 86_400 * 10**9
 
 # Quality kinds that say whether a feed is up; the latest one for a (venue, symbol) wins.
-FEED_DOWN_KINDS = ("stale_feed", "feed_disconnected")
+FEED_DOWN_KINDS = ("stale_feed", "feed_disconnected", "feed_stale")
 FEED_STATE_KINDS = (*FEED_DOWN_KINDS, "feed_connected")
 
 

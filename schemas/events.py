@@ -134,6 +134,8 @@ class QualityKind(StrEnum):
     DUPLICATE_TRADE = "duplicate_trade"
     FEED_CONNECTED = "feed_connected"
     FEED_DISCONNECTED = "feed_disconnected"
+    FEED_STALE = "feed_stale"  # a connector's socket went silent (stale_feed: no trade reached the worker)
+    TRADE_GAP = "trade_gap"  # trade ids the venue numbers consecutively went missing and no backfill found them
 
 
 class QualityEvent(Event):

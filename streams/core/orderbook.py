@@ -154,10 +154,15 @@ BINANCE_RULES: Final[dict[str, BinanceRules]] = {
     "binance-usdm": BinanceRules.FUTURES,
     "binance-coinm": BinanceRules.FUTURES,
 }
+# Venues whose book topic carries whole books only (the ccxt connectors of `schemas.venues`):
+# each newer snapshot replaces the book, so any rules do; spot's are the simplest.
+SNAPSHOT_VENUES: Final = frozenset(("coinbase", "kraken"))
 
 
 def rules_for_venue(venue: str) -> BinanceRules | None:
     """The sequencing rules of a venue's depth stream, or None when no book can be kept for it."""
+    if venue in SNAPSHOT_VENUES:
+        return BinanceRules.SPOT
     return BINANCE_RULES.get(venue)
 
 
@@ -401,9 +406,11 @@ class BinanceBookSync:
 
     def _snapshot(self, snap: BookSnapshot) -> BookOutcome:
         if self.state is not SyncState.AWAITING_SNAPSHOT:
-            # A valid book is proven by continuity; a snapshot adds nothing to it.
-            self.snapshots_ignored += 1
-            return _SKIPPED_VALID
+            if snap.last_update_id <= self._last:
+                # A valid book is proven by continuity; an older snapshot adds nothing to it.
+                self.snapshots_ignored += 1
+                return _SKIPPED_VALID
+            return self._reload(snap)
         snapshot_id = snap.last_update_id
         pending = [d for d in self._buffer if not self._is_stale(d, snapshot_id)]
         if pending and not self._bridges(pending[0], snapshot_id):
@@ -446,6 +453,26 @@ class BinanceBookSync:
             }
             quality.insert(0, self._quality(QualityKind.BOOK_RESYNC, snap, detail))
         return BookOutcome(True, valid, valid, tuple(quality))
+
+    def _reload(self, snap: BookSnapshot) -> BookOutcome:
+        """A newer snapshot on a valid book is the exchange's book at a later id: it replaces
+        ours. This is how whole-book streams work (the live connectors publish the book ccxt
+        keeps, every 100 ms); diffs that follow must bridge it like after any snapshot."""
+        previous = self.book.top(self.depth) if self.depth else None
+        self.book.load(snap.bids, snap.asks)
+        if self.book.crossed():
+            self.book.clear()
+            self.state = SyncState.AWAITING_SNAPSHOT
+            self.snapshots_rejected += 1
+            return _SKIPPED_INVALID
+        self.snapshots_loaded += 1
+        self._last = snap.last_update_id
+        self.state = SyncState.SYNCED
+        if snap.event_ts_ns > self.event_ts_ns:
+            self.event_ts_ns = snap.event_ts_ns
+        self.recv_ts_ns = snap.recv_ts_ns
+        changed = previous is None or self.book.top(self.depth) != previous
+        return _APPLIED_CHANGED if changed else _APPLIED_SAME
 
     def _quality(self, kind: QualityKind, cause: BookDelta | BookSnapshot, detail: dict[str, Any]) -> QualityEvent:
         return QualityEvent(

@@ -179,13 +179,13 @@ async def test_garbage_and_foreign_messages_go_to_dead_letters_and_the_agent_goe
     eth = events[-1]
     assert isinstance(eth, BookDelta)
     other = eth.model_copy(update={"symbol": "BTC-USDT"})
-    foreign_venue = eth.model_copy(update={"venue": "kraken"})
+    foreign_venue = eth.model_copy(update={"venue": "bitstamp"})
     garbage = [
         b"\x00\xff",
         b'{"schema":"trade_batch.v1","venue":"binance","symbol":"ETH-USDT","trades":[]}',
         b'{"schema":"book_batch.v1","venue":"binance","symbol":"ETH-USDT","updates":[{"bids":1}]}',
         encode_book_batch("binance", "ETH-USDT", [other]),  # an item of another stream
-        encode_book_batch("kraken", "ETH-USDT", [foreign_venue]),  # no sequencing rules for it
+        encode_book_batch("bitstamp", "ETH-USDT", [foreign_venue]),  # no sequencing rules for it
     ]
     h = Harness()
     await h.run([*garbage, *frames(events)])

@@ -388,6 +388,17 @@ def test_crossed_book_invalidates_and_crossed_snapshot_is_refused() -> None:
     assert out.valid and [q.kind for q in out.quality] == [QualityKind.BOOK_RESYNC]
 
 
+def test_newer_snapshot_replaces_a_valid_book_and_later_diffs_must_bridge_it() -> None:
+    sync = live_spot(10)
+    out = sync.update(snapshot(50, [("1", "1")], [("2", "1")]))
+    assert out == (True, True, True, ()) and sync.best() == ((Decimal(1), Decimal(1)), (Decimal(2), Decimal(1)))
+    assert sync.update(snapshot(60, [("1", "1")], [("2", "1")])) == (True, True, False, ())  # same top
+    assert sync.update(delta(55, 60)).valid and sync.last_update_id == 60  # covered: stale, dropped
+    out = sync.update(delta(62, 63))  # 61 never seen
+    assert not out.valid and [q.kind for q in out.quality] == [QualityKind.BOOK_GAP]
+    assert sync.update(snapshot(70, [("3", "1")], [("2", "1")])).valid is False  # newer but crossed: refused
+
+
 def test_snapshot_older_than_the_buffer_is_refused_until_a_newer_one() -> None:
     sync = spot_sync()
     sync.update(delta(20, 22))
@@ -398,9 +409,9 @@ def test_snapshot_older_than_the_buffer_is_refused_until_a_newer_one() -> None:
     assert sync.last_update_id == 25
 
 
-def test_snapshot_on_a_valid_book_is_ignored_and_buffer_is_bounded() -> None:
+def test_older_snapshot_on_a_valid_book_is_ignored_and_buffer_is_bounded() -> None:
     sync = live_spot(10)
-    assert sync.update(snapshot(50, [("1", "1")], [("2", "1")])) == (False, True, False, ())
+    assert sync.update(snapshot(10, [("1", "1")], [("2", "1")])) == (False, True, False, ())
     assert sync.snapshots_ignored == 1 and sync.best() == ((Decimal(100), Decimal(1)), (Decimal(101), Decimal(1)))
     small = spot_sync(max_buffer=3)
     for i in range(5):

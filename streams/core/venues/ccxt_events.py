@@ -1,0 +1,83 @@
+"""ccxt's unified trade and order-book structures in, Entasis events out. Pure.
+
+ccxt parses prices and sizes to floats. The exchanges sent decimal strings with far fewer than
+15 significant digits, and `repr` of a float is the shortest string that reads back as the
+same float, so `Decimal(repr(x))` gives back the exchange's number (without its trailing
+zeros: `2683.80000000` arrives as `2683.8`, the same value)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from schemas.events import BookSnapshot, PriceLevel, Side, Trade
+
+_SIDES = {"buy": Side.BUY, "sell": Side.SELL}
+_NS_PER_MS = 1_000_000
+
+
+class CcxtParseError(ValueError):
+    """A ccxt structure that cannot become an event (missing id or time, non-positive price...)."""
+
+
+def to_decimal(value: Any) -> Decimal:
+    if isinstance(value, bool) or value is None:
+        raise CcxtParseError(f"not a number: {value!r}")
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    try:
+        return Decimal(str(value))
+    except ArithmeticError as exc:
+        raise CcxtParseError(f"not a number: {value!r}") from exc
+
+
+def trade_id(t: Mapping[str, Any]) -> str:
+    """The venue's trade id; a trade without one (Kraken's v1 feed) is named by what it is,
+    which is what a re-sent copy of it repeats."""
+    if t.get("id") is not None:
+        return str(t["id"])
+    return f"{t.get('timestamp')}-{t.get('price')}-{t.get('amount')}-{t.get('side')}"
+
+
+def trade_from_ccxt(venue: str, symbol: str, t: Mapping[str, Any], recv_ts_ns: int) -> Trade:
+    timestamp = t.get("timestamp")
+    if not isinstance(timestamp, int) or timestamp <= 0:
+        raise CcxtParseError(f"trade without a timestamp: {dict(t)!r}")
+    try:
+        return Trade(
+            venue=venue,
+            symbol=symbol,
+            trade_id=trade_id(t),
+            price=to_decimal(t.get("price")),
+            size=to_decimal(t.get("amount")),
+            side=_SIDES.get(str(t.get("side")), Side.UNKNOWN),
+            event_ts_ns=timestamp * _NS_PER_MS,
+            recv_ts_ns=recv_ts_ns,
+        )
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise CcxtParseError(f"invalid trade {dict(t)!r}: {exc}") from exc
+
+
+def _levels(side: Sequence[Sequence[Any]], depth: int) -> tuple[PriceLevel, ...]:
+    return tuple((to_decimal(level[0]), to_decimal(level[1])) for level in side[:depth])
+
+
+def book_from_ccxt(venue: str, symbol: str, book: Mapping[str, Any], depth: int, update_id: int,
+                   recv_ts_ns: int) -> BookSnapshot:
+    """The top `depth` levels of a ccxt order book (bids and asks best first, as ccxt keeps
+    them) as a snapshot with the given update id."""
+    timestamp = book.get("timestamp")
+    event_ts_ns = timestamp * _NS_PER_MS if isinstance(timestamp, int) and timestamp > 0 else recv_ts_ns
+    try:
+        return BookSnapshot(
+            venue=venue,
+            symbol=symbol,
+            event_ts_ns=event_ts_ns,
+            recv_ts_ns=recv_ts_ns,
+            last_update_id=update_id,
+            bids=_levels(book["bids"], depth),
+            asks=_levels(book["asks"], depth),
+        )
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise CcxtParseError(f"invalid order book of {venue}:{symbol}: {exc}") from exc

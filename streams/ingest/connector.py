@@ -1,0 +1,462 @@
+"""Live venue connectors: ccxt.pro WebSockets in, Entasis raw topics out.
+
+One `VenueConnector` per venue owns one ccxt.pro client and, per configured symbol, two
+supervised loops: trades and the order book. What each loop guarantees:
+
+- **Reconnects.** Any network error (a dropped socket, a timeout, a stalled socket the
+  watchdog gave up on) is a `feed_disconnected` quality event; the loop waits an exponential
+  backoff with full jitter and calls ccxt's `watch_*` again, which reconnects and
+  resubscribes. The first data after that is `feed_connected`.
+- **No lost or duplicated trades.** After a reconnect, the trades the venue printed while we
+  were away are fetched over REST (`fetch_trades`) and published before the live ones;
+  every trade id is checked against the recent ones, so re-sent trades are dropped. On venues
+  that number trades consecutively (Binance, Coinbase) a hole that the backfill could not fill
+  is reported as `trade_gap`, with the ids missing.
+- **Books are always whole.** ccxt keeps the book (snapshot plus diffs, checking sequence
+  numbers or checksums); a gap or checksum failure is `book_gap`, and the loop resubscribes,
+  which takes a fresh snapshot: `book_resync`. The connector publishes the top
+  `book_depth` levels as a `book_snapshot.v1` at most every `book_interval_s` (and the last
+  change always), so a worker that starts late has a whole book within one interval.
+- **Stalls.** A watchdog closes a socket that sent nothing for `stale_after_s`
+  (`feed_stale`), which sends the loops through the reconnect path above.
+- **Malformed frames** (not JSON, or a message ccxt's handler chokes on) go to the
+  dead-letter topic and a counter; the socket goes on.
+- **Start-up limits.** ccxt's rate limiter spaces the REST calls (markets, snapshots,
+  backfills), and subscriptions are staggered by `stagger_s`, so 50 symbols do not arrive at
+  the venue in one burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import ccxt.pro as ccxtpro
+from ccxt.base.errors import BadRequest, BadSymbol, ExchangeError, InvalidNonce, NetworkError
+
+from schemas import topics
+from schemas.events import DeadLetter, QualityEvent, QualityKind, Trade
+from schemas.venues import VENUES, Feed, point_urls_at
+from schemas.wire import encode_book_batch, encode_event, encode_trade_batch, iter_batches
+from streams.core.backoff import Backoff
+from streams.core.candle_stream import RecentIds
+from streams.core.venues.ccxt_events import CcxtParseError, book_from_ccxt, trade_from_ccxt, trade_id
+from streams.ingest.publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+WallNs = Callable[[], int]
+TRADES_PER_MESSAGE = 500
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    book_depth: int = 100
+    book_interval_s: float = 0.1
+    stale_after_s: float = 15.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    stagger_s: float = 0.25  # between two subscriptions at start-up
+    namespace: str = ""
+    # base URL of a local exchange double; None reaches the real venues
+    endpoint: str | None = None
+    recent_ids: int = 20_000
+
+
+@dataclass
+class FeedStats:
+    trades: int = 0
+    duplicates: int = 0
+    backfilled: int = 0
+    missing: int = 0  # trade ids never seen, after backfill (consecutive-id venues only)
+    books: int = 0
+    book_gaps: int = 0
+    book_resyncs: int = 0
+    disconnects: int = 0
+    reconnects: int = 0
+    stale: int = 0
+    malformed: int = 0
+    connected_at: list[float] = field(default_factory=list)  # monotonic, each (re)connection
+    disconnected_at: list[float] = field(default_factory=list)
+
+
+class _FeedState:
+    def __init__(self, feed: Feed, recent: int) -> None:
+        self.feed = feed
+        self.up: bool | None = None  # None: never connected yet
+        self.recent = RecentIds(recent)
+        self.last_trade: Trade | None = None
+        self.need_backfill = False
+        self.book: Any = None  # ccxt's order book, the latest version
+        self.book_dirty = False
+        self.book_broken = False  # a gap or reconnect: the next book is a resync
+        self.stats = FeedStats()
+
+
+class ExchangeHooks(Protocol):
+    def malformed(self, url: str, message: Any, error: str) -> None: ...
+
+    def sequence_gap(self, client: Any, expected: int, got: int) -> None: ...
+
+
+def make_exchange(venue: str, endpoint: str | None, hooks: ExchangeHooks) -> Any:
+    """A ccxt.pro client for `venue`, pointed at `endpoint` (an exchange double) when given,
+    with three things ccxt does not do:
+    - a malformed frame is reported (dead letter) instead of killing the socket's receive loop;
+    - the time of the last data message per socket is kept (`_entasis_last_data`, ms), for the
+      stall watchdog: ccxt's own `last_message_at` counts pongs, and a stalled venue still
+      answers pings;
+    - where the venue numbers the messages of a connection (Coinbase's `sequence_num`, which
+      ccxt does not check), a hole is reported: the book that missed it cannot be trusted."""
+    spec = VENUES[venue]
+    base = getattr(ccxtpro, spec.ccxt_id)
+    sequence_field = spec.message_sequence
+
+    class Guarded(base):  # type: ignore[misc,valid-type]
+        def handle_message(self, client: Any, message: Any) -> Any:
+            client._entasis_last_data = time.time() * 1000
+            if not isinstance(message, dict | list):
+                hooks.malformed(client.url, message, "not a JSON object or array")
+                return None
+            if sequence_field and isinstance(message, dict) and isinstance(message.get(sequence_field), int):
+                got = message[sequence_field]
+                expected = getattr(client, "_entasis_next_seq", None)
+                client._entasis_next_seq = got + 1
+                if expected is not None and got != expected:
+                    hooks.sequence_gap(client, expected, got)
+                    return None
+            try:
+                return super().handle_message(client, message)
+            except Exception as exc:  # ccxt would lose the socket's receive loop
+                hooks.malformed(client.url, message, f"{type(exc).__name__}: {exc}")
+                return None
+
+        def client(self, url: str) -> Any:
+            c = super().client(url)
+            if not getattr(c, "_entasis_guarded", False):
+                decode = c.handle_text_or_binary_message
+
+                def guarded(data: Any) -> None:
+                    try:
+                        decode(data)
+                    except ValueError as exc:  # orjson's JSONDecodeError: a truncated frame
+                        hooks.malformed(url, data, f"invalid JSON: {exc}")
+
+                c.handle_text_or_binary_message = guarded
+                c._entasis_guarded = True
+            return c
+
+    exchange = Guarded({"enableRateLimit": True, "options": dict(spec.options), "newUpdates": True})
+    if endpoint:
+        exchange.urls["api"] = point_urls_at(exchange.urls["api"], endpoint, venue)
+    return exchange
+
+
+class VenueConnector:
+    def __init__(self, venue: str, feeds: Iterable[Feed], publisher: Publisher,
+                 config: ConnectorConfig | None = None, *, wall_ns: WallNs = time.time_ns,
+                 rng: random.Random | None = None, exchange: Any = None) -> None:
+        self.venue = venue
+        self.spec = VENUES[venue]
+        self.config = config or ConnectorConfig()
+        self.publisher = publisher
+        self.wall_ns = wall_ns
+        self.rng = rng or random.Random()
+        self.states = {f.symbol: _FeedState(f, self.config.recent_ids) for f in feeds if f.venue == venue}
+        self.exchange = exchange or make_exchange(venue, self.config.endpoint, self)
+        ns = self.config.namespace
+        self.topics = {t: t.full_name(ns) for t in (topics.TRADES, topics.BOOK, topics.QUALITY, topics.DEAD_LETTER)}
+        self.malformed_frames = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Runs until `stop()`; every loop restarts itself on errors, so this only ends on stop."""
+        await self._load_markets()
+        loops: list[Coroutine[Any, Any, None]] = []
+        for state in self.states.values():
+            loops.append(self._trades_loop(state))
+            loops.append(self._book_loop(state))
+        self._tasks = [asyncio.create_task(self._book_flusher(), name=f"{self.venue}-books"),
+                       asyncio.create_task(self._watchdog(), name=f"{self.venue}-watchdog")]
+        for i, loop in enumerate(loops):
+            self._tasks.append(asyncio.create_task(self._staggered(i * self.config.stagger_s, loop)))
+        await self._stopping.wait()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._flush_books()
+        with contextlib.suppress(Exception):
+            await self.exchange.close()
+        self.publisher.flush()
+
+    async def _staggered(self, delay: float, loop: Coroutine[Any, Any, None]) -> None:
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            loop.close()
+            raise
+        await loop
+
+    async def _load_markets(self) -> None:
+        backoff = self._backoff()
+        while True:
+            try:
+                await self.exchange.load_markets()
+                return
+            except NetworkError as exc:
+                delay = backoff.next()
+                log.warning("%s: markets could not be loaded (%s); retrying in %.1fs", self.venue, exc, delay)
+                await asyncio.sleep(delay)
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self.config.backoff_initial_s, self.config.backoff_max_s, self.rng)
+
+    # ---- trades -------------------------------------------------------------------------
+
+    async def _trades_loop(self, state: _FeedState) -> None:
+        backoff = self._backoff()
+        symbol = state.feed.ccxt_symbol
+        while not self._stopping.is_set():
+            try:
+                trades = await self.exchange.watch_trades(symbol)
+            except (BadSymbol, BadRequest) as exc:
+                log.error("%s: cannot watch trades: %s", state.feed, exc)
+                return
+            except (NetworkError, ExchangeError) as exc:
+                self._down(state, exc)
+                state.need_backfill = state.last_trade is not None
+                await asyncio.sleep(backoff.next())
+                continue
+            backoff.reset()
+            self._up(state)
+            recv = self.wall_ns()
+            if state.need_backfill:
+                state.need_backfill = False
+                await self._backfill(state, recv)
+            self._publish_trades(state, trades, recv)
+
+    async def _backfill(self, state: _FeedState, recv: int) -> None:
+        """What the venue printed while we were away, from REST, before the live trades."""
+        last = state.last_trade
+        assert last is not None  # only set after a trade was published
+        since = last.event_ts_ns // 1_000_000 if self.spec.backfill_since else None
+        params = dict(self.spec.backfill_params)
+        if self.spec.backfill_until:
+            params["until"] = max(recv // 1_000_000, (since or 0) + 1)
+        try:
+            fetched = await self.exchange.fetch_trades(state.feed.ccxt_symbol, since, 1000, params)
+        except (NetworkError, ExchangeError) as exc:
+            log.warning("%s: backfill failed: %s", state.feed, exc)
+            return
+        before = state.stats.trades
+        self._publish_trades(state, fetched, recv)
+        state.stats.backfilled += state.stats.trades - before
+
+    def _publish_trades(self, state: _FeedState, raw: list[dict[str, Any]], recv: int) -> None:
+        fresh: list[Trade] = []
+        for t in sorted(raw, key=_trade_order):
+            if not state.recent.add(trade_id(t)) or self._older(state, t):
+                state.stats.duplicates += 1
+                continue
+            try:
+                trade = trade_from_ccxt(self.venue, state.feed.symbol, t, recv)
+            except CcxtParseError as exc:
+                self._dead_letter(state.feed.symbol, f"trade:{state.feed.ccxt_symbol}", t, str(exc))
+                continue
+            self._check_gap(state, trade)
+            fresh.append(trade)
+            state.last_trade = trade
+        for batch in iter_batches(fresh, TRADES_PER_MESSAGE):
+            self.publisher.publish(self.topics[topics.TRADES], state.feed.key.encode(),
+                                   encode_trade_batch(self.venue, state.feed.symbol, batch))
+        state.stats.trades += len(fresh)
+
+    def _older(self, state: _FeedState, t: dict[str, Any]) -> bool:
+        """A consecutively numbered trade at or before the last one published is a re-send."""
+        last = state.last_trade
+        if not self.spec.consecutive_trade_ids or last is None:
+            return False
+        try:
+            return int(t["id"]) <= int(last.trade_id)
+        except (KeyError, TypeError, ValueError):
+            return False
+
+    def _check_gap(self, state: _FeedState, trade: Trade) -> None:
+        last = state.last_trade
+        if not self.spec.consecutive_trade_ids or last is None:
+            return
+        try:
+            missing = int(trade.trade_id) - int(last.trade_id) - 1
+        except ValueError:
+            return
+        if missing > 0:
+            state.stats.missing += missing
+            self._quality(state.feed.symbol, QualityKind.TRADE_GAP, trade.event_ts_ns,
+                          {"after_trade_id": last.trade_id, "next_trade_id": trade.trade_id, "missing": missing})
+
+    # ---- books --------------------------------------------------------------------------
+
+    async def _book_loop(self, state: _FeedState) -> None:
+        backoff = self._backoff()
+        symbol = state.feed.ccxt_symbol
+        while not self._stopping.is_set():
+            try:
+                book = await self.exchange.watch_order_book(symbol)
+            except (BadSymbol, BadRequest) as exc:
+                log.error("%s: cannot watch the order book: %s", state.feed, exc)
+                return
+            except InvalidNonce as exc:  # a sequence gap or a checksum mismatch (ChecksumError)
+                self._book_gap(state, exc)
+                await asyncio.sleep(min(backoff.next(), 1.0))
+                continue
+            except (NetworkError, ExchangeError) as exc:
+                self._down(state, exc)
+                state.book_broken = True
+                await asyncio.sleep(backoff.next())
+                continue
+            backoff.reset()
+            self._up(state)
+            state.book = book
+            state.book_dirty = True
+            if state.book_broken:
+                state.book_broken = False
+                state.stats.book_resyncs += 1
+                self._quality(state.feed.symbol, QualityKind.BOOK_RESYNC, self.wall_ns(),
+                              {"source": "snapshot", "nonce": book.get("nonce")})
+
+    def _book_gap(self, state: _FeedState, exc: Exception) -> None:
+        state.stats.book_gaps += 1
+        state.book_broken = True
+        state.book = None  # never publish a book ccxt gave up on
+        state.book_dirty = False
+        self._quality(state.feed.symbol, QualityKind.BOOK_GAP, self.wall_ns(),
+                      {"reason": type(exc).__name__, "error": str(exc)[:300]})
+
+    async def _book_flusher(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.book_interval_s)
+            self._flush_books()
+
+    def _flush_books(self) -> None:
+        for state in self.states.values():
+            if state.book_dirty and state.book is not None and not state.book_broken:
+                state.book_dirty = False
+                self._publish_book(state)
+
+    def _publish_book(self, state: _FeedState) -> None:
+        recv = self.wall_ns()
+        nonce = state.book.get("nonce")
+        # the venue's sequence number when it has one (Binance's `u`), else our receive time:
+        # either only grows, across reconnects and restarts of this process
+        update_id = nonce if self.spec.book_nonce and isinstance(nonce, int) else recv
+        try:
+            snap = book_from_ccxt(self.venue, state.feed.symbol, state.book, self.config.book_depth, update_id, recv)
+        except CcxtParseError as exc:
+            self._dead_letter(state.feed.symbol, f"book:{state.feed.ccxt_symbol}", {}, str(exc))
+            return
+        self.publisher.publish(self.topics[topics.BOOK], state.feed.key.encode(),
+                               encode_book_batch(self.venue, state.feed.symbol, [snap]))
+        state.stats.books += 1
+
+    # ---- connection state -----------------------------------------------------------------
+
+    def _down(self, state: _FeedState, exc: Exception) -> None:
+        if state.up is False:
+            return
+        state.up = False
+        state.stats.disconnects += 1
+        state.stats.disconnected_at.append(time.monotonic())
+        log.warning("%s disconnected: %s: %s", state.feed, type(exc).__name__, exc)
+        self._quality(state.feed.symbol, QualityKind.FEED_DISCONNECTED, self.wall_ns(),
+                      {"error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+
+    def _up(self, state: _FeedState) -> None:
+        if state.up:
+            return
+        if state.up is False:
+            state.stats.reconnects += 1
+        state.up = True
+        state.stats.connected_at.append(time.monotonic())
+        self._quality(state.feed.symbol, QualityKind.FEED_CONNECTED, self.wall_ns(), {"source": "ccxt"})
+
+    async def _watchdog(self) -> None:
+        """Gives up on sockets that went silent: ccxt would wait on them forever."""
+        limit_ms = self.config.stale_after_s * 1000
+        while True:
+            await asyncio.sleep(min(1.0, self.config.stale_after_s / 4))
+            now_ms = time.time() * 1000
+            for client in list(self.exchange.clients.values()):
+                last = getattr(client, "_entasis_last_data", None) or getattr(client, "connectionEstablished", None)
+                if client.closed() or last is None or now_ms - last < limit_ms:
+                    continue
+                silent_s = (now_ms - last) / 1000
+                for state in self.states.values():
+                    if state.up:
+                        state.up = False
+                        state.stats.stale += 1
+                        state.stats.disconnected_at.append(time.monotonic())
+                        self._quality(state.feed.symbol, QualityKind.FEED_STALE, self.wall_ns(),
+                                      {"silent_s": round(silent_s, 3), "url": client.url})
+                log.warning("%s: %s sent nothing for %.1fs; reconnecting", self.venue, client.url, silent_s)
+                self._restart(client, NetworkError(f"no message for {silent_s:.1f}s"))
+
+    # ---- output helpers --------------------------------------------------------------------
+
+    def _quality(self, symbol: str, kind: QualityKind, event_ts_ns: int, detail: dict[str, Any]) -> None:
+        event = QualityEvent(venue=self.venue, symbol=symbol, event_ts_ns=event_ts_ns, recv_ts_ns=self.wall_ns(),
+                             kind=kind, detail=detail)
+        self.publisher.publish(self.topics[topics.QUALITY], f"{self.venue}:{symbol}".encode(), encode_event(event))
+
+    def sequence_gap(self, client: Any, expected: int, got: int) -> None:
+        """A message of the socket never arrived: every book on it may be wrong."""
+        for state in self.states.values():
+            self._book_gap(state, InvalidNonce(f"{client.url}: message {expected} expected, got {got}"))
+        self._restart(client, InvalidNonce(f"sequence gap: expected {expected}, got {got}"))
+
+    def _restart(self, client: Any, error: Exception) -> None:
+        """Close a socket from inside ccxt's callbacks: the watchers get `error` and reconnect,
+        and their resubscription brings fresh snapshots."""
+        client.reset(error)
+        asyncio.get_running_loop().create_task(_close_quietly(client))
+
+    def malformed(self, url: str, message: Any, error: str) -> None:
+        self.malformed_frames += 1
+        self._dead_letter(None, f"ws:{url}", message, error)
+
+    def _dead_letter(self, symbol: str | None, source: str, raw: Any, error: str) -> None:
+        body = raw if isinstance(raw, bytes) else (raw if isinstance(raw, str) else repr(raw)).encode()
+        letter = DeadLetter(venue=self.venue, symbol=symbol, source=source, error=error[:1000],
+                            raw_hex=body[:65536].hex(), recv_ts_ns=self.wall_ns())
+        self.publisher.publish(self.topics[topics.DEAD_LETTER], self.venue.encode(), encode_event(letter))
+
+    def stats(self) -> dict[str, FeedStats]:
+        return {s.feed.key: s.stats for s in self.states.values()}
+
+
+async def _close_quietly(client: Any) -> None:
+    with contextlib.suppress(Exception):
+        await client.aiohttp_close()
+
+
+def _trade_order(t: dict[str, Any]) -> tuple[int, int, str]:
+    """Time, then the id as a number where it is one: a backfill page and a live batch merge in order."""
+    raw = t.get("id")
+    try:
+        numeric = int(raw) if raw is not None else 0
+    except (TypeError, ValueError):
+        numeric = 0
+    return (t.get("timestamp") or 0, numeric, str(raw))
