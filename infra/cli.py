@@ -12,6 +12,7 @@ addresses of what it started to its children through those variables.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -223,15 +224,87 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     return worst
 
 
+def _venue_items(settings: Settings, args: argparse.Namespace) -> list[str]:
+    text = args.venues if getattr(args, "venues", None) else settings.venues
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def cmd_venues_check(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from infra.venues_check import check, render
+
+    endpoint = getattr(args, "endpoint", None) or settings.exchange_endpoint or None
+    lines = asyncio.run(check(_venue_items(settings, args), endpoint=endpoint))
+    print(render(lines))
+    bad = sum(not line.ok for line in lines)
+    print(f"{len(lines) - bad} of {len(lines)} feeds usable" + (f"; fix the {bad} marked FAIL" if bad else ""))
+    return 1 if bad else 0
+
+
+def cmd_connect(settings: Settings, args: argparse.Namespace) -> int:
+    """The live connectors alone, publishing to the configured broker, until Ctrl-C."""
+    import asyncio
+    import threading
+
+    from infra.live import configured_feeds, connector_config, connectors_for, run_connectors
+    from schemas.venues import InvalidFeed
+    from streams.ingest.publisher import KafkaPublisher
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        feeds = configured_feeds(settings, args.venues)
+    except InvalidFeed as exc:
+        print(f"bad venue configuration: {exc}", file=sys.stderr)
+        return 2
+    if not feeds:
+        print("no venues configured: set ENTASIS_VENUES or pass --venues", file=sys.stderr)
+        return 2
+    publisher = KafkaPublisher(settings.kafka_bootstrap)
+    connectors = connectors_for(feeds, publisher, connector_config(settings, args.endpoint))
+    stop = threading.Event()
+    try:
+        asyncio.run(run_connectors(connectors, stop))
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        publisher.close()
+    return 0
+
+
+def cmd_double(settings: Settings, args: argparse.Namespace) -> int:
+    """The local exchange double, playing the recorded captures until Ctrl-C."""
+    import asyncio
+
+    from infra.exchange_double.run import serve
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.host, args.port, args.speed, Path(args.data), args.venue or None))
+    return 0
+
+
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from infra.stack import Stack
+    from schemas.venues import InvalidFeed, parse_feeds
 
+    items = _venue_items(settings, args)
+    if args.dry_run:
+        return cmd_venues_check(settings, args)
+    try:
+        live = parse_feeds(items)
+    except InvalidFeed as exc:
+        print(f"bad venue configuration: {exc} (`entasis venues check` checks a list)", file=sys.stderr)
+        return 2
+    if live and args.replay:
+        print("--venues and --replay exclude each other: live feeds or a recording", file=sys.stderr)
+        return 2
     if args.replay:
         # a replay has no live feed that could go stale: MARKET_002 would only hide the data
         settings = settings.model_copy(update={"stale_feed_seconds": 0.0})
     stack = Stack(settings, data_dir=Path(args.data_dir) if args.data_dir else settings.data_dir)
     return stack.run(replay=Path(args.replay) if args.replay else None, speed=args.speed,
-                     exit_after_feed=args.exit_after_feed, sim_rate=args.rate, seed=args.seed)
+                     exit_after_feed=args.exit_after_feed, sim_rate=args.rate, seed=args.seed,
+                     live=live, endpoint=args.endpoint, double_port=args.exchange_double)
 
 
 def _wait_child(proc: Any) -> int:
@@ -256,7 +329,38 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", help="where the embedded database lives (default .entasis)")
     up.add_argument("--exit-after-feed", action="store_true",
                     help="stop cleanly once the replay is fully stored (for scripts and benchmarks)")
+    up.add_argument("--venues", help="live feeds, comma-separated venue:SYMBOL (default ENTASIS_VENUES), "
+                                     "e.g. binance:ETH-USDT,kraken:BTC-USD")
+    up.add_argument("--endpoint",
+                    help="reach the venues at this exchange double URL (default ENTASIS_EXCHANGE_ENDPOINT)")
+    up.add_argument("--exchange-double", type=int, nargs="?", const=18900, default=None, metavar="PORT",
+                    help="start the local exchange double (recorded data, no internet) on PORT (18900) "
+                         "and connect the live feeds to it; --speed paces its playback")
+    up.add_argument("--dry-run", action="store_true",
+                    help="check the configured venues and symbols (as `entasis venues check`) and exit")
     up.set_defaults(func=cmd_up)
+
+    venues = sub.add_parser("venues", help="live venues")
+    venues_sub = venues.add_subparsers(dest="venues_command", required=True)
+    vcheck = venues_sub.add_parser("check", help="check that every configured venue:SYMBOL exists on its venue")
+    vcheck.add_argument("--venues", help="comma-separated venue:SYMBOL (default ENTASIS_VENUES)")
+    vcheck.add_argument("--endpoint", help="an exchange double URL instead of the venues")
+    vcheck.set_defaults(func=cmd_venues_check)
+
+    connect = sub.add_parser("connect", help="run the live connectors alone (to the configured broker)")
+    connect.add_argument("--venues", help="comma-separated venue:SYMBOL (default ENTASIS_VENUES)")
+    connect.add_argument("--endpoint", help="an exchange double URL instead of the venues")
+    connect.set_defaults(func=cmd_connect)
+
+    double = sub.add_parser("double", help="run the local exchange double (recorded venues on loopback)")
+    double.add_argument("--host", default="127.0.0.1")
+    double.add_argument("--port", type=int, default=18900)
+    double.add_argument("--speed", type=float, default=1.0,
+                        help="multiple of the recorded pace; 0: as fast as possible")
+    double.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+                        help="the recorded data folder (default ../shared/data)")
+    double.add_argument("--venue", action="append", help="only these venues (repeatable; default all)")
+    double.set_defaults(func=cmd_double)
 
     sub.add_parser("broker", help="run the embedded Tansu broker").set_defaults(func=cmd_broker)
     db = sub.add_parser("db", help="run the embedded database owner (ClickHouse HTTP protocol)")

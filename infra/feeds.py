@@ -12,6 +12,7 @@ import orjson
 
 from infra.settings import Settings
 from schemas import topics
+from schemas.venues import Feed
 from streams.ingest.publisher import KafkaPublisher, Publisher
 
 DEFAULT_SIM_SYMBOLS = ("BTC-USDT", "ETH-USDT")
@@ -82,6 +83,27 @@ def replay_into(settings: Settings, path: Path, speed: float | None = None, stop
     finally:
         tracker.close()
         tracker.result.elapsed_s = time.monotonic() - started
+    return tracker.result
+
+
+def live_into(settings: Settings, feeds: tuple[Feed, ...], stop: threading.Event,
+              endpoint: str | None = None) -> FeedResult:
+    """The live connectors until `stop` is set."""
+    import asyncio
+
+    from infra.live import connector_config, connectors_for, run_connectors
+
+    tracker = _tracker(settings, None)  # stopped through `stop`, not by raising inside a publish
+    started = time.monotonic()
+    connectors = connectors_for(feeds, tracker, connector_config(settings, endpoint))
+    try:
+        asyncio.run(run_connectors(connectors, stop))
+    finally:
+        tracker.close()
+        tracker.result.elapsed_s = time.monotonic() - started
+        tracker.result.detail = "; ".join(f"{key}: {stats.trades} trades, {stats.books} books, "
+                                          f"{stats.disconnects + stats.stale} outages, {stats.missing} missing"
+                                          for c in connectors for key, stats in c.stats().items())
     return tracker.result
 
 

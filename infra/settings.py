@@ -63,6 +63,21 @@ class Settings(BaseSettings):
     portfolio_max_open_positions: int = Field(default=50, ge=1)
     portfolio_max_symbol_notional: Decimal = Decimal("1000000")
 
+    # Live venues: a comma-separated list of `venue:SYMBOL` (e.g. `binance:ETH-USDT,kraken:BTC-USD`;
+    # `entasis venues check` lists the venues). Empty: `entasis up` runs the simulated feed.
+    venues: str = ""
+    # Base URL of a local exchange double (`entasis double`) to reach instead of the venues.
+    exchange_endpoint: str = ""
+    # Connectors publish the top `connector_book_depth` levels at most every
+    # `connector_book_interval_ms`; a socket silent for `connector_stale_seconds` is closed
+    # (`feed_stale`) and reconnected with backoff up to `connector_backoff_max_seconds`;
+    # subscriptions at start-up are `connector_stagger_ms` apart (venue rate limits).
+    connector_book_depth: int = Field(default=100, ge=1, le=100)
+    connector_book_interval_ms: int = Field(default=100, ge=10)
+    connector_stale_seconds: float = Field(default=15.0, gt=0)
+    connector_backoff_max_seconds: float = Field(default=30.0, gt=0)
+    connector_stagger_ms: int = Field(default=250, ge=0)
+
     worker_id: str = "entasis-worker"
     worker_web_port: int = 16066
 

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 from infra.processes import wait_for_port
 from infra.settings import Settings
+from schemas.venues import Feed
 
 PR_SET_PDEATHSIG = 1
 
@@ -140,16 +141,27 @@ class Stack:
                             str(self.settings.api_port), "--tls-cert", str(self.tls_cert), "--tls-key", str(key))
         self._wait(api, self.settings.api_host, self.settings.api_port, timeout_s=60)
 
-    def run(self, replay: Path | None, speed: float | None, exit_after_feed: bool, sim_rate: float, seed: int) -> int:
+    def start_exchange_double(self, port: int, speed: float | None) -> str:
+        """The local exchange double (`entasis double`), for live connectors without internet."""
+        args = ["double", "--port", str(port)] + (["--speed", str(speed)] if speed else [])
+        double = self._entasis("exchange-double", *args)
+        self._wait(double, "127.0.0.1", port, timeout_s=60)
+        return f"http://127.0.0.1:{port}"
+
+    def run(self, replay: Path | None, speed: float | None, exit_after_feed: bool, sim_rate: float, seed: int,
+            live: tuple[Feed, ...] = (), endpoint: str | None = None, double_port: int | None = None) -> int:
         from infra import feeds
 
         started = time.monotonic()
         stop = threading.Event()
         _interrupt_on(signal.SIGINT, signal.SIGTERM)
         feed_result: dict[str, Any] = {}
+        thread: threading.Thread | None = None
         try:
             self.start_infrastructure()
             self.start_services()
+            if live and double_port:
+                endpoint = self.start_exchange_double(double_port, speed)
             base = f"https://{self.settings.api_host}:{self.settings.api_port}"
             print(f"Entasis is up in {time.monotonic() - started:.1f}s: API {base}/docs; logs in "
                   f"{self.data_dir / 'logs'}; Ctrl-C stops.\n"
@@ -157,7 +169,13 @@ class Stack:
                   f"({'new' if self.tls_created else 'reused'}), development JWT secret, every client address "
                   f"allowed. Try:\n  TOKEN=$(.venv/bin/entasis token)\n  curl --cacert {self.tls_cert} "
                   f"-H \"Authorization: Bearer $TOKEN\" {base}/api/v1/market/price/ETH-USDT")
-            if replay is not None:
+            if live:
+                print(f"live feeds: {', '.join(map(str, live))}" + (f" through the exchange double {endpoint}"
+                                                                      if endpoint else ""))
+
+                def feed() -> None:
+                    feed_result["summary"] = feeds.live_into(self.settings, live, stop=stop, endpoint=endpoint)
+            elif replay is not None:
                 def feed() -> None:
                     feed_result["summary"] = feeds.replay_into(self.settings, replay, speed=speed, stop=stop)
             else:
@@ -179,6 +197,8 @@ class Stack:
         except KeyboardInterrupt:
             print("\nstopping: feed, then draining what the broker acknowledged into the database...")
             stop.set()
+            if thread is not None:
+                thread.join(timeout=15)
             self._drain(feed_result.get("summary"))
             return 0
         finally:

@@ -12,6 +12,7 @@ A configured feed is `venue:SYMBOL`, e.g. `binance:ETH-USDT`, `kraken:BTC-USD`.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -110,7 +111,7 @@ def parse_feed(text: str) -> Feed:
         raise InvalidFeed(f"{text!r}: the symbol must be BASE-QUOTE, e.g. ETH-USDT") from None
 
 
-def parse_feeds(items: list[str] | tuple[str, ...] | str) -> tuple[Feed, ...]:
+def parse_feeds(items: Sequence[str] | str) -> tuple[Feed, ...]:
     """A comma-separated string or a list of `venue:SYMBOL`, deduplicated, in the given order."""
     if isinstance(items, str):
         items = [part for part in items.split(",") if part.strip()]

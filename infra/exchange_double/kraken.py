@@ -296,13 +296,17 @@ class PairBook:
         return text.replace(".", "").lstrip("0")
 
 
-def book_side_update(before: dict[Decimal, BookLevel], after: dict[Decimal, BookLevel],
-                     full: BookSide) -> list[BookLevel]:
+def book_side_update(
+    before: dict[Decimal, BookLevel], after: dict[Decimal, BookLevel], full: BookSide
+) -> list[BookLevel]:
     """What a depth-n subscriber is sent for one side: levels new or changed in its view, and a
     zero for levels deleted from it. Levels pushed out of the view are not sent (it truncates)."""
     changed = [level for price, level in after.items() if before.get(price) != level]
-    deleted = [BookLevel(price, Decimal(0), level.time) for price, level in before.items()
-               if price not in after and price not in full]
+    deleted = [
+        BookLevel(price, Decimal(0), level.time)
+        for price, level in before.items()
+        if price not in after and price not in full
+    ]
     return deleted + changed
 
 
@@ -324,12 +328,14 @@ def book_snapshot_frame(book: PairBook, depth: int) -> dict[str, Any]:
     return {
         "channel": "book",
         "type": "snapshot",
-        "data": [{
-            "symbol": pair.symbol,
-            "bids": book_levels_json(pair, book.bids.top(depth).values()),
-            "asks": book_levels_json(pair, book.asks.top(depth).values()),
-            "checksum": book.checksum(),
-        }],
+        "data": [
+            {
+                "symbol": pair.symbol,
+                "bids": book_levels_json(pair, book.bids.top(depth).values()),
+                "asks": book_levels_json(pair, book.asks.top(depth).values()),
+                "checksum": book.checksum(),
+            }
+        ],
     }
 
 
@@ -339,13 +345,15 @@ def book_update_frame(book: PairBook, asks: list[BookLevel], bids: list[BookLeve
     return {
         "channel": "book",
         "type": "update",
-        "data": [{
-            "symbol": pair.symbol,
-            "bids": book_levels_json(pair, bids),
-            "asks": book_levels_json(pair, asks),
-            "checksum": book.checksum(),
-            "timestamp": rfc3339(latest),
-        }],
+        "data": [
+            {
+                "symbol": pair.symbol,
+                "bids": book_levels_json(pair, bids),
+                "asks": book_levels_json(pair, asks),
+                "checksum": book.checksum(),
+                "timestamp": rfc3339(latest),
+            }
+        ],
     }
 
 
@@ -353,15 +361,18 @@ def trade_frame(pair: Pair, rows: Iterable[TradeRow], kind: str = "update") -> d
     return {
         "channel": "trade",
         "type": kind,
-        "data": [{
-            "symbol": pair.symbol,
-            "side": "buy" if row.side == "b" else "sell",
-            "price": _number(pair.price(Decimal(row.price))),
-            "qty": _number(pair.qty(Decimal(row.qty))),
-            "ord_type": "limit" if row.order_type == "l" else "market",
-            "trade_id": row.trade_id,
-            "timestamp": rfc3339(Decimal(row.time)),
-        } for row in rows],
+        "data": [
+            {
+                "symbol": pair.symbol,
+                "side": "buy" if row.side == "b" else "sell",
+                "price": _number(pair.price(Decimal(row.price))),
+                "qty": _number(pair.qty(Decimal(row.qty))),
+                "ord_type": "limit" if row.order_type == "l" else "market",
+                "trade_id": row.trade_id,
+                "timestamp": rfc3339(Decimal(row.time)),
+            }
+            for row in rows
+        ],
     }
 
 
@@ -374,20 +385,22 @@ def ticker_frame(pair: Pair, v1: dict[str, Any], kind: str = "update") -> dict[s
     return {
         "channel": "ticker",
         "type": kind,
-        "data": [{
-            "symbol": pair.symbol,
-            "bid": _number(pair.price(Decimal(v1["b"][0]))),
-            "bid_qty": _number(pair.qty(Decimal(v1["b"][2]))),
-            "ask": _number(pair.price(Decimal(v1["a"][0]))),
-            "ask_qty": _number(pair.qty(Decimal(v1["a"][2]))),
-            "last": _number(pair.price(last)),
-            "volume": _number(pair.qty(Decimal(v1["v"][1]))),
-            "vwap": _number(pair.price(Decimal(v1["p"][1]))),
-            "low": _number(pair.price(Decimal(v1["l"][1]))),
-            "high": _number(pair.price(Decimal(v1["h"][1]))),
-            "change": _number(pair.price(change)),
-            "change_pct": _number(str(change_pct)),
-        }],
+        "data": [
+            {
+                "symbol": pair.symbol,
+                "bid": _number(pair.price(Decimal(v1["b"][0]))),
+                "bid_qty": _number(pair.qty(Decimal(v1["b"][2]))),
+                "ask": _number(pair.price(Decimal(v1["a"][0]))),
+                "ask_qty": _number(pair.qty(Decimal(v1["a"][2]))),
+                "last": _number(pair.price(last)),
+                "volume": _number(pair.qty(Decimal(v1["v"][1]))),
+                "vwap": _number(pair.price(Decimal(v1["p"][1]))),
+                "low": _number(pair.price(Decimal(v1["l"][1]))),
+                "high": _number(pair.price(Decimal(v1["h"][1]))),
+                "change": _number(pair.price(change)),
+                "change_pct": _number(f"{change_pct:.2f}"),
+            }
+        ],
     }
 
 
@@ -454,8 +467,9 @@ class KrakenDouble(VenueDouble):
             played[pair.symbol] = played.get(pair.symbol, 0) + len(batch.rows)
             yield KrakenRecorded(ts_ns, f"trade:{pair.symbol}", message, event=batch)
 
-    def _load_channel(self, file: str, channel: str,
-                      parse: Callable[[list[Any], str], Event]) -> Iterator[KrakenRecorded]:
+    def _load_channel(
+        self, file: str, channel: str, parse: Callable[[list[Any], str], Event]
+    ) -> Iterator[KrakenRecorded]:
         for ts_ns, message in read_capture(self.data_dir / file):
             pair = self._v1_data_pair(message, channel)
             if pair is None:
@@ -472,7 +486,7 @@ class KrakenDouble(VenueDouble):
     def _v1_data_pair(self, message: Any, channel: str) -> Pair | None:
         """The pair of a v1 data message `[channelID, payload..., channelName, pair]` of `channel`
         (`book-1000` for book); events (`heartbeat`, `subscriptionStatus`...) are objects."""
-        if not isinstance(message, list) or not str(message[-2]).startswith(channel):
+        if not isinstance(message, list) or len(message) < 4 or not str(message[-2]).startswith(channel):
             return None
         pair = self._pairs_by_v1.get(message[-1])
         if pair is None:
@@ -566,12 +580,15 @@ class KrakenDouble(VenueDouble):
 
     async def on_connect(self, conn: Connection) -> None:
         self._connection_ids += 1
-        await conn.send_json({
-            "channel": "status",
-            "type": "update",
-            "data": [{"version": "2.0.0", "system": "online", "api_version": "v2",
-                      "connection_id": self._connection_ids}],
-        })
+        await conn.send_json(
+            {
+                "channel": "status",
+                "type": "update",
+                "data": [
+                    {"version": "2.0.0", "system": "online", "api_version": "v2", "connection_id": self._connection_ids}
+                ],
+            }
+        )
 
     async def on_client_message(self, conn: Connection, message: Any) -> None:
         time_in = now_rfc3339()
@@ -610,8 +627,7 @@ class KrakenDouble(VenueDouble):
             result: dict[str, Any] = {"channel": channel, "snapshot": snapshot, "symbol": symbol}
             if channel == "book":
                 result["depth"] = depth
-            await conn.send_json(_reply(message, {"method": "subscribe", "result": result, "success": True},
-                                        time_in))
+            await conn.send_json(_reply(message, {"method": "subscribe", "result": result, "success": True}, time_in))
             conn.channels.add(f"{channel}:{symbol}")
             await self._send_snapshot(conn, channel, pair, depth, snapshot)
 
@@ -640,10 +656,10 @@ class KrakenDouble(VenueDouble):
                 await conn.send_json({**reply, "symbol": symbol})
                 continue
             conn.channels.discard(key)
-            self._state(conn).books.pop(symbol, None)
+            if channel == "book":
+                self._state(conn).books.pop(symbol, None)
             result = {"channel": channel, "symbol": symbol}
-            await conn.send_json(_reply(message, {"method": "unsubscribe", "result": result, "success": True},
-                                        time_in))
+            await conn.send_json(_reply(message, {"method": "unsubscribe", "result": result, "success": True}, time_in))
 
     # ---- REST ---------------------------------------------------------------------------------
 
@@ -709,8 +725,14 @@ class KrakenDouble(VenueDouble):
         book = self.books.get(pair.symbol)
         asks = book.asks.top(count).values() if book else ()
         bids = book.bids.top(count).values() if book else ()
-        return _rest_ok({pair.key: {"asks": [rest_book_row(pair, lvl) for lvl in asks],
-                                    "bids": [rest_book_row(pair, lvl) for lvl in bids]}})
+        return _rest_ok(
+            {
+                pair.key: {
+                    "asks": [rest_book_row(pair, lvl) for lvl in asks],
+                    "bids": [rest_book_row(pair, lvl) for lvl in bids],
+                }
+            }
+        )
 
     async def _rest_time(self, request: web.Request) -> web.Response:
         seconds = self.clock_ns // 1_000_000_000
@@ -744,8 +766,10 @@ def assets_from_asset_pairs(result: dict[str, Any]) -> dict[str, Any]:
         if not wsname or "/" not in wsname:
             continue
         for asset_id, altname in zip((info["base"], info["quote"]), wsname.split("/"), strict=True):
-            assets.setdefault(asset_id, {"aclass": "currency", "altname": altname, "decimals": 10,
-                                         "display_decimals": 5, "status": "enabled"})
+            assets.setdefault(
+                asset_id,
+                {"aclass": "currency", "altname": altname, "decimals": 10, "display_decimals": 5, "status": "enabled"},
+            )
     return assets
 
 

@@ -11,6 +11,8 @@ Faults (per venue, `VenueDouble.faults`, or `POST /_control/<venue>/<fault>`):
 - `drop`: abort every open connection of the venue (TCP reset, no close frame);
 - `stall`: the connections open now get nothing more, silently, until they reconnect;
 - `skip`: the next book update frame is sent to nobody (a sequence gap);
+- `down` / `up`: the venue is unreachable (every connection aborted, every request answered
+  503) until it is back up; the recording keeps playing meanwhile, like a real market;
 - `garbage`: before each of the next frames, one that is not the venue's JSON (truncated
   JSON, binary junk, an HTML error page); the real frame follows it, so nothing is lost.
 
@@ -102,6 +104,7 @@ class VenueDouble:
         self.faults = Faults()
         self.connections: list[Connection] = []
         self.played = 0  # frames the exchange has produced so far
+        self.is_down = False
         self.finished = asyncio.Event()
         self._go = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -167,6 +170,14 @@ class VenueDouble:
         self.connections.clear()
         self.faults.dropped_connections += len(conns)
         return len(conns)
+
+    def down(self) -> int:
+        """The venue becomes unreachable: connections are aborted, new requests get 503."""
+        self.is_down = True
+        return self.drop()
+
+    def up(self) -> None:
+        self.is_down = False
 
     def stall(self) -> int:
         """The connections open now go silent (until the client gives up and reconnects)."""
@@ -240,6 +251,17 @@ class VenueDouble:
         return any(rec.channel in c.channels and not c.stalled for c in self.connections)
 
 
+def _unless_down(venue: VenueDouble) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        if venue.is_down:
+            raise web.HTTPServiceUnavailable(text=f"{venue.name} is down (exchange double)")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return middleware
+
+
 class ExchangeDouble:
     """The server: venues under `/<venue>`, fault control under `/_control`."""
 
@@ -251,7 +273,7 @@ class ExchangeDouble:
     def app(self) -> web.Application:
         app = web.Application()
         for name, venue in self.venues.items():
-            sub = web.Application()
+            sub = web.Application(middlewares=[_unless_down(venue)])
             sub.add_routes(venue.routes())
             app.add_subapp(f"/{name}", sub)
         app.router.add_post("/_control/{venue}/{fault}", self._control)
@@ -290,6 +312,8 @@ class ExchangeDouble:
             "stall": lambda: venue.stall(),
             "skip": lambda: venue.skip(n),
             "garbage": lambda: venue.garbage(n),
+            "down": lambda: venue.down(),
+            "up": lambda: venue.up(),
             "play": lambda: venue.play(),
         }
         if fault not in actions:

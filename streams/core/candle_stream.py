@@ -52,6 +52,9 @@ class RecentIds:
     def __iter__(self) -> Any:
         return iter(self._order)
 
+    def __contains__(self, trade_id: object) -> bool:
+        return trade_id in self._set
+
 
 class CandleStream:
     def __init__(self, venue: str, symbol: str, intervals: Sequence[str] = INTERVALS, lateness_ns: int = 0,

@@ -67,6 +67,8 @@ class ConnectorConfig:
     # base URL of a local exchange double; None reaches the real venues
     endpoint: str | None = None
     recent_ids: int = 20_000
+    # after a reconnect, missed trades are fetched at the first live trade or after this long
+    backfill_after_s: float = 1.0
 
 
 @dataclass
@@ -93,8 +95,8 @@ class _FeedState:
         self.recent = RecentIds(recent)
         self.last_trade: Trade | None = None
         self.need_backfill = False
-        self.book: Any = None  # ccxt's order book, the latest version
-        self.book_dirty = False
+        self.book: Any = None  # ccxt's order book (updated in place by ccxt)
+        self.book_published: tuple[Any, ...] | None = None  # what the last published book was
         self.book_broken = False  # a gap or reconnect: the next book is a resync
         self.stats = FeedStats()
 
@@ -232,7 +234,12 @@ class VenueConnector:
         symbol = state.feed.ccxt_symbol
         while not self._stopping.is_set():
             try:
-                trades = await self.exchange.watch_trades(symbol)
+                if state.need_backfill:
+                    trades = await self._watch_and_backfill(state, symbol)
+                else:
+                    # awaited directly, not as a task: a task starts a loop turn later, and a
+                    # trade arriving in between would wake nobody (ccxt keeps no pending result)
+                    trades = await self.exchange.watch_trades(symbol)
             except (BadSymbol, BadRequest) as exc:
                 log.error("%s: cannot watch trades: %s", state.feed, exc)
                 return
@@ -244,10 +251,50 @@ class VenueConnector:
             backoff.reset()
             self._up(state)
             recv = self.wall_ns()
-            if state.need_backfill:
-                state.need_backfill = False
-                await self._backfill(state, recv)
+            if self._hole_before(state, trades):
+                await self._backfill(state, recv)  # a live trade skipped ids: REST may have them
             self._publish_trades(state, trades, recv)
+            self._publish_trades(state, self._unread_tail(symbol, state), recv)
+
+    def _unread_tail(self, symbol: str, state: _FeedState) -> list[dict[str, Any]]:
+        """Trades ccxt cached while this loop was busy (publishing, backfilling). ccxt only
+        wakes a watcher on the next message, so without this the last trades before a quiet
+        spell would wait for the next trade. Read back from the newest to the first one known;
+        the next watch returns them again and they are dropped as repeats."""
+        cache = self.exchange.trades.get(symbol) if isinstance(self.exchange.trades, dict) else None
+        tail: list[dict[str, Any]] = []
+        for t in reversed(cache or ()):
+            if trade_id(t) in state.recent:
+                break
+            tail.append(t)
+        tail.reverse()
+        return tail
+
+    async def _watch_and_backfill(self, state: _FeedState, symbol: str) -> list[dict[str, Any]]:
+        """Back after an outage: fetch what was missed once the new socket had time to
+        subscribe, without waiting for a live trade (a quiet market has none)."""
+        watch = asyncio.ensure_future(self.exchange.watch_trades(symbol))
+        try:
+            await asyncio.wait({watch}, timeout=self.config.backfill_after_s)
+            if not watch.done() or watch.exception() is None:
+                state.need_backfill = False
+                recv = self.wall_ns()
+                await self._backfill(state, recv)
+                self._publish_trades(state, self._unread_tail(symbol, state), recv)
+            trades: list[dict[str, Any]] = await watch
+            return trades
+        finally:
+            if not watch.done():
+                watch.cancel()
+
+    def _hole_before(self, state: _FeedState, trades: list[dict[str, Any]]) -> bool:
+        last = state.last_trade
+        if not self.spec.consecutive_trade_ids or last is None or not trades:
+            return False
+        try:
+            return min(int(t["id"]) for t in trades) > int(last.trade_id) + 1
+        except (KeyError, TypeError, ValueError):
+            return False
 
     async def _backfill(self, state: _FeedState, recv: int) -> None:
         """What the venue printed while we were away, from REST, before the live trades."""
@@ -331,7 +378,6 @@ class VenueConnector:
             backoff.reset()
             self._up(state)
             state.book = book
-            state.book_dirty = True
             if state.book_broken:
                 state.book_broken = False
                 state.stats.book_resyncs += 1
@@ -342,7 +388,6 @@ class VenueConnector:
         state.stats.book_gaps += 1
         state.book_broken = True
         state.book = None  # never publish a book ccxt gave up on
-        state.book_dirty = False
         self._quality(state.feed.symbol, QualityKind.BOOK_GAP, self.wall_ns(),
                       {"reason": type(exc).__name__, "error": str(exc)[:300]})
 
@@ -353,8 +398,11 @@ class VenueConnector:
 
     def _flush_books(self) -> None:
         for state in self.states.values():
-            if state.book_dirty and state.book is not None and not state.book_broken:
-                state.book_dirty = False
+            if state.book is None or state.book_broken:
+                continue
+            version = _book_version(state.book)
+            if version != state.book_published:
+                state.book_published = version
                 self._publish_book(state)
 
     def _publish_book(self, state: _FeedState) -> None:
@@ -430,8 +478,9 @@ class VenueConnector:
     def _restart(self, client: Any, error: Exception) -> None:
         """Close a socket from inside ccxt's callbacks: the watchers get `error` and reconnect,
         and their resubscription brings fresh snapshots."""
-        client.reset(error)
-        asyncio.get_running_loop().create_task(_close_quietly(client))
+        # ccxt's own error path: it rejects the pending watchers with `error`, forgets the
+        # client (the next watch dials a new socket and subscribes afresh) and closes this one
+        client.on_error(error)
 
     def malformed(self, url: str, message: Any, error: str) -> None:
         self.malformed_frames += 1
@@ -447,9 +496,12 @@ class VenueConnector:
         return {s.feed.key: s.stats for s in self.states.values()}
 
 
-async def _close_quietly(client: Any) -> None:
-    with contextlib.suppress(Exception):
-        await client.aiohttp_close()
+def _book_version(book: Any) -> tuple[Any, ...]:
+    """Changes whenever ccxt applied an update: ccxt mutates its book in place, also between
+    two wake-ups of the book loop, so the flusher compares versions rather than flags."""
+    bids, asks = book["bids"], book["asks"]
+    return (book.get("nonce"), book.get("timestamp"), len(bids), len(asks),
+            tuple(bids[0]) if len(bids) else None, tuple(asks[0]) if len(asks) else None)
 
 
 def _trade_order(t: dict[str, Any]) -> tuple[int, int, str]:
