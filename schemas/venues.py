@@ -39,6 +39,11 @@ class VenueSpec:
     book_nonce: bool = False
     # a per-connection message counter the venue sends and ccxt does not check
     message_sequence: str | None = None
+    # the book depth to subscribe to, where the venue sends a fixed-depth view (Kraken: 10 by
+    # default; 10, 25, 100, 500 or 1000); None: the venue's full diff stream
+    book_limit: int | None = None
+    # a book checksum the venue sends and ccxt does not check (see streams.core.venues.kraken)
+    book_checksum: str | None = None
     # ccxt's fetch_trades on the venue wants an end time with a start time (`until`)
     backfill_until: bool = False
 
@@ -68,7 +73,7 @@ VENUES: Final[dict[str, VenueSpec]] = {
     ),
     "coinbase": VenueSpec("coinbase", "coinbase", "spot", consecutive_trade_ids=True,
                           message_sequence="sequence_num", backfill_until=True),
-    "kraken": VenueSpec("kraken", "kraken", "spot"),
+    "kraken": VenueSpec("kraken", "kraken", "spot", book_checksum="kraken_v2", book_limit=100),
 }
 
 

@@ -47,6 +47,7 @@ from schemas.wire import encode_book_batch, encode_event, encode_trade_batch, it
 from streams.core.backoff import Backoff
 from streams.core.candle_stream import RecentIds
 from streams.core.venues.ccxt_events import CcxtParseError, book_from_ccxt, trade_from_ccxt, trade_id
+from streams.core.venues.kraken import book_checksum, digits
 from streams.ingest.publisher import Publisher
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class _FeedState:
 class ExchangeHooks(Protocol):
     def malformed(self, url: str, message: Any, error: str) -> None: ...
 
-    def sequence_gap(self, client: Any, expected: int, got: int) -> None: ...
+    def books_broken(self, client: Any, reason: str) -> None: ...
 
 
 def make_exchange(venue: str, endpoint: str | None, hooks: ExchangeHooks) -> Any:
@@ -114,11 +115,13 @@ def make_exchange(venue: str, endpoint: str | None, hooks: ExchangeHooks) -> Any
     - the time of the last data message per socket is kept (`_entasis_last_data`, ms), for the
       stall watchdog: ccxt's own `last_message_at` counts pongs, and a stalled venue still
       answers pings;
-    - where the venue numbers the messages of a connection (Coinbase's `sequence_num`, which
-      ccxt does not check), a hole is reported: the book that missed it cannot be trusted."""
+    - where the venue numbers the messages of a connection (Coinbase's `sequence_num`) or
+      checksums its books (Kraken), and ccxt does not check, the connector does: a hole or a
+      mismatch means the books on that socket cannot be trusted."""
     spec = VENUES[venue]
     base = getattr(ccxtpro, spec.ccxt_id)
     sequence_field = spec.message_sequence
+    kraken_checksums = spec.book_checksum == "kraken_v2"
 
     class Guarded(base):  # type: ignore[misc,valid-type]
         def handle_message(self, client: Any, message: Any) -> Any:
@@ -131,13 +134,30 @@ def make_exchange(venue: str, endpoint: str | None, hooks: ExchangeHooks) -> Any
                 expected = getattr(client, "_entasis_next_seq", None)
                 client._entasis_next_seq = got + 1
                 if expected is not None and got != expected:
-                    hooks.sequence_gap(client, expected, got)
+                    hooks.books_broken(client, f"message {expected} expected, got {got}")
                     return None
+            book_symbols = _kraken_book_symbols(message) if kraken_checksums else ()
+            if any(s not in self.orderbooks for s in book_symbols) and message.get("type") == "update":
+                return None  # for a book dropped after a mismatch: ccxt would raise KeyError
             try:
-                return super().handle_message(client, message)
+                result = super().handle_message(client, message)
             except Exception as exc:  # ccxt would lose the socket's receive loop
                 hooks.malformed(client.url, message, f"{type(exc).__name__}: {exc}")
                 return None
+            for item in message["data"] if book_symbols else ():
+                self._check_kraken_book(client, item)
+            return result
+
+        def _check_kraken_book(self, client: Any, item: dict[str, Any]) -> None:
+            symbol, expected = item.get("symbol"), item.get("checksum")
+            book = self.orderbooks.get(symbol)
+            if book is None or not isinstance(expected, int):
+                return
+            precision = self.market(symbol)["precision"]
+            got = book_checksum(book["asks"], book["bids"], digits(precision.get("price")),
+                                digits(precision.get("amount")))
+            if got != expected:
+                hooks.books_broken(client, f"{symbol} book checksum {got} != venue's {expected}")
 
         def client(self, url: str) -> Any:
             c = super().client(url)
@@ -362,7 +382,7 @@ class VenueConnector:
         symbol = state.feed.ccxt_symbol
         while not self._stopping.is_set():
             try:
-                book = await self.exchange.watch_order_book(symbol)
+                book = await self.exchange.watch_order_book(symbol, self.spec.book_limit)
             except (BadSymbol, BadRequest) as exc:
                 log.error("%s: cannot watch the order book: %s", state.feed, exc)
                 return
@@ -469,11 +489,16 @@ class VenueConnector:
                              kind=kind, detail=detail)
         self.publisher.publish(self.topics[topics.QUALITY], f"{self.venue}:{symbol}".encode(), encode_event(event))
 
-    def sequence_gap(self, client: Any, expected: int, got: int) -> None:
-        """A message of the socket never arrived: every book on it may be wrong."""
+    def books_broken(self, client: Any, reason: str) -> None:
+        """A message of the socket never arrived, or a book drifted from the venue's: every
+        book on the socket is suspect. They are dropped, and the socket restarted, so the
+        resubscriptions bring fresh snapshots."""
+        if getattr(client, "_entasis_restarting", False):
+            return
+        client._entasis_restarting = True
         for state in self.states.values():
-            self._book_gap(state, InvalidNonce(f"{client.url}: message {expected} expected, got {got}"))
-        self._restart(client, InvalidNonce(f"sequence gap: expected {expected}, got {got}"))
+            self._book_gap(state, InvalidNonce(reason))
+        self._restart(client, InvalidNonce(reason))
 
     def _restart(self, client: Any, error: Exception) -> None:
         """Close a socket from inside ccxt's callbacks: the watchers get `error` and reconnect,
@@ -494,6 +519,12 @@ class VenueConnector:
 
     def stats(self) -> dict[str, FeedStats]:
         return {s.feed.key: s.stats for s in self.states.values()}
+
+
+def _kraken_book_symbols(message: Any) -> tuple[str, ...]:
+    if not isinstance(message, dict) or message.get("channel") != "book" or not isinstance(message.get("data"), list):
+        return ()
+    return tuple(str(item.get("symbol")) for item in message["data"] if isinstance(item, dict))
 
 
 def _book_version(book: Any) -> tuple[Any, ...]:

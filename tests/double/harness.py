@@ -33,7 +33,7 @@ class Run:
     publisher: ListPublisher
     base_url: str
 
-    def _values(self, topic: topics.Topic) -> list[bytes]:
+    def _values(self, topic: topics.TopicSpec) -> list[bytes]:
         return [m.value for m in self.publisher.messages if m.topic == topic.full_name("")]
 
     def trade_rows(self, key: str | None = None) -> list[list[Any]]:
