@@ -279,7 +279,8 @@ def cmd_double(settings: Settings, args: argparse.Namespace) -> int:
     from infra.exchange_double.run import serve
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, args.speed, Path(args.data), args.venue or None))
+        asyncio.run(serve(args.host, args.port, args.speed, Path(args.data), args.venue or None,
+                          max_frames=args.max_frames, paused=args.paused))
     return 0
 
 
@@ -360,6 +361,9 @@ def parser() -> argparse.ArgumentParser:
     double.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
                         help="the recorded data folder (default ../shared/data)")
     double.add_argument("--venue", action="append", help="only these venues (repeatable; default all)")
+    double.add_argument("--max-frames", type=int, help="play only the first N frames of the Binance recordings")
+    double.add_argument("--paused", action="store_true",
+                        help="wait for POST /_control/<venue>/play before playing (subscribe first, lose nothing)")
     double.set_defaults(func=cmd_double)
 
     sub.add_parser("broker", help="run the embedded Tansu broker").set_defaults(func=cmd_broker)

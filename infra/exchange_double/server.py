@@ -323,6 +323,7 @@ class ExchangeDouble:
     async def _status(self, request: web.Request) -> web.Response:
         return web.json_response({
             name: {"played": v.played, "of": len(v.recording), "connections": len(v.connections),
-                   "finished": v.finished.is_set()}
+                   "subscriptions": sum(len(c.channels) for c in v.connections),
+                   "finished": v.finished.is_set(), "down": v.is_down}
             for name, v in self.venues.items()
         })
