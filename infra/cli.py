@@ -199,7 +199,8 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 BENCHMARKS = {"candles": "bench_candles", "pipeline": "bench_pipeline", "parser": "bench_parser",
-              "chdb": "bench_chdb_server", "orderbook": "bench_orderbook", "risk": "bench_risk"}
+              "chdb": "bench_chdb_server", "orderbook": "bench_orderbook", "risk": "bench_risk",
+              "connector": "bench_connector", "predict": "bench_predict", "ws": "bench_ws"}
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:

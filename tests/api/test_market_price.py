@@ -122,6 +122,15 @@ def test_stale_feed_is_503_market_002_until_the_next_trade(
     market.quality("binance", symbol, "feed_connected", LAST_NS + 62 * NS)
     assert api.get(f"/api/v1/market/price/{symbol}").status_code == 200
 
+    # a live connector's silent socket (feed_stale) counts the same, and so does its recovery
+    market.quality("binance", symbol, "feed_stale", LAST_NS + 63 * NS)
+    stale = api.get(f"/api/v1/market/price/{symbol}")
+    assert stale.status_code == 503 and error_of(stale)["details"]["state"] == "feed_stale"
+    market.quality("binance", symbol, "trade_gap", LAST_NS + 64 * NS)  # not a feed state: changes nothing
+    assert api.get(f"/api/v1/market/price/{symbol}").status_code == 503
+    market.quality("binance", symbol, "feed_connected", LAST_NS + 65 * NS)
+    assert api.get(f"/api/v1/market/price/{symbol}").status_code == 200
+
 
 def test_v1_alias_serves_the_same_price(api: TestClient, market: Market, new_symbol: Callable[[str], str]) -> None:
     symbol = new_symbol("ALI")
