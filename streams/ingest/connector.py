@@ -265,7 +265,7 @@ class VenueConnector:
                 return
             except (NetworkError, ExchangeError) as exc:
                 self._down(state, exc)
-                state.need_backfill = state.last_trade is not None
+                state.need_backfill = True  # also before any trade: some may have come and gone
                 await asyncio.sleep(backoff.next())
                 continue
             backoff.reset()
@@ -317,13 +317,13 @@ class VenueConnector:
             return False
 
     async def _backfill(self, state: _FeedState, recv: int) -> None:
-        """What the venue printed while we were away, from REST, before the live trades."""
+        """What the venue printed while we were away, from REST, before the live trades. With
+        no trade published yet, the venue's latest trades (some may predate the connector)."""
         last = state.last_trade
-        assert last is not None  # only set after a trade was published
-        since = last.event_ts_ns // 1_000_000 if self.spec.backfill_since else None
+        since = last.event_ts_ns // 1_000_000 if self.spec.backfill_since and last is not None else None
         params = dict(self.spec.backfill_params)
-        if self.spec.backfill_until:
-            params["until"] = max(recv // 1_000_000, (since or 0) + 1)
+        if self.spec.backfill_until and since is not None:
+            params["until"] = max(recv // 1_000_000, since + 1)
         try:
             fetched = await self.exchange.fetch_trades(state.feed.ccxt_symbol, since, 1000, params)
         except (NetworkError, ExchangeError) as exc:
