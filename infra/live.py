@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Sequence
 
 from infra.settings import Settings
 from schemas.venues import Feed, parse_feeds
+from streams.core.backoff import Backoff
 from streams.ingest.connector import ConnectorConfig, VenueConnector
 from streams.ingest.publisher import Publisher
+
+log = logging.getLogger(__name__)
 
 
 def configured_feeds(settings: Settings, override: Sequence[str] | str | None = None) -> tuple[Feed, ...]:
@@ -36,14 +40,30 @@ def connectors_for(feeds: Sequence[Feed], publisher: Publisher, config: Connecto
     return [VenueConnector(v, [f for f in feeds if f.venue == v], publisher, config) for v in venues]
 
 
+async def supervise(connector: VenueConnector, backoff: Backoff | None = None) -> None:
+    """One venue's connector, restarted (with backoff) if it ever fails as a whole, so one
+    venue's trouble never stops another's feed. Its loops already survive network errors."""
+    backoff = backoff or Backoff(1.0, 60.0)
+    while True:
+        try:
+            await connector.run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            delay = backoff.next()
+            log.exception("connector %s failed; restarting it in %.1fs", connector.venue, delay)
+            await connector.stop()
+            connector.restart()
+            await asyncio.sleep(delay)
+
+
 async def run_connectors(connectors: Sequence[VenueConnector], stop: threading.Event | asyncio.Event) -> None:
-    """Runs every connector until `stop` is set (a thread's Event is polled)."""
-    tasks = [asyncio.create_task(c.run(), name=f"connector-{c.venue}") for c in connectors]
+    """Runs every connector, each supervised on its own, until `stop` is set (a thread's Event
+    is polled)."""
+    tasks = [asyncio.create_task(supervise(c), name=f"connector-{c.venue}") for c in connectors]
     try:
         while not stop.is_set():
-            done = [t for t in tasks if t.done()]
-            for t in done:
-                t.result()  # a connector only ends by raising: surface it
             await asyncio.sleep(0.2)
     finally:
         for c in connectors:

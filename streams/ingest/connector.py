@@ -191,6 +191,7 @@ class VenueConnector:
         self.wall_ns = wall_ns
         self.rng = rng or random.Random()
         self.states = {f.symbol: _FeedState(f, self.config.recent_ids) for f in feeds if f.venue == venue}
+        self._given_exchange = exchange
         self.exchange = exchange or make_exchange(venue, self.config.endpoint, self)
         ns = self.config.namespace
         self.topics = {t: t.full_name(ns) for t in (topics.TRADES, topics.BOOK, topics.QUALITY, topics.DEAD_LETTER)}
@@ -224,6 +225,20 @@ class VenueConnector:
         with contextlib.suppress(Exception):
             await self.exchange.close()
         self.publisher.flush()
+
+    def restart(self) -> None:
+        """Ready to `run()` again after a failure: a fresh ccxt client, the feeds' state kept
+        (what was published, so nothing is published twice)."""
+        self._stopping = asyncio.Event()
+        self._tasks = []
+        if self._given_exchange is None:
+            self.exchange = make_exchange(self.venue, self.config.endpoint, self)
+        for state in self.states.values():
+            if state.up:
+                self._down(state, RuntimeError("the connector failed and is restarting"))
+            state.need_backfill = True
+            state.book = None
+            state.book_broken = True
 
     async def _staggered(self, delay: float, loop: Coroutine[Any, Any, None]) -> None:
         try:
