@@ -156,7 +156,7 @@ class Stack:
         stop = threading.Event()
         _interrupt_on(signal.SIGINT, signal.SIGTERM)
         feed_result: dict[str, Any] = {}
-        thread: threading.Thread | None = None
+        feed_done = threading.Event()
         try:
             self.start_infrastructure()
             self.start_services()
@@ -181,10 +181,17 @@ class Stack:
             else:
                 def feed() -> None:
                     feed_result["summary"] = feeds.simulate_into(self.settings, rate=sim_rate, seed=seed, stop=stop)
-            thread = threading.Thread(target=feed, name="feed", daemon=True)
+            def feed_then_done() -> None:
+                try:
+                    feed()
+                finally:
+                    feed_done.set()
+
+            # Ended by an Event, not Thread.join: a join interrupted by Ctrl-C can leave the
+            # Thread object reporting a running thread as stopped (CPython 3.11).
+            thread = threading.Thread(target=feed_then_done, name="feed", daemon=True)
             thread.start()
-            while thread.is_alive():
-                thread.join(0.5)
+            while not feed_done.wait(0.5):
                 self._check_children()
             if "summary" in feed_result:
                 print(f"feed finished: {feed_result['summary']}")
@@ -197,8 +204,8 @@ class Stack:
         except KeyboardInterrupt:
             print("\nstopping: feed, then draining what the broker acknowledged into the database...")
             stop.set()
-            if thread is not None:
-                thread.join(timeout=15)
+            if not feed_done.wait(timeout=15):
+                print("the feed did not stop within 15s: nothing to drain against")
             self._drain(feed_result.get("summary"))
             return 0
         finally:

@@ -196,6 +196,7 @@ class VenueConnector:
         ns = self.config.namespace
         self.topics = {t: t.full_name(ns) for t in (topics.TRADES, topics.BOOK, topics.QUALITY, topics.DEAD_LETTER)}
         self.malformed_frames = 0
+        self._stale_limit_s = self.config.stale_after_s
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
 
@@ -362,6 +363,8 @@ class VenueConnector:
             self._check_gap(state, trade)
             fresh.append(trade)
             state.last_trade = trade
+        if fresh:
+            self._stale_limit_s = self.config.stale_after_s  # the market is trading: a stall is a stall again
         for batch in iter_batches(fresh, TRADES_PER_MESSAGE):
             self.publisher.publish(self.topics[topics.TRADES], state.feed.key.encode(),
                                    encode_trade_batch(self.venue, state.feed.symbol, batch))
@@ -477,15 +480,21 @@ class VenueConnector:
         self._quality(state.feed.symbol, QualityKind.FEED_CONNECTED, self.wall_ns(), {"source": "ccxt"})
 
     async def _watchdog(self) -> None:
-        """Gives up on sockets that went silent: ccxt would wait on them forever."""
-        limit_ms = self.config.stale_after_s * 1000
+        """Gives up on sockets that went silent: ccxt would wait on them forever.
+
+        A venue that answered the resubscription (a fresh snapshot) but stays silent is alive
+        and quiet (an illiquid market, or a double at the end of its recording): each stall in
+        a row doubles the limit, up to 16 times, so it is not restarted every few seconds; a
+        trade brings the limit back (`_stale_limit_s`)."""
         while True:
             await asyncio.sleep(min(1.0, self.config.stale_after_s / 4))
             now_ms = time.time() * 1000
+            limit_ms = self._stale_limit_s * 1000
             for client in list(self.exchange.clients.values()):
                 last = getattr(client, "_entasis_last_data", None) or getattr(client, "connectionEstablished", None)
                 if client.closed() or last is None or now_ms - last < limit_ms:
                     continue
+                self._stale_limit_s = min(self._stale_limit_s * 2, self.config.stale_after_s * 16)
                 silent_s = (now_ms - last) / 1000
                 for state in self.states.values():
                     if state.up:
