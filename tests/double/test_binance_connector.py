@@ -8,6 +8,7 @@ frames), and its own book is the exchange's book; neither is computed by connect
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from decimal import Decimal
 
@@ -190,3 +191,15 @@ async def test_usdm_futures_recover_the_same_way(fault: str) -> None:
         expected_kinds = {"drop": ["feed_connected", "feed_disconnected", "feed_connected", "book_resync"],
                           "skip": ["feed_connected", "book_gap", "book_resync"]}
         assert run.kinds(USDM) == expected_kinds[fault]
+
+
+async def test_a_venue_alive_but_silent_is_retried_ever_less_often() -> None:
+    """After the recording the double answers (snapshots) but sends nothing: each stall in a
+    row doubles the limit (1.5 s, 3 s, 6 s...) instead of a restart every 1.5 s."""
+    async with connected(spot(speed=100, frames=2000), SPOT, replace(FAST, stale_after_s=1.5)) as run:
+        await play_until(run, 0.0)
+        await finish(run, SPOT)
+        before = run.kinds(SPOT).count("feed_stale")
+        await asyncio.sleep(8.0)
+        # a fixed 1.5 s limit would have restarted it about five times by now
+        assert run.kinds(SPOT).count("feed_stale") - before == 2
