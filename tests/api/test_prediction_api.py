@@ -13,10 +13,9 @@ from clickhouse_connect.driver.client import Client
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.app import API_PREFIX, create_app
+from api.app import create_app
 from api.key_repository import ApiKeyRepository
 from api.repository import MarketRepository
-from api.routes import prediction
 from schemas.prediction import ModelStatus, Prediction, PredictionOutcome
 from streams.agents.predict import outcome_event, prediction_event
 from streams.core.predict.engine import CheckpointError, PredictConfig, StreamPredictor, decode_checkpoint
@@ -42,9 +41,7 @@ T0 = 1_723_161_600 * 10**9 - 100 * HOUR  # on the hour
 
 @pytest.fixture(scope="module")
 def prediction_app(repository: MarketRepository, key_repository: ApiKeyRepository) -> FastAPI:
-    app = create_app(repository=repository, api_settings=test_api_settings(), key_repository=key_repository)
-    app.include_router(prediction.router, prefix=API_PREFIX)  # the lead's one line in api/app.py does this
-    return app
+    return create_app(repository=repository, api_settings=test_api_settings(), key_repository=key_repository)
 
 
 @pytest.fixture
