@@ -58,13 +58,29 @@ async def supervise(connector: VenueConnector, backoff: Backoff | None = None) -
             await asyncio.sleep(delay)
 
 
-async def run_connectors(connectors: Sequence[VenueConnector], stop: threading.Event | asyncio.Event) -> None:
+def stats_line(connector: VenueConnector) -> str:
+    """One venue's counters so far, for the log."""
+    parts = []
+    for key, s in connector.stats().items():
+        state = {True: "up", False: "DOWN", None: "connecting"}[connector.states[key.split(":", 1)[1]].up]
+        parts.append(f"{key} {state}: {s.trades} trades ({s.backfilled} backfilled, {s.missing} missing), "
+                     f"{s.books} books, {s.book_gaps} gaps, {s.disconnects} disconnects, {s.stale} stalls")
+    return f"{connector.venue}: " + "; ".join(parts) + f"; {connector.malformed_frames} malformed frames"
+
+
+async def run_connectors(connectors: Sequence[VenueConnector], stop: threading.Event | asyncio.Event,
+                         report_every_s: float = 60.0) -> None:
     """Runs every connector, each supervised on its own, until `stop` is set (a thread's Event
-    is polled)."""
+    is polled); logs each venue's counters every `report_every_s`."""
     tasks = [asyncio.create_task(supervise(c), name=f"connector-{c.venue}") for c in connectors]
+    next_report = asyncio.get_running_loop().time() + report_every_s
     try:
         while not stop.is_set():
             await asyncio.sleep(0.2)
+            if asyncio.get_running_loop().time() >= next_report:
+                next_report += report_every_s
+                for c in connectors:
+                    log.info("%s", stats_line(c))
     finally:
         for c in connectors:
             await c.stop()

@@ -15,6 +15,7 @@ from decimal import Decimal
 import pytest
 
 from infra.exchange_double.binance import BinanceDouble
+from infra.live import stats_line
 from tests.double.harness import FAST, Run, connected, decimals, play_until, wait_until
 from tests.shared_data import BINANCE
 
@@ -89,6 +90,9 @@ async def test_dropped_connection_reconnects_backfills_and_resyncs_the_book() ->
         assert run.kinds(SPOT) == ["feed_connected", "feed_disconnected", "feed_connected", "book_resync"]
         stats = run.connector.stats()[SPOT]
         assert stats.backfilled > 0  # the trades printed while it was away came from REST
+        assert stats_line(run.connector).startswith(
+            f"binance: binance:ETH-USDT up: {len(printed_trade_ids(run))} trades ({stats.backfilled} backfilled, "
+            "0 missing)")
         recovery_ms = (stats.connected_at[1] - stats.disconnected_at[0]) * 1000
         print(f"recovery after a dropped connection: {recovery_ms:.0f} ms, {stats.backfilled} trades backfilled")
 
