@@ -106,7 +106,9 @@ async def test_agent_in_faust_test_context_publishes_forecasts_and_outcomes() ->
         for raw in messages:
             await agent.put(raw, key=KEY, wait=False)
         for _ in range(1000):
-            if wiring.state.messages == len(messages):
+            # the message count moves when a message arrives; its checkpoint is written after
+            # the fold (in a thread), so wait for that too before the context stops the agent
+            if wiring.state.messages == len(messages) and wiring.state.checkpoints == wiring.state.folded:
                 break
             await asyncio.sleep(0.01)
     state = wiring.state
