@@ -48,6 +48,8 @@ from schemas.prediction import (
 )
 from schemas.symbols import stream_key
 from schemas.wire import encode_event
+from streams.agents.candle_messages import CandleMessageError, read_candle
+from streams.agents.config import values_from_settings
 from streams.core.predict.engine import (
     MODELS,
     CheckpointError,
@@ -123,22 +125,8 @@ class PredictAgentConfig:
     def from_settings(cls, settings: Any) -> PredictAgentConfig:
         """From `predict_*` attributes of a settings object (`predict_interval`, `predict_horizons`,
         `predict_models`, `predict_min_scored`, `predict_checkpoint_every_s`, ...); a missing one
-        keeps its default, so the settings class can grow them when it needs to."""
-        values: dict[str, Any] = {
-            name: getattr(settings, f"predict_{name}")
-            for name in cls.__dataclass_fields__
-            if getattr(settings, f"predict_{name}", None) is not None
-        }
-        for name in ("horizons", "models"):
-            if isinstance(values.get(name), str):  # "1h,4h" from an environment variable
-                values[name] = tuple(v.strip() for v in values[name].split(",") if v.strip())
-            elif name in values:
-                values[name] = tuple(values[name])
-        return cls(**values)
-
-
-class CandleMessageError(ValueError):
-    """Not a candle.v1 message."""
+        keeps its default."""
+        return cls(**values_from_settings(cls.__dataclass_fields__, settings, "predict", ("horizons", "models")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,18 +139,14 @@ class CandleView:
     recv_ts_ns: int
 
 
+def _candle_view(c: dict[str, Any]) -> CandleView:
+    bar = Bar.of(int(c["open_ts_ns"]), c["open"], c["high"], c["low"], c["close"], c["volume"])
+    return CandleView(str(c["venue"]), str(c["symbol"]), str(c["interval"]), bar, bool(c["is_final"]),
+                      int(c["recv_ts_ns"]))
+
+
 def decode_candle(raw: bytes) -> CandleView:
-    try:
-        c = orjson.loads(raw)
-        if c.get("schema_version") != "candle.v1":
-            raise CandleMessageError(f"expected candle.v1, got {c.get('schema_version')!r}")
-        bar = Bar.of(int(c["open_ts_ns"]), c["open"], c["high"], c["low"], c["close"], c["volume"])
-        return CandleView(str(c["venue"]), str(c["symbol"]), str(c["interval"]), bar, bool(c["is_final"]),
-                          int(c["recv_ts_ns"]))
-    except CandleMessageError:
-        raise
-    except Exception as exc:  # orjson, KeyError, decimal.InvalidOperation, AttributeError...
-        raise CandleMessageError(f"malformed candle.v1: {exc!r}") from exc
+    return read_candle(raw, _candle_view)
 
 
 def book_imbalance(snapshot: dict[str, Any], depth: int) -> float | None:

@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
-import orjson
-
 from schemas.events import INTERVAL_NS, Interval
 from schemas.risk import RiskEstimate, RiskMethod
 from schemas.symbols import stream_key
 from schemas.wire import encode_event
+from streams.agents.candle_messages import CandleMessageError, read_candle
+from streams.agents.config import values_from_settings
 from streams.core.risk import Estimate, RiskConfig, RollingRisk
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.sinks.risk import ClickHouseCandleLoader, risk_table
@@ -83,23 +83,10 @@ class RiskAgentConfig:
         """From `risk_*` attributes of a settings object (`risk_intervals`, `risk_window_days`,
         `risk_min_days`, `risk_ewma_lambda`, `risk_garch_min_returns`, `risk_methods`); a
         missing one keeps its default, so the settings class can grow them when it needs to."""
-        values: dict[str, Any] = {
-            name: getattr(settings, f"risk_{name}")
-            for name in cls.__dataclass_fields__
-            if getattr(settings, f"risk_{name}", None) is not None
-        }
-        for name in ("intervals", "methods"):
-            if isinstance(values.get(name), str):  # "1h,1d" from an environment variable
-                values[name] = tuple(v.strip() for v in values[name].split(",") if v.strip())
-            elif name in values:
-                values[name] = tuple(values[name])
+        values = values_from_settings(cls.__dataclass_fields__, settings, "risk", ("intervals", "methods"))
         if "methods" in values:
             values["methods"] = tuple(RiskMethod(m) for m in values["methods"])
         return cls(**values)
-
-
-class CandleMessageError(ValueError):
-    """Not a candle.v1 message."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,17 +102,13 @@ class CandleView:
     recv_ts_ns: int
 
 
+def _candle_view(c: dict[str, Any]) -> CandleView:
+    return CandleView(str(c["venue"]), str(c["symbol"]), str(c["interval"]), int(c["open_ts_ns"]),
+                      Decimal(c["close"]), bool(c["is_final"]), int(c["recv_ts_ns"]))
+
+
 def decode_candle(raw: bytes) -> CandleView:
-    try:
-        c = orjson.loads(raw)
-        if c.get("schema_version") != "candle.v1":
-            raise CandleMessageError(f"expected candle.v1, got {c.get('schema_version')!r}")
-        return CandleView(str(c["venue"]), str(c["symbol"]), str(c["interval"]), int(c["open_ts_ns"]),
-                          Decimal(c["close"]), bool(c["is_final"]), int(c["recv_ts_ns"]))
-    except CandleMessageError:
-        raise
-    except Exception as exc:  # orjson, KeyError, decimal.InvalidOperation, AttributeError...
-        raise CandleMessageError(f"malformed candle.v1: {exc!r}") from exc
+    return read_candle(raw, _candle_view)
 
 
 def _dec(value: float) -> Decimal:
