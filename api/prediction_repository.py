@@ -11,24 +11,16 @@ cross the boundary as integer nanoseconds.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 from decimal import Decimal
 from typing import Any, NamedTuple
 
 from api.repository import MarketRepository
+from streams.core.predict.scoring import ScoreSnapshot
 
-SCORE_NAMES = ("mae", "mae_naive", "skill", "r2", "hit_rate", "up_rate", "mean_confidence", "calibration_error")
-
-
-class ScoreRow(NamedTuple):
-    scored: int
-    mae: float | None
-    mae_naive: float | None
-    skill: float | None
-    r2: float | None
-    hit_rate: float | None
-    up_rate: float | None
-    mean_confidence: float | None
-    calibration_error: float | None
+# The stored scores are the agent's ScoreSnapshot, column for column after `scored`.
+ScoreRow = ScoreSnapshot
+SCORE_NAMES = tuple(f.name for f in fields(ScoreSnapshot))[1:]
 
 
 class PredictionRow(NamedTuple):
