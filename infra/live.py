@@ -61,9 +61,10 @@ async def supervise(connector: VenueConnector, backoff: Backoff | None = None) -
 def stats_line(connector: VenueConnector) -> str:
     """One venue's counters so far, for the log."""
     parts = []
-    for key, s in connector.stats().items():
-        state = {True: "up", False: "DOWN", None: "connecting"}[connector.states[key.split(":", 1)[1]].up]
-        parts.append(f"{key} {state}: {s.trades} trades ({s.backfilled} backfilled, {s.missing} missing), "
+    for state in connector.states.values():
+        s = state.stats
+        up = {True: "up", False: "DOWN", None: "connecting"}[state.up]
+        parts.append(f"{state.feed.key} {up}: {s.trades} trades ({s.backfilled} backfilled, {s.missing} missing), "
                      f"{s.books} books, {s.book_gaps} gaps, {s.disconnects} disconnects, {s.stale} stalls")
     return f"{connector.venue}: " + "; ".join(parts) + f"; {connector.malformed_frames} malformed frames"
 

@@ -324,13 +324,19 @@ class VenueConnector:
                 watch.cancel()
 
     def _hole_before(self, state: _FeedState, trades: list[dict[str, Any]]) -> bool:
+        steps = [self._ids_after_last(state, t.get("id")) for t in trades]
+        return bool(steps) and None not in steps and min(s for s in steps if s is not None) > 1
+
+    def _ids_after_last(self, state: _FeedState, raw_id: Any) -> int | None:
+        """How many ids a trade lies after the last one published, on a venue that numbers
+        trades consecutively (1: the next one); None where that cannot be told."""
         last = state.last_trade
-        if not self.spec.consecutive_trade_ids or last is None or not trades:
-            return False
+        if not self.spec.consecutive_trade_ids or last is None:
+            return None
         try:
-            return min(int(t["id"]) for t in trades) > int(last.trade_id) + 1
-        except (KeyError, TypeError, ValueError):
-            return False
+            return int(raw_id) - int(last.trade_id)
+        except (TypeError, ValueError):
+            return None
 
     async def _backfill(self, state: _FeedState, recv: int) -> None:
         """What the venue printed while we were away, from REST, before the live trades. With
@@ -372,26 +378,17 @@ class VenueConnector:
 
     def _older(self, state: _FeedState, t: dict[str, Any]) -> bool:
         """A consecutively numbered trade at or before the last one published is a re-send."""
-        last = state.last_trade
-        if not self.spec.consecutive_trade_ids or last is None:
-            return False
-        try:
-            return int(t["id"]) <= int(last.trade_id)
-        except (KeyError, TypeError, ValueError):
-            return False
+        step = self._ids_after_last(state, t.get("id"))
+        return step is not None and step <= 0
 
     def _check_gap(self, state: _FeedState, trade: Trade) -> None:
-        last = state.last_trade
-        if not self.spec.consecutive_trade_ids or last is None:
-            return
-        try:
-            missing = int(trade.trade_id) - int(last.trade_id) - 1
-        except ValueError:
-            return
-        if missing > 0:
-            state.stats.missing += missing
+        step = self._ids_after_last(state, trade.trade_id)
+        if step is not None and step > 1:
+            last = state.last_trade
+            assert last is not None  # a step is only measured from a published trade
+            state.stats.missing += step - 1
             self._quality(state.feed.symbol, QualityKind.TRADE_GAP, trade.event_ts_ns,
-                          {"after_trade_id": last.trade_id, "next_trade_id": trade.trade_id, "missing": missing})
+                          {"after_trade_id": last.trade_id, "next_trade_id": trade.trade_id, "missing": step - 1})
 
     # ---- books --------------------------------------------------------------------------
 
@@ -463,12 +460,14 @@ class VenueConnector:
     def _down(self, state: _FeedState, exc: Exception) -> None:
         if state.up is False:
             return
-        state.up = False
         state.stats.disconnects += 1
-        state.stats.disconnected_at.append(time.monotonic())
         log.warning("%s disconnected: %s: %s", state.feed, type(exc).__name__, exc)
-        self._quality(state.feed.symbol, QualityKind.FEED_DISCONNECTED, self.wall_ns(),
-                      {"error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+        self._mark_down(state, QualityKind.FEED_DISCONNECTED, {"error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+
+    def _mark_down(self, state: _FeedState, kind: QualityKind, detail: dict[str, Any]) -> None:
+        state.up = False
+        state.stats.disconnected_at.append(time.monotonic())
+        self._quality(state.feed.symbol, kind, self.wall_ns(), detail)
 
     def _up(self, state: _FeedState) -> None:
         if state.up:
@@ -498,11 +497,9 @@ class VenueConnector:
                 silent_s = (now_ms - last) / 1000
                 for state in self.states.values():
                     if state.up:
-                        state.up = False
                         state.stats.stale += 1
-                        state.stats.disconnected_at.append(time.monotonic())
-                        self._quality(state.feed.symbol, QualityKind.FEED_STALE, self.wall_ns(),
-                                      {"silent_s": round(silent_s, 3), "url": client.url})
+                        detail = {"silent_s": round(silent_s, 3), "url": client.url}
+                        self._mark_down(state, QualityKind.FEED_STALE, detail)
                 log.warning("%s: %s sent nothing for %.1fs; reconnecting", self.venue, client.url, silent_s)
                 self._restart(client, NetworkError(f"no message for {silent_s:.1f}s"))
 
