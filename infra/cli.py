@@ -286,14 +286,14 @@ def cmd_double(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.live import configured_feeds
     from infra.stack import Stack
-    from schemas.venues import InvalidFeed, parse_feeds
+    from schemas.venues import InvalidFeed
 
-    items = _venue_items(settings, args)
     if args.dry_run:
         return cmd_venues_check(settings, args)
     try:
-        live = parse_feeds(items)
+        live = configured_feeds(settings, args.venues)
     except InvalidFeed as exc:
         print(f"bad venue configuration: {exc} (`entasis venues check` checks a list)", file=sys.stderr)
         return 2

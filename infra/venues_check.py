@@ -8,10 +8,10 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import ccxt.pro as ccxtpro
 from ccxt.base.errors import BaseError
 
-from schemas.venues import VENUES, Feed, InvalidFeed, from_ccxt_symbol, parse_feed, point_urls_at
+from schemas.venues import Feed, InvalidFeed, from_ccxt_symbol, parse_feed
+from streams.ingest.connector import plain_exchange
 
 
 @dataclass(frozen=True)
@@ -22,10 +22,7 @@ class CheckLine:
 
 
 async def _markets(venue: str, endpoint: str | None, timeout_s: float) -> dict[str, dict]:
-    spec = VENUES[venue]
-    exchange = getattr(ccxtpro, spec.ccxt_id)({"enableRateLimit": True, "options": dict(spec.options)})
-    if endpoint:
-        exchange.urls["api"] = point_urls_at(exchange.urls["api"], endpoint, venue)
+    exchange = plain_exchange(venue, endpoint)
     try:
         return dict(await asyncio.wait_for(exchange.load_markets(), timeout_s))
     finally:

@@ -132,10 +132,6 @@ class BinanceDouble(VenueDouble):
 
     # ---- WebSocket ----------------------------------------------------------------------
 
-    def frames_for(self, conn: Connection, rec: Recorded) -> Iterator[Any]:
-        if rec.channel in conn.channels:
-            yield rec.message
-
     async def on_client_message(self, conn: Connection, message: Any) -> None:
         if not isinstance(message, dict) or "method" not in message:
             await conn.send_json({"error": {"code": 2, "msg": "Invalid request"}, "id": None})
@@ -214,7 +210,7 @@ class BinanceDouble(VenueDouble):
         bids, asks = book.top(int(request.query.get("limit", "100")))
         body: dict[str, Any] = {"lastUpdateId": book.last_id, "bids": bids, "asks": asks}
         if self.market == "usdm":
-            body = {"lastUpdateId": book.last_id, "E": self._now_ms(), "T": self._now_ms(), "bids": bids, "asks": asks}
+            body["E"] = body["T"] = self._now_ms()
         return web.json_response(body)
 
     async def _trades(self, request: web.Request) -> web.Response:

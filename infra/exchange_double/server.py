@@ -72,10 +72,7 @@ class Connection:
         self.sent = 0
 
     async def send_json(self, message: Any) -> None:
-        if not self.stalled and not self.ws.closed:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.ws.send_str(orjson.dumps(message).decode())
-                self.sent += 1
+        await self.send_text(orjson.dumps(message).decode())
 
     async def send_text(self, text: str) -> None:
         if not self.stalled and not self.ws.closed:

@@ -174,7 +174,18 @@ def make_exchange(venue: str, endpoint: str | None, hooks: ExchangeHooks) -> Any
                 c._entasis_guarded = True
             return c
 
-    exchange = Guarded({"enableRateLimit": True, "options": dict(spec.options), "newUpdates": True})
+    return _configured(Guarded, venue, endpoint)
+
+
+def plain_exchange(venue: str, endpoint: str | None = None) -> Any:
+    """A stock ccxt.pro client for `venue`, configured as the connectors' (market lists, checks)."""
+    return _configured(getattr(ccxtpro, VENUES[venue].ccxt_id), venue, endpoint)
+
+
+def _configured(cls: Any, venue: str, endpoint: str | None) -> Any:
+    """ccxt's rate limiter on, the venue's options, pointed at `endpoint` (an exchange double)
+    when given."""
+    exchange = cls({"enableRateLimit": True, "options": dict(VENUES[venue].options), "newUpdates": True})
     if endpoint:
         exchange.urls["api"] = point_urls_at(exchange.urls["api"], endpoint, venue)
     return exchange

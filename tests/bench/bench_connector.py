@@ -31,13 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import ccxt.pro as ccxtpro
 import orjson
 
 from infra.exchange_double.binance import BinanceDouble
 from infra.processes import free_port, wait_for_port
-from schemas.venues import VENUES, parse_feeds, point_urls_at
-from streams.ingest.connector import ConnectorConfig, VenueConnector
+from schemas.venues import parse_feeds
+from streams.ingest.connector import ConnectorConfig, VenueConnector, plain_exchange
 from streams.ingest.publisher import ListPublisher
 from tests.shared_data import BINANCE, DATA
 
@@ -102,9 +101,7 @@ async def bare_websocket(double: Double, n_trades: int) -> float:
 
 
 async def bare_ccxt(double: Double, n_trades: int) -> float:
-    spec = VENUES["binance"]
-    ex = ccxtpro.binance({"enableRateLimit": True, "options": dict(spec.options)})
-    ex.urls["api"] = point_urls_at(ex.urls["api"], double.url, "binance")
+    ex = plain_exchange("binance", double.url)
     seen = 0
 
     async def trades() -> None:
