@@ -24,14 +24,14 @@ from api.errors import ErrorCode, error_response, install_error_handlers
 from api.key_repository import ApiKeyRepository
 from api.keys import ApiKeyRecord, ApiKeyVerifier
 from api.ratelimit import RateLimiter, build_rate_limiter
-from api.repository import MarketRepository, StoreUnavailable
-from api.risk_repository import RiskRepository
 from api.routes import market, portfolio, prediction, risk
 from api.security import SecurityGate, SecurityMiddleware
-from api.settings import ApiSettings, get_api_settings
 from api.ws import MarketFeed, MarketHub, install_market_websocket
-from infra.clickhouse import make_client
-from infra.settings import Settings, get_settings
+from infra.config.api import ApiSettings
+from infra.config.settings import Settings, get_settings
+from infra.store.clickhouse import make_client
+from infra.store.repository import MarketRepository, StoreUnavailable
+from infra.store.risk_repository import RiskRepository
 
 logger = logging.getLogger("api")
 
@@ -162,7 +162,7 @@ def create_app(
 
     `dev`: the development relaxations that `entasis api --dev` allows (a known JWT secret when
     none is configured). Whether settings are safe to serve is `api.main.startup_problems`'s call."""
-    options = api_settings if api_settings is not None else get_api_settings()
+    options = api_settings if api_settings is not None else get_settings().api
     owns_repository = repository is None
     owns_key_repository = key_repository is None
 

@@ -33,7 +33,7 @@ from api.errors import ApiError, ErrorCode
 from api.keys import ApiKeyRecord, ApiKeyVerifier, KeyRejected
 from api.network import IPAddress
 from api.principal import KNOWN_SCOPES, Principal, valid_account
-from api.settings import DEV_JWT_SECRET, ApiSettings
+from infra.config.api import DEV_JWT_SECRET, ApiSettings
 
 REALM = "entasis"
 # Every scheme we accept, as RFC 9110 challenges (X-API-Key has no registered scheme; the

@@ -14,7 +14,7 @@ from ipaddress import ip_network
 from typing import Any
 
 from api.keys import ApiKeyRecord
-from api.repository import ClickHouseRepository
+from infra.store.repository import ClickHouseRepository
 
 _COLUMNS = (
     "key_id",

@@ -20,9 +20,9 @@ import uvicorn
 from api.app import create_app
 from api.auth import verification_key
 from api.network import is_wildcard
-from api.settings import DEV_JWT_SECRET, ApiSettings, get_api_settings
 from api.tls import check_tls_files
-from infra.settings import Settings, get_settings
+from infra.config.api import DEV_JWT_SECRET, ApiSettings
+from infra.config.settings import Settings, get_settings
 
 logger = logging.getLogger("api")
 
@@ -135,11 +135,11 @@ def run(
 ) -> None:
     """Serve the API in this process until interrupted; raises UnsafeSettings before serving.
 
-    `host`/`port` default to `settings.api_host`/`settings.api_port`. One worker on purpose:
+    `host`/`port` default to `settings.api.host`/`settings.api.port`. One worker on purpose:
     an embedded `chdb://` database may be opened by one process only; scale out with more
     processes against a ClickHouse server instead (and a Redis URL, so they share rate limits)."""
     settings = settings if settings is not None else get_settings()
-    api_settings = api_settings if api_settings is not None else get_api_settings()
+    api_settings = api_settings if api_settings is not None else settings.api
     problems = startup_problems(api_settings, dev=dev)
     if problems:
         raise UnsafeSettings(problems)
@@ -150,8 +150,8 @@ def run(
             "".join(f"\n  - {note}" for note in notes),
         )
     app = create_app(settings=settings, api_settings=api_settings, dev=dev)
-    host = host if host is not None else settings.api_host
-    port = port if port is not None else settings.api_port
+    host = host if host is not None else api_settings.host
+    port = port if port is not None else api_settings.port
     scheme = "https" if api_settings.tls_enabled else "http"
     logger.info("serving the API on %s://%s:%s (docs at /docs)", scheme, host, port)
     uvicorn.Server(uvicorn_config(app, host, port, api_settings, log_level)).run()

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from api.errors import ApiError, ErrorCode
 from api.models import Candle, HistoryResponse, PriceResponse, format_timestamp, ns_to_datetime
-from api.repository import FEED_DOWN_KINDS, CandleRow, LastTrade, MarketRepository
+from infra.store.repository import FEED_DOWN_KINDS, CandleRow, LastTrade, MarketRepository
 from schemas.events import INTERVAL_NS, Interval
 
 MAX_CANDLES = 5000  # per call, counted over the requested range (SPEC, "History")

@@ -43,8 +43,8 @@ from api.errors import ApiError, ErrorCode, error_response, response_headers
 from api.network import AddressSet, ClientAddressResolver, IPAddress, MalformedForwardedFor
 from api.principal import Principal
 from api.ratelimit import RateDecision, RateLimiter
-from api.repository import StoreUnavailable
-from api.settings import ApiSettings
+from infra.config.api import ApiSettings
+from infra.store.repository import StoreUnavailable
 
 # The answers every protected route can give besides its own (for `openapi_error_responses`).
 SECURITY_ERRORS: dict[int, list[ErrorCode]] = {

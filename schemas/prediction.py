@@ -1,7 +1,7 @@
 """The prediction agent's events: forecasts and, once their horizon has passed, their outcomes.
 
 Both are published on `an.predictions.v1` (keyed `venue:symbol`) and stored in ClickHouse
-(infra/migrations/0006_predictions.sql): `Prediction` in `predictions`, `PredictionOutcome` in
+(infra/store/migrations/0006_predictions.sql): `Prediction` in `predictions`, `PredictionOutcome` in
 `prediction_outcomes`, joined in the view `prediction_audit`. The models, scores and the
 meaning of `confidence` are defined in `streams/core/predict/`; this is the wire contract.
 """

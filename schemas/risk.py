@@ -1,7 +1,7 @@
 """The risk agent's event: one method's one-day risk of one unit of the base asset.
 
 Published on `an.risk.v1` (keyed `venue:symbol`) and stored in `risk_estimates`
-(infra/migrations/0005_risk.sql). The numbers and their methods are defined in
+(infra/store/migrations/0005_risk.sql). The numbers and their methods are defined in
 `streams/core/risk.py`; this is only the contract on the wire.
 """
 

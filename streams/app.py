@@ -13,7 +13,7 @@ from typing import Any
 import faust
 from clickhouse_connect.driver.client import Client
 
-from infra.settings import Settings
+from infra.config.settings import Settings
 from schemas import topics
 from schemas.events import Candle, DeadLetter, QualityEvent
 from schemas.symbols import stream_key
@@ -86,7 +86,7 @@ def build_worker(
     checkpoint_store: CheckpointStore | None = None,
 ) -> Worker:
     ns = settings.topic_namespace
-    app = faust.App(settings.worker_id, **faust_settings(settings))
+    app = faust.App(settings.worker.id, **faust_settings(settings))
     trades_topic = app.topic(topics.TRADES.full_name(ns))
     candle_topics = {iv: app.topic(spec.full_name(ns)) for iv, spec in topics.CANDLES.items()}
     all_candles = app.topic(*(spec.full_name(ns) for spec in topics.CANDLES.values()))
@@ -94,7 +94,7 @@ def build_worker(
     dead_topic = app.topic(topics.DEAD_LETTER.full_name(ns))
 
     if client_factory is None:
-        from infra.clickhouse import make_client
+        from infra.store.clickhouse import make_client
 
         def client_factory() -> Client:
             return make_client(settings)
@@ -118,14 +118,14 @@ def build_worker(
     emit_dead = dead_letter_emitter or publish_dead_letter
     sink = ClickHouseSink(client_factory)
     config = CandleConfig(
-        lateness_ns=settings.candle_lateness_ms * 10**6,
-        grace_ns=settings.candle_grace_ms * 10**6,
-        idle_timeout_s=settings.candle_idle_timeout_s,
+        lateness_ns=settings.candle.lateness_ms * 10**6,
+        grace_ns=settings.candle.grace_ms * 10**6,
+        idle_timeout_s=settings.candle.idle_timeout_s,
         checkpoint_every_s=settings.checkpoint_every_s,
     )
     state = CandleAgentState(config, checkpoint_store or ClickHouseCheckpointStore(sink), trades_topic.get_topic_name())
     monitor = StaleFeedMonitor(settings.stale_feed_seconds)
-    batch, within = settings.sink_batch_messages, settings.sink_flush_seconds
+    batch, within = settings.sink.batch_messages, settings.sink.flush_seconds
 
     agents = {
         "candles": app.agent(trades_topic, name="candles")(

@@ -1,6 +1,6 @@
 """`/market/price/{symbol}` and `/market/history/{symbol}`: parse, ask the service, return the
 model. Plain `def` routes on purpose: FastAPI runs them in its threadpool, where the
-repository's per-thread database clients live (see api/repository.py)."""
+repository's per-thread database clients live (see infra/store/repository.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from api.errors import ApiError, ErrorCode, openapi_error_responses
 from api.models import HistoryResponse, PriceResponse
 from api.params import parse_exchange, parse_symbol, parse_time
 from api.principal import MARKET_READ
-from api.repository import MarketRepository
 from api.security import SECURITY_ERRORS, require_scope
+from infra.store.repository import MarketRepository
 from schemas.events import Interval
 
 router = APIRouter(prefix="/market", tags=["market"], dependencies=[Security(require_scope(MARKET_READ))])

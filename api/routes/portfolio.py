@@ -36,9 +36,9 @@ from api.portfolio_service import (
     unavailable_error,
 )
 from api.principal import PORTFOLIO_READ, PORTFOLIO_WRITE, Principal
-from api.repository import FEED_DOWN_KINDS, LastTrade, MarketRepository
 from api.routes.market import get_repository
 from api.security import SECURITY_ERRORS, require_scope
+from infra.store.repository import FEED_DOWN_KINDS, LastTrade, MarketRepository
 from schemas.portfolio import ClosePosition, OpenPosition, PortfolioEvent, PositionType
 from streams.core.portfolio import AccountDefaults, AccountState, pnl
 
@@ -64,7 +64,7 @@ async def get_bus(request: Request) -> PortfolioBus:
         bus = getattr(request.app.state, "portfolio_bus", None)
         if bus is None:
             from api.portfolio_repository import KafkaPortfolioBus
-            from infra.settings import get_settings
+            from infra.config.settings import get_settings
 
             settings = get_settings()
             kafka = KafkaPortfolioBus(settings.kafka_bootstrap, settings.topic_namespace,

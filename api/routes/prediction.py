@@ -19,11 +19,11 @@ from api import market_service
 from api.errors import ApiError, ErrorCode, openapi_error_responses
 from api.models import DecimalString, UtcTimestamp, format_timestamp, ns_to_datetime
 from api.params import parse_exchange, parse_symbol
-from api.prediction_repository import PredictionRepository, PredictionRow, ScoreRow
 from api.principal import ANALYSIS_READ
-from api.repository import MarketRepository
 from api.routes.market import ExchangeQuery, SymbolPath  # one definition per parameter
 from api.security import require_scope
+from infra.store.prediction_repository import PredictionRepository, PredictionRow, ScoreRow
+from infra.store.repository import MarketRepository
 from schemas.events import INTERVAL_NS
 from schemas.prediction import Horizon, ModelStatus, PredictionModel
 from streams.core.predict.engine import PredictConfig

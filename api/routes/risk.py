@@ -22,9 +22,9 @@ from api.errors import ApiError, ErrorCode, openapi_error_responses
 from api.models import DecimalString, UtcTimestamp, ns_to_datetime
 from api.params import parse_exchange, parse_symbol, parse_time
 from api.principal import ANALYSIS_READ
-from api.risk_repository import RiskRepository
 from api.routes.market import ExchangeQuery, SymbolPath  # one definition (and schema pattern) per parameter
 from api.security import SECURITY_ERRORS, require_scope
+from infra.store.risk_repository import RiskRepository
 from schemas.events import INTERVAL_NS, Interval
 from schemas.risk import RiskMethod
 from streams.core.risk import DAY_NS, RiskConfig

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from api.ws.hub import MarketHub
 from api.ws.protocol import MAX_DEPTH, format_levels
-from infra.settings import Settings
+from infra.config.settings import Settings
 from schemas import topics
 from schemas.wire import WireError, decode_trade_batch
 

@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from infra.config.settings import Settings
 from schemas.book_ticker import BookTicker
 from schemas.events import BookSnapshot, DeadLetter, QualityEvent
 from schemas.symbols import stream_key
@@ -104,17 +105,9 @@ class BookAgentConfig:
             raise ValueError("idle_flush_ms, store_batch and max_buffer must be positive")
 
     @classmethod
-    def from_settings(cls, settings: Any) -> BookAgentConfig:
-        """From `book_*` attributes of a settings object (`book_top_depth`,
-        `book_min_interval_ms`, `book_snapshot_every_s`, `book_snapshot_depth`,
-        `book_idle_flush_ms`, `book_store_batch`, `book_max_buffer`); a missing one keeps its
-        default, so the settings class can grow them when it needs to."""
-        values = {
-            name: getattr(settings, f"book_{name}")
-            for name in cls.__dataclass_fields__
-            if getattr(settings, f"book_{name}", None) is not None
-        }
-        return cls(**values)
+    def from_settings(cls, settings: Settings) -> BookAgentConfig:
+        """From the `book` section of the settings (ENTASIS_BOOK_*)."""
+        return cls(**settings.book.model_dump())
 
 
 @dataclass

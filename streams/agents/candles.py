@@ -14,49 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from schemas.events import Candle, DeadLetter, QualityEvent, QualityKind
 from schemas.symbols import stream_key
 from schemas.wire import TradeRow, WireError, decode_trade_batch
 from streams.core.candle_stream import INTERVALS, CandleStream
+from streams.core.checkpoint import Checkpoint, CheckpointStore
 
 CandleEmitter = Callable[[Candle], Awaitable[None]]
 QualityEmitter = Callable[[QualityEvent], Awaitable[None]]
 DeadLetterEmitter = Callable[[DeadLetter], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    topic: str
-    key: str
-    partition: int
-    offset: int  # last raw message folded into `state`
-    state: dict[str, Any]
-
-
-class CheckpointStore(Protocol):
-    async def load(self, topic: str, key: str) -> Checkpoint | None: ...
-
-    async def save(self, checkpoints: Sequence[Checkpoint]) -> None: ...
-
-
-class MemoryCheckpointStore:
-    """For tests and for a worker without a database."""
-
-    def __init__(self) -> None:
-        self.saved: dict[tuple[str, str], Checkpoint] = {}
-        self.saves = 0
-
-    async def load(self, topic: str, key: str) -> Checkpoint | None:
-        return self.saved.get((topic, key))
-
-    async def save(self, checkpoints: Sequence[Checkpoint]) -> None:
-        self.saves += 1
-        for c in checkpoints:
-            self.saved[(c.topic, c.key)] = c
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from infra.config.settings import Settings
 from schemas.events import INTERVAL_NS, Interval
 from schemas.prediction import (
     Horizon,
@@ -49,7 +50,6 @@ from schemas.prediction import (
 from schemas.symbols import stream_key
 from schemas.wire import encode_event
 from streams.agents.candle_messages import CandleMessageError, read_candle
-from streams.agents.config import values_from_settings
 from streams.core.predict.engine import (
     MODELS,
     CheckpointError,
@@ -122,11 +122,9 @@ class PredictAgentConfig:
                              min_independent=self.min_independent)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> PredictAgentConfig:
-        """From `predict_*` attributes of a settings object (`predict_interval`, `predict_horizons`,
-        `predict_models`, `predict_min_scored`, `predict_checkpoint_every_s`, ...); a missing one
-        keeps its default."""
-        return cls(**values_from_settings(cls.__dataclass_fields__, settings, "predict", ("horizons", "models")))
+    def from_settings(cls, settings: Settings) -> PredictAgentConfig:
+        """From the `predict` section of the settings (ENTASIS_PREDICT_*)."""
+        return cls(**settings.predict.model_dump())
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,8 +436,7 @@ def register_predict_agent(
         limit_torch_threads(1)
     state = PredictAgentState(config, store if store is not None else ClickHouseModelStore(sink),
                               loader if loader is not None else ClickHouseBarLoader(sink))
-    batch = getattr(settings, "sink_batch_messages", 500)
-    within = getattr(settings, "sink_flush_seconds", 0.5)
+    batch, within = settings.sink.batch_messages, settings.sink.flush_seconds
     agents = {
         "predict": app.agent(candle_topic, name="predict")(make_predict_agent(state, emit or topic_emitter(
             prediction_topic))),

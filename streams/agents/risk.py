@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from infra.config.settings import Settings
 from schemas.events import INTERVAL_NS, Interval
 from schemas.risk import RiskEstimate, RiskMethod
 from schemas.symbols import stream_key
 from schemas.wire import encode_event
 from streams.agents.candle_messages import CandleMessageError, read_candle
-from streams.agents.config import values_from_settings
 from streams.core.risk import Estimate, RiskConfig, RollingRisk
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.sinks.risk import ClickHouseCandleLoader, risk_table
@@ -79,13 +79,10 @@ class RiskAgentConfig:
         )
 
     @classmethod
-    def from_settings(cls, settings: Any) -> RiskAgentConfig:
-        """From `risk_*` attributes of a settings object (`risk_intervals`, `risk_window_days`,
-        `risk_min_days`, `risk_ewma_lambda`, `risk_garch_min_returns`, `risk_methods`); a
-        missing one keeps its default, so the settings class can grow them when it needs to."""
-        values = values_from_settings(cls.__dataclass_fields__, settings, "risk", ("intervals", "methods"))
-        if "methods" in values:
-            values["methods"] = tuple(RiskMethod(m) for m in values["methods"])
+    def from_settings(cls, settings: Settings) -> RiskAgentConfig:
+        """From the `risk` section of the settings (ENTASIS_RISK_*)."""
+        values = settings.risk.model_dump()
+        values["methods"] = tuple(RiskMethod(m) for m in values["methods"])
         return cls(**values)
 
 
@@ -265,8 +262,7 @@ def register_risk_agents(
     replaces reading stored candles from `sink` (tests)."""
     config = config or RiskAgentConfig.from_settings(settings)
     state = RiskAgentState(config, loader if loader is not None else ClickHouseCandleLoader(sink))
-    batch = getattr(settings, "sink_batch_messages", 500)
-    within = getattr(settings, "sink_flush_seconds", 0.5)
+    batch, within = settings.sink.batch_messages, settings.sink.flush_seconds
     agents = {
         "risk": app.agent(candle_topic, name="risk")(make_risk_agent(state, emit_risk or topic_emitter(risk_topic))),
         "risk_sink": app.agent(risk_topic, name="risk_sink")(make_risk_sink(sink, batch, within)),

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:
+    from infra.config.settings import Settings
 
 from schemas.portfolio import (
     AccountOpened,
@@ -65,18 +68,11 @@ class AccountDefaults:
     max_symbol_notional: Decimal = Decimal("1000000")
 
     @classmethod
-    def from_settings(cls, settings: object) -> AccountDefaults:
-        """`portfolio_initial_balance`, `portfolio_max_open_positions`, `portfolio_max_symbol_notional`
-        of a settings object when it has them (the settings class can grow them), else the defaults."""
-        base = cls()
-        balance = getattr(settings, "portfolio_initial_balance", None)
-        count = getattr(settings, "portfolio_max_open_positions", None)
-        notional = getattr(settings, "portfolio_max_symbol_notional", None)
-        return cls(
-            balance=Decimal(str(balance)) if balance is not None else base.balance,
-            max_open_positions=int(count) if count is not None else base.max_open_positions,
-            max_symbol_notional=Decimal(str(notional)) if notional is not None else base.max_symbol_notional,
-        )
+    def from_settings(cls, settings: Settings) -> AccountDefaults:
+        """From the `portfolio` section of the settings (ENTASIS_PORTFOLIO_*)."""
+        section = settings.portfolio
+        return cls(balance=section.initial_balance, max_open_positions=section.max_open_positions,
+                   max_symbol_notional=section.max_symbol_notional)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import orjson
 import pyarrow as pa
 
-from streams.agents.candles import Checkpoint
+from streams.core.checkpoint import Checkpoint
 from streams.sinks.clickhouse import ClickHouseSink
 
 _LOAD = (

@@ -213,7 +213,7 @@ DEC_LIST = pa.list_(DEC)
 
 
 def book_snapshots_table(snapshots: Sequence[BookSnapshot], depth: int) -> pa.Table:
-    """Rows of `book_snapshots` (infra/migrations/0002_order_books.sql): each snapshot's
+    """Rows of `book_snapshots` (infra/store/migrations/0002_order_books.sql): each snapshot's
     levels, best first, as parallel price/size arrays; `depth` is the number of levels per
     side the snapshots were cut at (a side with fewer is the whole side)."""
 

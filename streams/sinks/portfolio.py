@@ -1,4 +1,4 @@
-"""Rows of `portfolio_events` (infra/migrations/0007_portfolio_events.sql) from pf.events."""
+"""Rows of `portfolio_events` (infra/store/migrations/0007_portfolio_events.sql) from pf.events."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The prediction agent's reads and writes in ClickHouse (infra/migrations/0006_predictions.sql):
+"""The prediction agent's reads and writes in ClickHouse (infra/store/migrations/0006_predictions.sql):
 forecast and outcome rows, model checkpoints, and the stored final candles a stream replays
 when it starts without a usable checkpoint or after a gap."""
 

@@ -1,5 +1,5 @@
 """The risk agent's reads and writes in ClickHouse: stored final candles to rebuild a stream's
-rolling state after a restart, and `risk_estimates` rows (infra/migrations/0005_risk.sql)."""
+rolling state after a restart, and `risk_estimates` rows (infra/store/migrations/0005_risk.sql)."""
 
 from __future__ import annotations
 

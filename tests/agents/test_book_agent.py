@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import faust
 import pytest
 
+from infra.config.settings import Settings
 from schemas.book_ticker import BookTicker
 from schemas.events import BookDelta, BookSnapshot, DeadLetter, QualityEvent, QualityKind
 from schemas.wire import encode_book_batch
@@ -66,7 +66,7 @@ class Harness:
             self.stored.append((list(snaps), depth))
 
         self.wiring: BookWiring = register_book_agents(
-            app, SimpleNamespace(**settings), book_topic=app.topic("t.book"), book_top_topic=app.topic("t.top"),
+            app, Settings(**settings), book_topic=app.topic("t.book"), book_top_topic=app.topic("t.top"),
             emit_quality=emit_quality, emit_dead_letter=emit_dead, store_snapshots=store, emit_top=emit_top,
             clock=lambda: self.now)
 
@@ -195,9 +195,11 @@ async def test_garbage_and_foreign_messages_go_to_dead_letters_and_the_agent_goe
 
 
 def test_config_from_settings_and_limits() -> None:
-    c = BookAgentConfig.from_settings(SimpleNamespace(book_top_depth=100, book_min_interval_ms=0, unrelated=1))
+    c = BookAgentConfig.from_settings(Settings(book_top_depth=100, book_min_interval_ms=0))
     assert (c.top_depth, c.min_interval_ms, c.snapshot_every_s, c.snapshot_depth) == (100, 0, 10.0, 100)
-    assert BookAgentConfig.from_settings(object()) == BookAgentConfig()
+    assert BookAgentConfig.from_settings(Settings()) == BookAgentConfig()
+    with pytest.raises(ValueError, match="unrelated"):
+        Settings(book_unrelated=1)
     with pytest.raises(ValueError):
         BookAgentConfig(top_depth=101)
     with pytest.raises(ValueError):

@@ -7,11 +7,11 @@ from decimal import Decimal
 
 import pytest
 
-from infra.settings import Settings
+from infra.config.settings import Settings
 from schemas.events import Candle, DeadLetter, QualityEvent, Side, Trade
 from schemas.wire import TradeRow, encode_trade_batch
-from streams.agents.candles import MemoryCheckpointStore
 from streams.app import build_worker
+from streams.core.checkpoint import MemoryCheckpointStore
 from tests.shared_data import raw_spot_trades, reference_candles
 
 MIN = 60 * 10**9

@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 from decimal import Decimal as D
-from types import SimpleNamespace
 from typing import Any
 
 import faust
 
+from infra.config.settings import Settings
 from schemas.portfolio import (
     AccountOpened,
     ClosePosition,
@@ -30,8 +30,8 @@ from streams.agents.portfolio import PortfolioWiring, register_portfolio_agent
 
 _app_ids = itertools.count()
 _ids = itertools.count(1)
-SETTINGS = SimpleNamespace(portfolio_initial_balance="1000", portfolio_max_open_positions=5,
-                           portfolio_max_symbol_notional="1000000")
+SETTINGS = Settings(portfolio_initial_balance="1000", portfolio_max_open_positions=5,
+                    portfolio_max_symbol_notional="1000000")
 
 
 def open_cmd(account: str, size: str, price: str, key: str | None = None) -> OpenPosition:

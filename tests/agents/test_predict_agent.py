@@ -13,7 +13,7 @@ from typing import Any
 import faust
 import pytest
 
-from infra.settings import Settings
+from infra.config.settings import Settings
 from schemas.events import INTERVAL_NS, Candle, Interval
 from schemas.prediction import ModelStatus, Prediction, PredictionOutcome
 from schemas.wire import encode_event
@@ -226,13 +226,8 @@ async def test_one_minute_streams_checkpoint_every_hour_of_event_time() -> None:
 
 
 def test_config_from_settings() -> None:
-    class S:
-        predict_interval = "1m"
-        predict_models = "ensemble"
-        predict_horizons = "1h, 4h"
-        predict_min_scored = 50
-
-    config = PredictAgentConfig.from_settings(S())
+    config = PredictAgentConfig.from_settings(
+        Settings(predict_interval="1m", predict_models="ensemble", predict_horizons="1h, 4h", predict_min_scored=50))
     assert (config.interval, config.models, config.horizons, config.min_scored) == ("1m", ("ensemble",),
                                                                                      ("1h", "4h"), 50)
     assert config.core().steps("4h") == 240

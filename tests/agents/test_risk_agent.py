@@ -11,13 +11,13 @@ import itertools
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from types import SimpleNamespace
 from typing import Any
 
 import faust
 import pyarrow as pa
 import pytest
 
+from infra.config.settings import Settings
 from schemas.events import Candle, Interval
 from schemas.risk import RiskEstimate, RiskMethod
 from schemas.wire import encode_event
@@ -77,7 +77,7 @@ class Harness:
             return rows[-limit:]
 
         self.wiring: RiskWiring = register_risk_agents(
-            app, SimpleNamespace(**settings), candle_topic=app.topic("t.candles"), risk_topic=app.topic("t.risk"),
+            app, Settings(**settings), candle_topic=app.topic("t.candles"), risk_topic=app.topic("t.risk"),
             sink=ClickHouseSink(_no_client), emit_risk=emit, loader=loader)
 
     async def run(self, messages: Sequence[bytes]) -> None:
@@ -162,10 +162,10 @@ async def test_a_restarted_worker_rebuilds_from_stored_candles_and_publishes_the
 
 
 def test_config_from_settings_and_the_candle_decoder() -> None:
-    cfg = RiskAgentConfig.from_settings(SimpleNamespace(risk_intervals="1h, 1d", risk_window_days=30,
-                                                        risk_methods=["ewma"]))
+    cfg = RiskAgentConfig.from_settings(Settings(risk_intervals="1h, 1d", risk_window_days=30,
+                                                 risk_methods=["ewma"]))
     assert cfg.intervals == ("1h", "1d") and cfg.window_days == 30 and cfg.methods == (RiskMethod.EWMA,)
-    assert RiskAgentConfig.from_settings(object()) == RiskAgentConfig()
+    assert RiskAgentConfig.from_settings(Settings()) == RiskAgentConfig()
     with pytest.raises(ValueError):
         RiskAgentConfig(intervals=("2h",))
     c = hourly_candles(1)[0]

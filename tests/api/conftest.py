@@ -28,11 +28,11 @@ from api.auth import issue_token
 from api.key_repository import ApiKeyRepository
 from api.portfolio_service import LocalPortfolioBus
 from api.principal import KNOWN_SCOPES
-from api.repository import MarketRepository
-from api.risk_repository import RiskRepository
-from api.settings import ApiSettings
-from infra.clickhouse import client_for_url
-from infra.migrate import apply_migrations
+from infra.config.api import ApiSettings
+from infra.store.clickhouse import client_for_url
+from infra.store.migrate import apply_migrations
+from infra.store.repository import MarketRepository
+from infra.store.risk_repository import RiskRepository
 
 TEST_JWT_SECRET = "tests-only-hs256-secret-0123456789abcdef"  # 40 bytes: passes the length rule
 
@@ -41,7 +41,7 @@ def test_api_settings(**overrides: object) -> ApiSettings:
     """Settings for test apps, independent of the environment and any .env file."""
     values: dict[str, object] = {"jwt_secret": SecretStr(TEST_JWT_SECRET), "symbols_cache_seconds": 0}
     values.update(overrides)
-    return ApiSettings(_env_file=None, **values)  # type: ignore[call-arg]
+    return ApiSettings(**values)
 
 
 test_api_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test

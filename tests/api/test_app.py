@@ -10,7 +10,7 @@ from decimal import Decimal
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from infra.settings import Settings
+from infra.config.settings import Settings
 from tests.api.conftest import NS, Market, TradeRow, bearer, new_account, test_api_settings, token_for
 
 

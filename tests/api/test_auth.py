@@ -27,7 +27,7 @@ from api.app import create_app
 from api.key_repository import ApiKeyRepository
 from api.keys import ApiKeyRecord, generate_key
 from api.principal import KNOWN_SCOPES, MARKET_READ
-from api.repository import MarketRepository
+from infra.store.repository import MarketRepository
 from tests.api.conftest import (
     NS,
     TEST_JWT_SECRET,
@@ -459,9 +459,9 @@ def test_no_secret_configured_refuses_every_token(make_app: Callable[..., FastAP
 
 def test_dev_app_accepts_development_tokens(repository: MarketRepository, key_repository: ApiKeyRepository) -> None:
     from api.auth import issue_token
-    from api.settings import ApiSettings
+    from infra.config.api import ApiSettings
 
-    unconfigured = ApiSettings(_env_file=None, jwt_secret="")  # type: ignore[call-arg]
+    unconfigured = ApiSettings(jwt_secret="")  # type: ignore[call-arg]
     dev_app = create_app(repository=repository, api_settings=unconfigured, key_repository=key_repository, dev=True)
     token = issue_token(unconfigured, new_account(), [MARKET_READ])  # `entasis token` without a secret
     with TestClient(dev_app, client=(new_address(), 1)) as client:
@@ -529,7 +529,7 @@ def test_hsts_only_over_https(app: FastAPI) -> None:
 
 
 def test_key_store_unreachable_is_503_not_401(repository: MarketRepository) -> None:
-    from infra.clickhouse import client_for_url
+    from infra.store.clickhouse import client_for_url
 
     unreachable = ApiKeyRepository(lambda: client_for_url("http://127.0.0.1:1", connect_timeout=1))
     app = create_app(repository=repository, api_settings=test_api_settings(), key_repository=unreachable)

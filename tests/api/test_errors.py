@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.errors import ERRORS, ErrorCode, negotiate_language
-from api.repository import MarketRepository, StoreUnavailable
+from infra.store.repository import MarketRepository, StoreUnavailable
 from tests.api.conftest import NS, Market, TradeRow, bearer, error_of, new_account, test_api_settings, token_for
 
 SPEC = Path(__file__).resolve().parents[2].parent / "shared" / "SPEC.md"
@@ -204,7 +204,7 @@ def test_store_unavailable_is_503() -> None:
 
 
 def test_unreachable_database_is_503_through_the_real_wiring() -> None:
-    from infra.settings import Settings
+    from infra.config.settings import Settings
 
     settings = Settings(clickhouse_url="http://127.0.0.1:1", clickhouse_database="entasis")
     app = create_app(settings=settings, api_settings=test_api_settings())

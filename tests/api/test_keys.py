@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from api.key_repository import ApiKeyRepository
 from api.keys import ApiKeyRecord, ApiKeyVerifier, KeyRejected, generate_key, hash_key, split_key, verify_secret
 from api.principal import KNOWN_SCOPES
-from api.settings import DEV_JWT_SECRET
-from infra import cli
-from infra.settings import Settings
+from infra.cli import main as cli
+from infra.config.api import DEV_JWT_SECRET
+from infra.config.settings import Settings
 from tests.api.conftest import TEST_JWT_SECRET, error_of, new_account, new_address
 
 ROOT = Path(__file__).resolve().parents[2]

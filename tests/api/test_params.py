@@ -10,7 +10,7 @@ from api.errors import ApiError, ErrorCode
 from api.market_service import fill_gaps, resolve_range
 from api.models import format_decimal, format_timestamp, ns_to_datetime
 from api.params import parse_exchange, parse_symbol, parse_time
-from api.repository import CandleRow
+from infra.store.repository import CandleRow
 from schemas.events import Interval
 
 T0 = 1_723_161_600 * 10**9  # 2024-08-09T00:00:00Z

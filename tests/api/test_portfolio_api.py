@@ -18,8 +18,8 @@ from api.app import API_PREFIX, create_app
 from api.key_repository import ApiKeyRepository
 from api.portfolio_service import BusTimeout, LocalPortfolioBus, PortfolioCommand
 from api.principal import PORTFOLIO_READ
-from api.repository import MarketRepository
 from api.routes import portfolio
+from infra.store.repository import MarketRepository
 from schemas.portfolio import PortfolioEvent
 from streams.core.portfolio import AccountDefaults
 from tests.api.conftest import Market, TradeRow, bearer, error_of, new_account, test_api_settings, token_for

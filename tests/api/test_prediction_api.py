@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.key_repository import ApiKeyRepository
-from api.repository import MarketRepository
+from infra.store.repository import MarketRepository
 from schemas.prediction import ModelStatus, Prediction, PredictionOutcome
 from streams.agents.predict import outcome_event, prediction_event
 from streams.core.predict.engine import CheckpointError, PredictConfig, StreamPredictor, decode_checkpoint

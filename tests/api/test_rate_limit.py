@@ -20,8 +20,8 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.key_repository import ApiKeyRepository
 from api.ratelimit import MemoryRateLimiter
-from api.repository import MarketRepository
-from infra.processes import free_port, wait_for_port
+from infra.dev.processes import free_port, wait_for_port
+from infra.store.repository import MarketRepository
 from tests.api.conftest import TEST_JWT_SECRET, bearer, error_of, new_account, new_address, test_api_settings, token_for
 
 # Answered without touching the database (400 MARKET_001), so only the limiter is measured.
@@ -135,7 +135,7 @@ def test_moving_window_frees_requests_one_batch_at_a_time() -> None:
 
 
 def test_rate_headers_on_every_response(app: FastAPI) -> None:
-    from api.repository import MarketRepository
+    from infra.store.repository import MarketRepository
 
     class Exploding(MarketRepository):
         def known_symbols(self) -> frozenset[str]:

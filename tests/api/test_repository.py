@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from clickhouse_connect.driver.client import Client
 
-from api.repository import LastTrade, MarketRepository
+from infra.store.repository import LastTrade, MarketRepository
 from schemas.events import Interval
 from tests.api.conftest import DAY, MINUTE, NS, Market, TradeRow
 

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from api.app import API_PREFIX, create_app
 from api.key_repository import ApiKeyRepository
-from api.risk_repository import RiskRepository
+from infra.store.risk_repository import RiskRepository
 from schemas.events import Interval
 from schemas.risk import RiskEstimate, RiskMethod
 from streams.core.risk import DAY_NS, RiskConfig

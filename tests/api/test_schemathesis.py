@@ -19,8 +19,8 @@ from api.key_repository import ApiKeyRepository
 from api.keys import ApiKeyRecord, generate_key
 from api.portfolio_service import LocalPortfolioBus
 from api.principal import KNOWN_SCOPES
-from api.repository import MarketRepository
-from api.risk_repository import RiskRepository
+from infra.store.repository import MarketRepository
+from infra.store.risk_repository import RiskRepository
 from schemas.events import Interval
 from schemas.risk import RiskEstimate, RiskMethod
 from streams.sinks.risk import risk_table

@@ -22,9 +22,9 @@ from api.keys import ApiKeyRecord, generate_key
 from api.main import startup_problems, uvicorn_config
 from api.portfolio_service import LocalPortfolioBus
 from api.principal import KNOWN_SCOPES
-from api.repository import MarketRepository
 from api.tls import self_signed
-from infra.processes import free_port
+from infra.dev.processes import free_port
+from infra.store.repository import MarketRepository
 from tests.api.conftest import NS, Market, TradeRow, new_account, test_api_settings, token_for
 
 SEED = Path(__file__).resolve().parents[2].parent / "shared" / "seed" / "api-specification.txt"

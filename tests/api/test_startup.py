@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from api.main import startup_problems
-from api.settings import DEV_JWT_SECRET, ApiSettings
 from api.tls import check_tls_files, ensure_self_signed, self_signed
-from infra.processes import free_port, wait_for_port
+from infra.config.api import DEV_JWT_SECRET, ApiSettings
+from infra.dev.processes import free_port, wait_for_port
 from tests.api.conftest import TEST_JWT_SECRET, bearer, new_account, token_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def settings(**values: Any) -> ApiSettings:
-    return ApiSettings(_env_file=None, **values)  # type: ignore[call-arg]
+    return ApiSettings(**values)
 
 
 def test_self_signed_certificate(tls_pair: tuple[Path, Path], tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ import websockets
 from api.app import create_app
 from api.key_repository import ApiKeyRepository
 from api.principal import MARKET_READ, PORTFOLIO_READ
-from api.repository import MarketRepository
 from api.ws import MarketHub
 from api.ws.protocol import format_levels
+from infra.store.repository import MarketRepository
 from tests.api.conftest import NS, Market, TradeRow, new_account, test_api_settings, token_for
 from tests.api.test_ws_support import Served, close_code, recv_json, send_json, serve
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from infra.clickhouse import client_for_url
+from infra.store.clickhouse import client_for_url
 from tests.integration.chdb_fixture import start_chdb_server
 
 DDL = """
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
             in_process.close()
 
     print(f"insert_arrow, {args.batches} batches of {args.rows} rows (Decimal(38,8) x2, DateTime64(9), LowCardinality)")
-    print(f"  HTTP via infra.chdb_server : {http_rate:12,.0f} rows/s")
+    print(f"  HTTP via infra.dev.chdb_server : {http_rate:12,.0f} rows/s")
     print(f"  in-process chdb client     : {local_rate:12,.0f} rows/s")
     print(f"  HTTP / in-process          : {http_rate / local_rate:12.2f}")
 

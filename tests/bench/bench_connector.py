@@ -33,8 +33,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from infra.exchange_double.binance import BinanceDouble
-from infra.processes import free_port, wait_for_port
+from infra.dev.exchange_double.binance import BinanceDouble
+from infra.dev.processes import free_port, wait_for_port
 from schemas.venues import parse_feeds
 from streams.ingest.connector import ConnectorConfig, VenueConnector, plain_exchange
 from streams.ingest.publisher import ListPublisher

@@ -51,11 +51,11 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from infra.broker import tansu_binary
-from infra.clickhouse import make_client
-from infra.feeds import DEFAULT_SIM_SYMBOLS, simulate_into, wait_until_stored
-from infra.processes import free_port, wait_for_port
-from infra.settings import Settings
+from infra.cli.feeds import DEFAULT_SIM_SYMBOLS, simulate_into, wait_until_stored
+from infra.config.settings import Settings
+from infra.dev.broker import tansu_binary
+from infra.dev.processes import free_port, wait_for_port
+from infra.store.clickhouse import make_client
 from schemas.topics import RAW_PARTITIONS
 from schemas.wire import decode_trade_batch
 from streams.core.candle_stream import CandleStream
@@ -116,8 +116,8 @@ def expected_candles(feed: Feed, settings: Settings) -> int:
         stream = streams.get((venue, symbol))
         if stream is None:
             stream = streams[(venue, symbol)] = CandleStream(
-                venue, symbol, lateness_ns=settings.candle_lateness_ms * 10**6,
-                grace_ns=settings.candle_grace_ms * 10**6)
+                venue, symbol, lateness_ns=settings.candle.lateness_ms * 10**6,
+                grace_ns=settings.candle.grace_ms * 10**6)
         keys.update((venue, symbol, c.interval, c.open_ts_ns) for c in stream.update(rows).candles)
     return len(keys)
 
@@ -492,7 +492,7 @@ def report(feed: Feed, raw: Baseline, run: PipelineRun, import_s: float) -> dict
 def time_imports() -> float:
     """A fresh interpreter importing what the worker imports: the part of start-up no broker causes."""
     started = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import faust, infra.cli, infra.clickhouse, streams.app"], check=True)
+    subprocess.run([sys.executable, "-c", "import faust, infra.cli, infra.store.clickhouse, streams.app"], check=True)
     return time.monotonic() - started
 
 
@@ -509,7 +509,7 @@ def _interrupted(signum: int, frame: FrameType | None) -> None:
 
 
 def start_broker(port: int, log: Path) -> subprocess.Popen[bytes]:
-    """Tansu with infra.broker.start_tansu's command line, but in its own session: a terminal's
+    """Tansu with infra.dev.broker.start_tansu's command line, but in its own session: a terminal's
     Ctrl-C (sent to the whole foreground group) must not kill the broker under the feed's final
     flush, which would then wait its full 60 s. Tansu exits on SIGINT even when it is ignored,
     so only a separate session keeps it out of reach; we stop it last, with SIGTERM."""

@@ -46,7 +46,7 @@ def run_server(port: int, bootstrap: str) -> None:
 
     from api.app import create_app
     from api.ws import MarketFeed, MarketHub, install_market_websocket
-    from infra.settings import Settings
+    from infra.config.settings import Settings
     from tests.api.conftest import test_api_settings
 
     class NoStore:
@@ -269,8 +269,8 @@ async def measure(
 
 
 async def drive(args: argparse.Namespace) -> None:
-    from infra.processes import free_port
-    from infra.topics import create_topics
+    from infra.cli.topics import create_topics
+    from infra.dev.processes import free_port
     from tests.api.conftest import token_for
 
     if not args.direct:
@@ -324,8 +324,8 @@ def main() -> None:
     args = parser.parse_args()
     broker = None
     if not args.bootstrap and not args.direct:
-        from infra.broker import start_tansu
-        from infra.processes import free_port
+        from infra.dev.broker import start_tansu
+        from infra.dev.processes import free_port
 
         port = free_port()
         broker = start_tansu(port, log=Path(tempfile.mkdtemp()) / "tansu.log")

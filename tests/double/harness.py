@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from infra.exchange_double.server import ExchangeDouble, VenueDouble
+from infra.dev.exchange_double.server import ExchangeDouble, VenueDouble
 from schemas import topics
 from schemas.events import BookSnapshot
 from schemas.venues import parse_feeds

@@ -13,8 +13,8 @@ from decimal import Decimal
 
 import pytest
 
-from infra.exchange_double.binance import BinanceDouble
-from infra.live import stats_line
+from infra.cli.live import stats_line
+from infra.dev.exchange_double.binance import BinanceDouble
 from tests.double.harness import FAST, Run, connected, decimals, play_until, wait_until
 from tests.shared_data import BINANCE
 

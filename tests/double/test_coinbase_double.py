@@ -18,9 +18,9 @@ import ccxt.pro
 import pytest
 from ccxt.base.errors import NetworkError, RequestTimeout
 
-import infra.exchange_double.coinbase as coinbase_double
-from infra.exchange_double.coinbase import CoinbaseDouble
-from infra.exchange_double.server import ExchangeDouble
+import infra.dev.exchange_double.coinbase as coinbase_double
+from infra.dev.exchange_double.coinbase import CoinbaseDouble
+from infra.dev.exchange_double.server import ExchangeDouble
 from schemas.venues import point_urls_at
 from tests.shared_data import DATA
 

@@ -12,8 +12,8 @@ from decimal import Decimal
 
 import pytest
 
-from infra.exchange_double.coinbase import CoinbaseDouble
-from infra.exchange_double.kraken import KrakenDouble
+from infra.dev.exchange_double.coinbase import CoinbaseDouble
+from infra.dev.exchange_double.kraken import KrakenDouble
 from tests.double.harness import Run, connected, play_until, wait_until
 from tests.shared_data import DATA
 

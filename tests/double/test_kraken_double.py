@@ -18,8 +18,8 @@ import ccxt.pro
 import pytest
 from ccxt.base.errors import ChecksumError, NetworkError, RequestTimeout
 
-from infra.exchange_double.kraken import KrakenDouble
-from infra.exchange_double.server import ExchangeDouble
+from infra.dev.exchange_double.kraken import KrakenDouble
+from infra.dev.exchange_double.server import ExchangeDouble
 from schemas.venues import point_urls_at
 from tests.shared_data import DATA
 

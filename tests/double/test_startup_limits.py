@@ -9,8 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
-from infra.exchange_double.binance import BinanceDouble, _Book
-from infra.exchange_double.server import Connection
+from infra.dev.exchange_double.binance import BinanceDouble, _Book
+from infra.dev.exchange_double.server import Connection
 from tests.double.harness import connected, wait_until
 from tests.shared_data import BINANCE
 

@@ -7,7 +7,7 @@ import random
 import threading
 from typing import Any
 
-from infra.live import run_connectors, supervise
+from infra.cli.live import run_connectors, supervise
 from streams.core.backoff import Backoff
 
 

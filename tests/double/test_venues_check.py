@@ -10,10 +10,10 @@ import socket
 import pytest
 
 from infra.cli import cmd_up, cmd_venues_check
-from infra.exchange_double.run import make_venues
-from infra.exchange_double.server import ExchangeDouble
-from infra.settings import Settings
-from infra.venues_check import check, render
+from infra.cli.venues_check import check, render
+from infra.config.settings import Settings
+from infra.dev.exchange_double.run import make_venues
+from infra.dev.exchange_double.server import ExchangeDouble
 from tests.shared_data import DATA
 
 

@@ -1,4 +1,4 @@
-"""A real `python -m infra.chdb_server` subprocess for tests.
+"""A real `python -m infra.dev.chdb_server` subprocess for tests.
 
 Reuse it from any test module (or a conftest.py):
 
@@ -56,7 +56,7 @@ class ChdbServerProcess:
 
 def launch_chdb_server(path: Path, log_path: Path) -> subprocess.Popen[bytes]:
     """Start the process without waiting for it; port 0: the server picks a free one and logs it."""
-    command = [sys.executable, "-m", "infra.chdb_server", "--path", str(path), "--host", "127.0.0.1", "--port", "0"]
+    command = [sys.executable, "-m", "infra.dev.chdb_server", "--path", str(path), "--host", "127.0.0.1", "--port", "0"]
     with log_path.open("wb") as log:
         return subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import Settings
+from infra.config.settings import Settings
 from tests.integration.chdb_fixture import start_chdb_server
 
 
@@ -84,8 +84,8 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
                 container.stop()  # type: ignore[attr-defined]
         return
 
-    from infra.broker import start_tansu
-    from infra.processes import free_port
+    from infra.dev.broker import start_tansu
+    from infra.dev.processes import free_port
 
     root = tmp_path_factory.mktemp("embedded")
     port = free_port()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from infra.clickhouse import ensure_database, make_client
-from infra.migrate import apply_migrations
-from infra.settings import Settings
-from infra.topics import create_topics
+from infra.cli.topics import create_topics
+from infra.config.settings import Settings
+from infra.store.clickhouse import ensure_database, make_client
+from infra.store.migrate import apply_migrations
 
 
 def prepare(settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""`book_snapshots` (infra/migrations/0002_order_books.sql) through the book agent's store and the
+"""`book_snapshots` (infra/store/migrations/0002_order_books.sql) through the book agent's store and the
 worker's sink, on a real database: levels round-trip exactly and a snapshot written twice is one row."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from infra.clickhouse import client_for_url
-from infra.migrate import apply_migrations
+from infra.store.clickhouse import client_for_url
+from infra.store.migrate import apply_migrations
 from schemas.events import BookSnapshot
 from streams.agents.book import clickhouse_snapshot_store
 from streams.core.orderbook import levels

@@ -1,4 +1,4 @@
-"""infra/chdb_server.py: its body and statement helpers, then the server as a real subprocess driven by the
+"""infra/dev/chdb_server.py: its body and statement helpers, then the server as a real subprocess driven by the
 stock clickhouse-connect HTTP client."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from backports import zstd
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from infra import chdb_server
-from infra.clickhouse import client_for_url
+from infra.dev import chdb_server
+from infra.store.clickhouse import client_for_url
 from tests.integration import chdb_fixture
 from tests.integration.chdb_fixture import launch_chdb_server, start_chdb_server
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.feeds import FeedResult, simulate_into, wait_until_stored
-from infra.settings import Settings
+from infra.cli.feeds import FeedResult, simulate_into, wait_until_stored
+from infra.config.settings import Settings
 from tests.integration.conftest import Infra, start_worker
 from tests.integration.pipeline import command, prepare, rows, scalar, wait_for, wait_stable
 

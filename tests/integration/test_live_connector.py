@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from api.auth import issue_token
-from api.settings import ApiSettings
-from infra.exchange_double.binance import BinanceDouble
-from infra.processes import free_port, wait_for_port
+from infra.config.api import ApiSettings
+from infra.dev.exchange_double.binance import BinanceDouble
+from infra.dev.processes import free_port, wait_for_port
 from tests.integration.conftest import Infra, child_env, start_worker
 from tests.integration.pipeline import prepare, scalar, wait_for, wait_stable
 from tests.shared_data import BINANCE, DATA
@@ -53,7 +53,7 @@ def test_venue_down_is_market_002_then_recovers_and_every_trade_is_stored_once(i
         spawn(["double", "--port", str(double_port), "--speed", str(SPEED), "--venue", "binance",
                "--max-frames", str(FRAMES), "--paused", "--data", str(DATA)], env, tmp_path / "double.log"),
         start_worker(settings, tmp_path / "worker.log"),
-        spawn(["api", "--dev", "--port", str(settings.api_port)], {**env, "ENTASIS_API_JWT_SECRET": secret},
+        spawn(["api", "--dev", "--port", str(settings.api.port)], {**env, "ENTASIS_API_JWT_SECRET": secret},
               tmp_path / "api.log"),
     ]
     try:
@@ -63,9 +63,9 @@ def test_venue_down_is_market_002_then_recovers_and_every_trade_is_stored_once(i
         wait_for(lambda: status()["subscriptions"] >= 2, 60, "the connector subscribed")
         httpx.post(f"{endpoint}/_control/binance/play")
 
-        wait_for_port("127.0.0.1", settings.api_port, timeout_s=60, what="api")
-        token = issue_token(ApiSettings(_env_file=None, jwt_secret=secret), "it-live", ["market:read"])
-        price_url = f"http://127.0.0.1:{settings.api_port}/api/v1/market/price/ETH-USDT"
+        wait_for_port("127.0.0.1", settings.api.port, timeout_s=60, what="api")
+        token = issue_token(ApiSettings(jwt_secret=secret), "it-live", ["market:read"])
+        price_url = f"http://127.0.0.1:{settings.api.port}/api/v1/market/price/ETH-USDT"
 
         def price() -> httpx.Response:
             return httpx.get(price_url, headers={"Authorization": f"Bearer {token}"})

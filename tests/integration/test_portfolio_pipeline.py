@@ -26,10 +26,10 @@ from fastapi.testclient import TestClient
 from api.app import API_PREFIX, create_app
 from api.key_repository import ApiKeyRepository
 from api.portfolio_repository import KafkaPortfolioBus
-from api.risk_repository import RiskRepository
-from infra.clickhouse import make_client
-from infra.portfolio_cli import cmd_rebuild, cmd_set_balance
-from infra.settings import Settings
+from infra.cli.portfolio import cmd_rebuild, cmd_set_balance
+from infra.config.settings import Settings
+from infra.store.clickhouse import make_client
+from infra.store.risk_repository import RiskRepository
 from schemas import topics
 from streams.agents.portfolio import read_topic
 from tests.api.conftest import TRADE_COLUMNS, bearer, error_of, test_api_settings, token_for

@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from api.auth import issue_token
-from api.settings import ApiSettings
-from infra.feeds import replay_into, wait_until_stored
-from infra.processes import free_port, wait_for_port
+from infra.cli.feeds import replay_into, wait_until_stored
+from infra.config.api import ApiSettings
+from infra.dev.processes import free_port, wait_for_port
 from tests.integration.conftest import Infra, child_env, start_worker
 from tests.integration.pipeline import prepare, scalar, wait_for, wait_stable
 from tests.shared_data import BINANCE, raw_spot_trades, reference_candles
@@ -51,12 +51,12 @@ def test_replay_through_the_whole_pipeline_serves_the_reference_candles(infra: I
 
         api_log = (tmp_path / "api.log").open("wb")
         secret = "integration-tests-hs256-secret-0123456789"
-        api = subprocess.Popen([sys.executable, "-m", "infra.cli", "api", "--dev", "--port", str(settings.api_port)],
+        api = subprocess.Popen([sys.executable, "-m", "infra.cli", "api", "--dev", "--port", str(settings.api.port)],
                                env={**child_env(settings), "ENTASIS_API_JWT_SECRET": secret},
                                stdout=api_log, stderr=subprocess.STDOUT)
-        wait_for_port("127.0.0.1", settings.api_port, timeout_s=60, what="api")
-        base = f"http://127.0.0.1:{settings.api_port}/api/v1/market"
-        token = issue_token(ApiSettings(_env_file=None, jwt_secret=secret), "it-replay", ["market:read"])
+        wait_for_port("127.0.0.1", settings.api.port, timeout_s=60, what="api")
+        base = f"http://127.0.0.1:{settings.api.port}/api/v1/market"
+        token = issue_token(ApiSettings(jwt_secret=secret), "it-replay", ["market:read"])
         auth = {"Authorization": f"Bearer {token}"}
 
         history = httpx.get(f"{base}/history/eth-usdt", params={

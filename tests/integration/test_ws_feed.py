@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 
 from api.app import create_app
 from api.ws import MarketFeed, MarketHub
-from infra.topics import create_topics
+from infra.cli.topics import create_topics
 from schemas import topics
 from schemas.events import BookSnapshot, Side, Trade
 from schemas.symbols import stream_key

@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 import pytest
 
-from infra import risk_cli
+from infra.cli import risk as risk_cli
 from streams.core.risk import DAY_NS, RiskConfig
 from streams.core.risk_backtest import backtest
 from tests.shared_data import DATA, REFERENCE_CANDLES

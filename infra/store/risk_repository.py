@@ -11,7 +11,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import NamedTuple
 
-from api.repository import MarketRepository
+from infra.store.repository import MarketRepository
 
 
 class RiskRow(NamedTuple):

@@ -41,7 +41,7 @@ from typing import Any
 
 from aiohttp import web
 
-from infra.exchange_double.server import Connection, Recorded, VenueDouble
+from infra.dev.exchange_double.server import Connection, Recorded, VenueDouble
 
 Json = dict[str, Any]
 

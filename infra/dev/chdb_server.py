@@ -4,7 +4,7 @@ Only one process may open a chdb data path, so this process opens it and serves 
 HTTP interface on top of it; every other process (API, Faust workers, CLI commands) talks to it
 with the stock clickhouse-connect HTTP client, unchanged, exactly as to a real ClickHouse server.
 
-    python -m infra.chdb_server --path .entasis/chdb --port 18123
+    python -m infra.dev.chdb_server --path .entasis/chdb --port 18123
 
 What of the HTTP interface is spoken (what clickhouse-connect 1.x sends, plus what curl needs):
 - GET (read-only statements) and POST on `/`; SQL in the `query` URL parameter and/or the body, joined
@@ -66,7 +66,7 @@ _lz4_frame = _optional_module("lz4.frame")
 _zstd = _optional_module("backports.zstd")
 _brotli = _optional_module("brotli")
 
-logger = logging.getLogger("infra.chdb_server")
+logger = logging.getLogger("infra.dev.chdb_server")
 
 # ClickHouse error codes this module raises itself (src/Common/ErrorCodes.cpp).
 _BAD_ARGUMENTS = 36
@@ -1037,7 +1037,7 @@ def serve(path: str, host: str = "127.0.0.1", port: int = 18123) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m infra.chdb_server", description="Serve a chdb data path over ClickHouse's HTTP interface."
+        prog="python -m infra.dev.chdb_server", description="Serve a chdb data path over ClickHouse's HTTP interface."
     )
     parser.add_argument("--path", required=True, help="chdb data directory (created if missing)")
     parser.add_argument("--host", default="127.0.0.1")

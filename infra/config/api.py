@@ -1,5 +1,5 @@
-"""Settings of the API process alone (ENTASIS_API_*); the database address and the listen
-address stay in `infra.settings.Settings`, shared with every other process.
+"""The API's section of the settings tree (`settings.api`, variables ENTASIS_API_*): listen
+address, credentials, network, rate limit, TLS.
 
 Lists (`ENTASIS_API_ALLOWLIST`, `ENTASIS_API_TRUSTED_PROXIES`) are comma-separated CIDRs
 (`10.0.0.0/8, 2001:db8::/32`); a bare address means that one host. The Redis URL is read from
@@ -11,14 +11,13 @@ any settings while a served process refuses to start with them unless `--dev` is
 
 from __future__ import annotations
 
-from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from limits import parse as parse_rate_limit
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
 
 Network = IPv4Network | IPv6Network
 
@@ -36,10 +35,11 @@ def _networks(value: Any) -> Any:
     return value
 
 
-class ApiSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="ENTASIS_API_", env_file=".env", frozen=True, extra="ignore", populate_by_name=True
-    )
+class ApiSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
 
     # How long the set of served symbols is reused before asking the database again: a new
     # symbol becomes visible this late, and unknown-symbol requests cost no query meanwhile.
@@ -67,7 +67,8 @@ class ApiSettings(BaseSettings):
     # --- rate limit ----------------------------------------------------------------------
     # `limits` notation; the contract is 1000/minute, other values are for operators and tests.
     rate_limit: str = "1000/minute"
-    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("ENTASIS_API_REDIS_URL", "REDIS_URL"))
+    # ENTASIS_API_REDIS_URL, or the conventional REDIS_URL when that is not set.
+    redis_url: str | None = None
 
     # --- API keys ------------------------------------------------------------------------
     # A key's row is reused this long: a revocation takes effect in every API process within it.
@@ -98,8 +99,3 @@ class ApiSettings(BaseSettings):
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert is not None and self.tls_key is not None
-
-
-@lru_cache(maxsize=1)
-def get_api_settings() -> ApiSettings:
-    return ApiSettings()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from infra.settings import Settings
+from infra.config.settings import Settings
 from schemas import topics
 from schemas.venues import Feed
 from streams.ingest.publisher import KafkaPublisher, Publisher
@@ -91,7 +91,7 @@ def live_into(settings: Settings, feeds: tuple[Feed, ...], stop: threading.Event
     """The live connectors until `stop` is set."""
     import asyncio
 
-    from infra.live import connector_config, connectors_for, run_connectors
+    from infra.cli.live import connector_config, connectors_for, run_connectors
 
     tracker = _tracker(settings, None)  # stopped through `stop`, not by raising inside a publish
     started = time.monotonic()
@@ -132,7 +132,7 @@ def simulate_into(settings: Settings, rate: float, seed: int, stop: threading.Ev
 def stored_streams(settings: Settings, result: FeedResult) -> set[str]:
     """The streams whose last published trade is in the database (the trade sink writes a
     partition in order, so the last trade stored means every earlier one is too)."""
-    from infra.clickhouse import make_client
+    from infra.store.clickhouse import make_client
 
     client = make_client(settings)
     try:

@@ -15,7 +15,7 @@ from dataclasses import fields
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from api.repository import MarketRepository
+from infra.store.repository import MarketRepository
 from streams.core.predict.scoring import ScoreSnapshot
 
 # The stored scores are the agent's ScoreSnapshot, column for column after `scored`.

@@ -1,7 +1,7 @@
 """The one way every process gets a ClickHouse client.
 
 We use clickhouse-connect everywhere: it speaks HTTP to a ClickHouse server (production)
-and to the embedded owner process (infra/chdb_server.py), and can open chdb in-process
+and to the embedded owner process (infra/dev/chdb_server.py), and can open chdb in-process
 (`chdb:///path`). clickhouse-driver's native protocol cannot talk to chdb at all.
 """
 
@@ -13,16 +13,16 @@ from urllib.parse import urlparse
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from infra.settings import Settings
+from infra.config.settings import Settings
 
 
 def make_client(settings: Settings, database: str | None = None, **kwargs: Any) -> Client:
     """A new client (clients are not thread-safe: one per thread)."""
     return client_for_url(
-        settings.clickhouse_url,
-        database=database if database is not None else settings.clickhouse_database,
-        user=settings.clickhouse_user,
-        password=settings.clickhouse_password,
+        settings.clickhouse.url,
+        database=database if database is not None else settings.clickhouse.database,
+        user=settings.clickhouse.user,
+        password=settings.clickhouse.password,
         **kwargs,
     )
 
@@ -51,6 +51,6 @@ def client_for_url(
 def ensure_database(settings: Settings) -> None:
     client = make_client(settings, database="default")
     try:
-        client.command(f"CREATE DATABASE IF NOT EXISTS {settings.clickhouse_database}")
+        client.command(f"CREATE DATABASE IF NOT EXISTS {settings.clickhouse.database}")
     finally:
         client.close()

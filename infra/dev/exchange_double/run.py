@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
-from infra.exchange_double.binance import BinanceDouble
-from infra.exchange_double.coinbase import CoinbaseDouble
-from infra.exchange_double.kraken import KrakenDouble
-from infra.exchange_double.server import ExchangeDouble, VenueDouble
+from infra.dev.exchange_double.binance import BinanceDouble
+from infra.dev.exchange_double.coinbase import CoinbaseDouble
+from infra.dev.exchange_double.kraken import KrakenDouble
+from infra.dev.exchange_double.server import ExchangeDouble, VenueDouble
 
 VENUE_NAMES = ("binance", "binance-usdm", "coinbase", "kraken")
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
-from infra.exchange_double.server import Connection, Recorded, VenueDouble
+from infra.dev.exchange_double.server import Connection, Recorded, VenueDouble
 
 Market = Literal["spot", "usdm"]
 

@@ -41,7 +41,7 @@ import orjson
 from aiohttp import web
 from sortedcontainers import SortedDict
 
-from infra.exchange_double.server import Connection, Recorded, VenueDouble
+from infra.dev.exchange_double.server import Connection, Recorded, VenueDouble
 
 log = logging.getLogger(__name__)
 

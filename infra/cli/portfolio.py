@@ -62,7 +62,7 @@ def cmd_rebuild(settings: Any, args: argparse.Namespace) -> int:
     """The ClickHouse projection is disposable: replay the whole event topic into it."""
     import asyncio
 
-    from infra.clickhouse import make_client
+    from infra.store.clickhouse import make_client
     from schemas import topics
     from streams.agents.portfolio import read_topic
     from streams.sinks.portfolio import portfolio_events_table

@@ -9,7 +9,7 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from infra.settings import Settings
+from infra.config.settings import Settings
 from schemas.venues import Feed, parse_feeds
 from streams.core.backoff import Backoff
 from streams.ingest.connector import ConnectorConfig, VenueConnector
@@ -25,11 +25,11 @@ def configured_feeds(settings: Settings, override: Sequence[str] | str | None = 
 
 def connector_config(settings: Settings, endpoint: str | None = None) -> ConnectorConfig:
     return ConnectorConfig(
-        book_depth=settings.connector_book_depth,
-        book_interval_s=settings.connector_book_interval_ms / 1000,
-        stale_after_s=settings.connector_stale_seconds,
-        backoff_max_s=settings.connector_backoff_max_seconds,
-        stagger_s=settings.connector_stagger_ms / 1000,
+        book_depth=settings.connector.book_depth,
+        book_interval_s=settings.connector.book_interval_ms / 1000,
+        stale_after_s=settings.connector.stale_seconds,
+        backoff_max_s=settings.connector.backoff_max_seconds,
+        stagger_s=settings.connector.stagger_ms / 1000,
         namespace=settings.topic_namespace,
         endpoint=(endpoint or settings.exchange_endpoint) or None,
     )

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from infra.processes import wait_for_port
-from infra.settings import Settings
+from infra.config.settings import Settings
+from infra.dev.processes import wait_for_port
 from schemas.venues import Feed
 
 PR_SET_PDEATHSIG = 1
@@ -82,7 +82,7 @@ class Stack:
         return self._spawn(name, [sys.executable, "-m", "infra.cli", *args])
 
     def start_infrastructure(self) -> None:
-        from infra.broker import tansu_binary
+        from infra.dev.broker import tansu_binary
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         host, port = self.settings.kafka_bootstrap.rsplit(":", 1)
@@ -90,7 +90,7 @@ class Stack:
         broker = self._spawn("broker", [tansu_binary(), "broker", "--listener-url", url,
                                         "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"])
         self._wait(broker, host, int(port))
-        db_url = urlparse(self.settings.clickhouse_url)
+        db_url = urlparse(self.settings.clickhouse.url)
         db = self._entasis("db", "db", "--path", str((self.data_dir / "chdb").resolve()))
         self._wait(db, db_url.hostname or "127.0.0.1", db_url.port or 8123, timeout_s=60)
         self._run_step("migrate")
@@ -101,7 +101,7 @@ class Stack:
         """The embedded broker starts empty, so offsets start again at 0: checkpoints of the
         previous broker's offsets would make the worker skip new messages. Workaround for
         Tansu's memory storage only; a real Kafka keeps its offsets and its checkpoints."""
-        from infra.clickhouse import make_client
+        from infra.store.clickhouse import make_client
 
         client = make_client(self.settings)
         try:
@@ -134,12 +134,12 @@ class Stack:
         from api.tls import ensure_self_signed
 
         self.tls_cert, key = self.data_dir / "tls" / "cert.pem", self.data_dir / "tls" / "key.pem"
-        hosts = list(dict.fromkeys(["localhost", "127.0.0.1", self.settings.api_host]))
+        hosts = list(dict.fromkeys(["localhost", "127.0.0.1", self.settings.api.host]))
         self.tls_created = ensure_self_signed(self.tls_cert, key, hosts=hosts)
         self._entasis("worker", "worker")
-        api = self._entasis("api", "api", "--dev", "--host", self.settings.api_host, "--port",
-                            str(self.settings.api_port), "--tls-cert", str(self.tls_cert), "--tls-key", str(key))
-        self._wait(api, self.settings.api_host, self.settings.api_port, timeout_s=60)
+        api = self._entasis("api", "api", "--dev", "--host", self.settings.api.host, "--port",
+                            str(self.settings.api.port), "--tls-cert", str(self.tls_cert), "--tls-key", str(key))
+        self._wait(api, self.settings.api.host, self.settings.api.port, timeout_s=60)
 
     def start_exchange_double(self, port: int, speed: float | None) -> str:
         """The local exchange double (`entasis double`), for live connectors without internet."""
@@ -150,7 +150,7 @@ class Stack:
 
     def run(self, replay: Path | None, speed: float | None, exit_after_feed: bool, sim_rate: float, seed: int,
             live: tuple[Feed, ...] = (), endpoint: str | None = None, double_port: int | None = None) -> int:
-        from infra import feeds
+        from infra.cli import feeds
 
         started = time.monotonic()
         stop = threading.Event()
@@ -162,7 +162,7 @@ class Stack:
             self.start_services()
             if live and double_port:
                 endpoint = self.start_exchange_double(double_port, speed)
-            base = f"https://{self.settings.api_host}:{self.settings.api_port}"
+            base = f"https://{self.settings.api.host}:{self.settings.api.port}"
             print(f"Entasis is up in {time.monotonic() - started:.1f}s: API {base}/docs; logs in "
                   f"{self.data_dir / 'logs'}; Ctrl-C stops.\n"
                   f"DEVELOPMENT MODE: self-signed certificate {self.tls_cert} "
@@ -217,7 +217,7 @@ class Stack:
                 raise RuntimeError(f"{child.name} exited with {child.proc.returncode}; see {child.log}")
 
     def _drain(self, summary: Any, timeout_s: float = 60.0) -> None:
-        from infra import feeds
+        from infra.cli import feeds
 
         if summary is None:
             return

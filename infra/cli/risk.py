@@ -118,8 +118,8 @@ def _rows_json(rows: Sequence[BacktestRow]) -> list[dict[str, Any]]:
 def _bars_from_store(settings: Any, args: argparse.Namespace, interval: str, config: RiskConfig,
                      start_ns: int | None, end_ns: int | None) -> list[tuple[int, float]]:
     from api.params import parse_symbol
-    from api.risk_repository import RiskRepository
-    from infra.clickhouse import make_client
+    from infra.store.clickhouse import make_client
+    from infra.store.risk_repository import RiskRepository
 
     repository = RiskRepository(lambda: make_client(settings))
     try:

@@ -5,7 +5,7 @@
     entasis bench [candles|pipeline|parser|chdb|all] [ARGS...]   benchmarks (tests/bench), reported only
     entasis token | keys create|list|revoke   credentials for the API
 
-Every sub-command reads the same ENTASIS_* settings (infra/settings.py); `up` passes the
+Every sub-command reads the same ENTASIS_* settings (infra/config/settings.py); `up` passes the
 addresses of what it started to its children through those variables.
 """
 
@@ -21,15 +21,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infra import portfolio_cli, risk_cli
-from infra.settings import Settings, get_settings
+from infra.cli import portfolio as portfolio_cli
+from infra.cli import risk as risk_cli
+from infra.config.settings import Settings, get_settings
 
 log = logging.getLogger("entasis")
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.clickhouse import ensure_database, make_client
-    from infra.migrate import apply_migrations
+    from infra.store.clickhouse import ensure_database, make_client
+    from infra.store.migrate import apply_migrations
 
     ensure_database(settings)
     client = make_client(settings)
@@ -42,7 +43,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.topics import create_topics
+    from infra.cli.topics import create_topics
 
     created = create_topics(settings.kafka_bootstrap, settings.topic_namespace, replication=settings.topic_replication)
     print(f"topics created: {created or 'none (all exist)'}")
@@ -50,7 +51,7 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.broker import start_tansu
+    from infra.dev.broker import start_tansu
 
     port = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
     proc = start_tansu(port)
@@ -59,9 +60,9 @@ def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.chdb_server import serve
+    from infra.dev.chdb_server import serve
 
-    url = settings.clickhouse_url
+    url = settings.clickhouse.url
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     serve(str(Path(args.path or settings.data_dir / "chdb").resolve()), "127.0.0.1", port)
     return 0
@@ -78,21 +79,13 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from api.main import UnsafeSettings, run
-    from api.settings import get_api_settings
 
-    try:
-        api_settings = get_api_settings()
-    except ValidationError as exc:
-        print(f"entasis api: invalid ENTASIS_API_* settings:\n{exc}", file=sys.stderr)
-        return 2
     flags = {"tls_cert": args.tls_cert, "tls_key": args.tls_key}
-    api_settings = api_settings.model_copy(update={k: v for k, v in flags.items() if v is not None})
+    api_settings = settings.api.model_copy(update={k: v for k, v in flags.items() if v is not None})
     try:
-        run(host=args.host or settings.api_host, port=args.port or settings.api_port,
-            api_settings=api_settings, dev=args.dev)
+        run(host=args.host or api_settings.host, port=args.port or api_settings.port,
+            settings=settings, api_settings=api_settings, dev=args.dev)
     except UnsafeSettings as exc:
         print(f"entasis api: {exc}", file=sys.stderr)
         return 2
@@ -103,11 +96,10 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     """Print a JWT this deployment accepts (for development and scripts: `$(entasis token)`)."""
     from api.auth import issue_token, signing_key
     from api.principal import KNOWN_SCOPES
-    from api.settings import get_api_settings
 
     scopes = [s for part in (args.scope or [" ".join(KNOWN_SCOPES)]) for s in part.split()]
     try:
-        api_settings = get_api_settings()
+        api_settings = settings.api
         _, is_dev_secret = signing_key(api_settings)
         token = issue_token(api_settings, args.account, scopes, ttl_s=args.ttl)
     except ValueError as exc:
@@ -129,8 +121,8 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     from api.key_repository import ApiKeyRepository
     from api.keys import ApiKeyRecord, generate_key
     from api.principal import KNOWN_SCOPES, valid_account
-    from api.repository import StoreUnavailable
-    from infra.clickhouse import make_client
+    from infra.store.clickhouse import make_client
+    from infra.store.repository import StoreUnavailable
 
     repo = ApiKeyRepository(lambda: make_client(settings))
     try:
@@ -173,7 +165,7 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
               "ENTASIS_API_API_KEY_CACHE_SECONDS (default 2 s)")
         return 0
     except StoreUnavailable:
-        print(f"entasis keys: no database answers at {settings.clickhouse_url}", file=sys.stderr)
+        print(f"entasis keys: no database answers at {settings.clickhouse.url}", file=sys.stderr)
         return 2
     except DatabaseError as exc:
         if "UNKNOWN_TABLE" in str(exc) or "UNKNOWN_DATABASE" in str(exc):
@@ -185,14 +177,14 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.feeds import replay_into
+    from infra.cli.feeds import replay_into
 
     print(replay_into(settings, Path(args.path), speed=args.speed, progress=not args.quiet))
     return 0
 
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.feeds import simulate_into
+    from infra.cli.feeds import simulate_into
 
     print(simulate_into(settings, rate=args.rate, seed=args.seed, symbols=tuple(args.symbols), count=args.count))
     return 0
@@ -209,7 +201,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     import subprocess
 
     names = list(BENCHMARKS) if args.which == "all" else [args.which]
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     worst = 0
     for name in names:
         command = [sys.executable, "-m", f"tests.bench.{BENCHMARKS[name]}", *args.bench_args]
@@ -233,7 +225,7 @@ def _venue_items(settings: Settings, args: argparse.Namespace) -> list[str]:
 def cmd_venues_check(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
-    from infra.venues_check import check, render
+    from infra.cli.venues_check import check, render
 
     endpoint = getattr(args, "endpoint", None) or settings.exchange_endpoint or None
     lines = asyncio.run(check(_venue_items(settings, args), endpoint=endpoint))
@@ -248,7 +240,7 @@ def cmd_connect(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
     import threading
 
-    from infra.live import configured_feeds, connector_config, connectors_for, run_connectors
+    from infra.cli.live import configured_feeds, connector_config, connectors_for, run_connectors
     from schemas.venues import InvalidFeed
     from streams.ingest.publisher import KafkaPublisher
 
@@ -277,7 +269,7 @@ def cmd_double(settings: Settings, args: argparse.Namespace) -> int:
     """The local exchange double, playing the recorded captures until Ctrl-C."""
     import asyncio
 
-    from infra.exchange_double.run import serve
+    from infra.dev.exchange_double.run import serve
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.host, args.port, args.speed, Path(args.data), args.venue or None,
@@ -286,8 +278,8 @@ def cmd_double(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.live import configured_feeds
-    from infra.stack import Stack
+    from infra.cli.live import configured_feeds
+    from infra.cli.stack import Stack
     from schemas.venues import InvalidFeed
 
     if args.dry_run:
@@ -359,7 +351,7 @@ def parser() -> argparse.ArgumentParser:
     double.add_argument("--port", type=int, default=18900)
     double.add_argument("--speed", type=float, default=1.0,
                         help="multiple of the recorded pace; 0: as fast as possible")
-    double.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+    double.add_argument("--data", default=str(Path(__file__).resolve().parents[3] / "shared" / "data"),
                         help="the recorded data folder (default ../shared/data)")
     double.add_argument("--venue", action="append", help="only these venues (repeatable; default all)")
     double.add_argument("--max-frames", type=int, help="play only the first N frames of the Binance recordings")
@@ -439,7 +431,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("ENTASIS_LOGLEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
     args = parser().parse_args(argv)
     started = time.monotonic()
-    code = int(args.func(get_settings(), args))
+    try:
+        settings = get_settings()
+    except ValueError as exc:  # UnknownSettings, or a pydantic ValidationError (a ValueError too)
+        print(f"entasis {args.command}: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    code = int(args.func(settings, args))
     log.debug("%s finished in %.1fs", args.command, time.monotonic() - started)
     return code
 

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import IO
 
-from infra.processes import wait_for_port
+from infra.dev.processes import wait_for_port
 
 
 def tansu_binary() -> str:

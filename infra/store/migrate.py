@@ -1,4 +1,4 @@
-"""Versioned schema migrations: `infra/migrations/NNNN_name.sql`, applied in order, each
+"""Versioned schema migrations: `infra/store/migrations/NNNN_name.sql`, applied in order, each
 recorded in `schema_migrations`. Applying twice is harmless: an applied version is skipped
 and every statement is written to be idempotent (`IF NOT EXISTS`) as well."""
 
