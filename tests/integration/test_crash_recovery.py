@@ -39,7 +39,7 @@ def test_sigkill_mid_stream_then_restart_stores_exactly_the_uninterrupted_rows(i
     # small batches: many inserts, so the kill lands between them
     # (no idle close: it runs on the wall clock, which differs between the two runs)
     tuning = {"sink_batch_messages": 4, "sink_flush_seconds": 0.05, "candle_lateness_ms": 500,
-              "candle_idle_timeout_s": 3600.0}
+              "checkpoint_every_s": 0.2, "candle_idle_timeout_s": 3600.0}
 
     baseline = infra.settings(**tuning)
     prepare(baseline)
@@ -58,11 +58,16 @@ def test_sigkill_mid_stream_then_restart_stores_exactly_the_uninterrupted_rows(i
     log = tmp_path / "crashed.log"
     worker = start_worker(crashed, log)
     try:
-        wait_for(lambda: scalar(crashed, "SELECT count() FROM trades") != 0, 60, "first stored trades", interval_s=0.02)
+        # Kill only once a checkpoint is stored: a kill before it would restart from nothing and
+        # prove only that a fresh start works, not that a checkpoint is loaded and honoured.
+        wait_for(lambda: scalar(crashed, "SELECT count() FROM candle_checkpoints") != 0, 60, "a stored checkpoint",
+                 interval_s=0.02)
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=10)
         at_kill = scalar(crashed, "SELECT count() FROM trades FINAL")
         assert isinstance(at_kill, int) and 0 < at_kill < TRADES, "the kill must land mid-stream to mean anything"
+        checkpointed = scalar(crashed, "SELECT max(offset) FROM candle_checkpoints FINAL")
+        assert isinstance(checkpointed, int) and checkpointed > 0, "a checkpoint past the first message existed"
         worker = start_worker(crashed, log)
         settle(crashed, published)
     finally:
