@@ -5,12 +5,14 @@ X-Forwarded-For)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from ipaddress import ip_network
 from pathlib import Path
@@ -25,7 +27,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.key_repository import ApiKeyRepository
-from api.keys import ApiKeyRecord, generate_key
+from api.keys import ApiKeyRecord, ApiKeyVerifier, KeyRejected, generate_key
 from api.principal import KNOWN_SCOPES, MARKET_READ
 from infra.store.repository import MarketRepository
 from tests.api.conftest import (
@@ -471,20 +473,41 @@ def test_dev_app_accepts_development_tokens(repository: MarketRepository, key_re
         assert client.get(PRICE, headers=bearer(token)).status_code == 401
 
 
-def test_revocation_takes_effect_within_the_cache_ttl(
+def test_revocation_takes_effect_at_the_next_read_of_the_row(
     make_app: Callable[..., FastAPI], create_key: Callable[..., str], key_repository: ApiKeyRepository
 ) -> None:
-    app = make_app(api_key_cache_seconds=0.5)
+    app = make_app(api_key_cache_seconds=0)  # every request reads the row: no timing in this test
     key = create_key(new_account())
     with TestClient(app, client=(new_address(), 1)) as client:
         assert client.get(PRICE, headers={"X-API-Key": key}).status_code == 200
         key_repository.revoke(key.split("_")[1])
-        deadline = time.monotonic() + 0.5 + 2.0
-        while client.get(PRICE, headers={"X-API-Key": key}).status_code == 200:
-            assert time.monotonic() < deadline, "revocation not seen within the cache TTL"
-            time.sleep(0.05)
         response = client.get(PRICE, headers={"X-API-Key": key})
         assert response.status_code == 401 and error_of(response)["details"] == {"reason": "API key revoked"}
+
+
+async def test_a_cached_row_is_reused_for_the_ttl_then_read_again() -> None:
+    """The cache period, on a clock the test moves: the row (and its revocation) is read again
+    exactly when `ttl_s` has passed, not before."""
+    key = generate_key()
+    row = ApiKeyRecord(key.key_id, "acct", key.key_hash, (MARKET_READ,))
+    current = {"row": row}
+    reads: list[str] = []
+    now = [100.0]
+
+    async def lookup(key_id: str) -> ApiKeyRecord | None:
+        reads.append(key_id)
+        return current["row"]
+
+    verifier = ApiKeyVerifier(lookup, ttl_s=2.0, clock=lambda: now[0])
+    assert (await verifier.verify(key.key)).account == "acct"
+    current["row"] = dataclasses.replace(row, revoked_at=datetime.now(UTC))
+    now[0] += 1.999
+    assert (await verifier.verify(key.key)).account == "acct"  # still the cached row
+    assert reads == [key.key_id]
+    now[0] += 0.001
+    with pytest.raises(KeyRejected, match="revoked"):
+        await verifier.verify(key.key)
+    assert reads == [key.key_id] * 2
 
 
 def test_scopes_of_key_and_token_intersect(make_app: Callable[..., FastAPI], create_key: Callable[..., str]) -> None:
