@@ -9,7 +9,8 @@ import json
 from decimal import Decimal
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DATA = SHARED / "data"
 BINANCE = DATA / "binance"
 SPOT_FILES = (BINANCE / "spot_ethusdt_20240808.gz", BINANCE / "spot_ethusdt_20240809.gz")
 REFERENCE_CANDLES = BINANCE / "spot_ethusdt_candles_1m.csv"

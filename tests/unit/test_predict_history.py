@@ -32,8 +32,6 @@ def hourly_bars(last: int) -> list[Bar]:
 
 @pytest.fixture(scope="module")
 def bars() -> list[Bar]:
-    if not HOURLY.exists():
-        pytest.skip("../shared/data/history is not beside the repository")
     return hourly_bars(2500)
 
 

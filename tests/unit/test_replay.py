@@ -27,9 +27,7 @@ from streams.ingest.replay import (
     line_channel,
     replay,
 )
-
-BINANCE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "binance"
-pytestmark = pytest.mark.skipif(not BINANCE.is_dir(), reason=f"recorded data not found at {BINANCE}")
+from tests.shared_data import BINANCE
 
 SPOT = [BINANCE / "spot_ethusdt_20240808.gz", BINANCE / "spot_ethusdt_20240809.gz"]
 MINUTE_NS = 60 * 10**9
