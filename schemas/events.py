@@ -1,15 +1,16 @@
 """Versioned, immutable event models: the payloads of every topic.
 
-Rules every event follows (DESIGN.md, habits 1 and 2):
+Rules every event follows (docs/architecture.md):
 - it names its schema and version (`schema_version`), so a consumer can refuse what it
   does not understand;
 - it carries `venue`, `symbol` (`BASE-QUOTE`), the exchange's event time and our receive
   time, both in integer nanoseconds since the Unix epoch;
 - prices, sizes and money are `Decimal` inside and decimal strings on the wire.
 
-Hot paths (agents decoding thousands of trades per message) read the wire dicts directly
-through the `*_from_wire` helpers in `schemas.wire`; these models are the contract, used
-at the edges and in tests to validate what the hot paths produce.
+Each topic's codec (`schemas.codecs`) encodes and decodes these models; hot paths (agents
+decoding thousands of trades per message) read compact rows instead (`schemas.codecs.trades`),
+and these models are the contract, used at the edges and in tests to validate what the hot
+paths produce.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The raw trade-batch wire format: round trip, and refusal of anything the store would alter."""
+"""The raw trade-batch wire format through its historical names (`schemas.wire`, which the agents
+still import) and the sink's two paths: round trip, and refusal of anything the store would alter.
+The codec itself is covered in test_codecs_raw.py."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from schemas.wire import WireError, decode_trade_batch, encode_trade_batch, trad
 
 
 def batch(*rows: list[object]) -> bytes:
-    return orjson.dumps({"schema": "trade_batch.v1", "venue": "v", "symbol": "A-B", "trades": list(rows)})
+    return orjson.dumps({"schema_version": "trade_batch.v1", "venue": "v", "symbol": "A-B", "trades": list(rows)})
 
 
 def test_round_trip_keeps_exact_decimals() -> None:
@@ -37,11 +39,22 @@ def test_malformed_rows_are_refused(row: list[object]) -> None:
         decode_trade_batch(batch(row))
 
 
-def test_wrong_schema_and_garbage_are_refused() -> None:
+@pytest.mark.parametrize("key", ["schema_version", "schema"])
+def test_wrong_schema_and_garbage_are_refused(key: str) -> None:
     with pytest.raises(WireError, match=r"expected trade_batch\.v1"):
-        decode_trade_batch(orjson.dumps({"schema": "book_batch.v1", "venue": "v", "symbol": "A-B", "trades": []}))
+        decode_trade_batch(orjson.dumps({key: "book_batch.v1", "venue": "v", "symbol": "A-B", "trades": []}))
     with pytest.raises(WireError):
         decode_trade_batch(b"\x00garbage")
+
+
+def test_the_old_names_are_the_codecs() -> None:
+    from schemas import wire, wire_book
+    from schemas.codecs import book, envelope, trades
+
+    assert (wire.decode_trade_batch, wire.encode_trade_batch, wire.TradeRow) == (trades.decode, trades.encode,
+                                                                                 trades.TradeRow)
+    assert wire.WireError is envelope.WireError
+    assert (wire_book.decode_book_message, wire.decode_book_batch) == (book.decode, book.decode_book_batch)
 
 
 def test_the_sinks_fast_path_builds_the_same_table_as_the_validated_one() -> None:

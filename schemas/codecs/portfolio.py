@@ -1,0 +1,65 @@
+"""`pf.commands.v1` and `pf.events.v1`: one portfolio command or event per message, the model's
+JSON, told apart by its `kind` (schemas/portfolio.py).
+
+These two formats do not name themselves under `schema_version` yet: `PORTFOLIO_COMMAND` and
+`PORTFOLIO_EVENT` name them here only. `pf.events.v1` is kept forever, so when the models gain
+the key its decoder must keep accepting events without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+import pyarrow as pa
+
+from schemas.codecs.envelope import TS, WireError
+from schemas.portfolio import COMMAND_ADAPTER, EVENT_ADAPTER, ClosePosition, OpenPosition, PortfolioEvent, SetBalance
+
+PORTFOLIO_COMMAND = "portfolio_command.v1"
+PORTFOLIO_EVENT = "portfolio_event.v1"
+
+PortfolioCommand = OpenPosition | ClosePosition | SetBalance
+
+
+def encode_command(command: PortfolioCommand) -> bytes:
+    return orjson.dumps(command.model_dump(mode="json"))
+
+
+def encode_event(event: PortfolioEvent) -> bytes:
+    return orjson.dumps(event.model_dump(mode="json"))
+
+
+def decode_command(raw: bytes | str) -> PortfolioCommand:
+    try:
+        return COMMAND_ADAPTER.validate_json(raw)
+    except ValueError as exc:  # pydantic.ValidationError, invalid JSON included
+        raise WireError(f"malformed {PORTFOLIO_COMMAND}: {exc}") from exc
+
+
+def decode_event(raw: bytes | str) -> PortfolioEvent:
+    try:
+        return EVENT_ADAPTER.validate_json(raw)
+    except ValueError as exc:
+        raise WireError(f"malformed {PORTFOLIO_EVENT}: {exc}") from exc
+
+
+def events_table(raws: Sequence[bytes]) -> pa.Table:
+    """Rows of `portfolio_events` (infra/store/migrations/0007_portfolio_events.sql), each with its
+    message as `body`. Undecodable values are skipped: the topic keeps them, and no event of ours is one."""
+    rows = []
+    for raw in raws:
+        try:
+            rows.append((decode_event(raw), raw.decode()))
+        except (WireError, UnicodeDecodeError):
+            continue
+    return pa.table(
+        {
+            "account": pa.array([e.account for e, _ in rows], pa.string()),
+            "seq": pa.array([e.seq for e, _ in rows], pa.uint64()),
+            "kind": pa.array([e.kind for e, _ in rows], pa.string()),
+            "command_id": pa.array([e.command_id for e, _ in rows], pa.string()),
+            "body": pa.array([body for _, body in rows], pa.string()),
+            "event_ts": pa.array([e.ts_ns for e, _ in rows], TS),
+        }
+    )
