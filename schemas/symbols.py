@@ -1,4 +1,5 @@
-"""Symbols are `BASE-QUOTE`, upper case. Every venue spelling is mapped here and only here."""
+"""Symbols are `BASE-QUOTE`, upper case. Venue spellings are mapped by the venue modules of
+`streams/core/venues/` (ccxt's unified spelling: `streams.core.venues.contract`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,6 @@ import re
 
 SYMBOL_PATTERN = r"^[A-Z0-9]{1,15}-[A-Z0-9]{1,15}$"
 _SYMBOL_RE = re.compile(SYMBOL_PATTERN)
-
-# Binance quote assets, longest first so that `ETHUSDT` splits as ETH + USDT, not ETHUSD + T.
-_BINANCE_QUOTES = ("FDUSD", "USDT", "USDC", "TUSD", "BUSD", "USD", "BTC", "ETH", "BNB", "EUR", "TRY")
-
 
 class InvalidSymbol(ValueError):
     """The text is not a well-formed `BASE-QUOTE` symbol."""
@@ -21,25 +18,6 @@ def normalize_symbol(text: str) -> str:
     if not _SYMBOL_RE.match(candidate):
         raise InvalidSymbol(text)
     return candidate
-
-
-def from_binance(raw: str) -> str:
-    """`ETHUSDT` -> `ETH-USDT`; COIN-M `ETHUSD_PERP` -> `ETH-USD` (the venue says it is a perp)."""
-    base_quote = raw.upper().split("_", 1)[0]
-    for quote in _BINANCE_QUOTES:
-        if base_quote.endswith(quote) and len(base_quote) > len(quote):
-            return f"{base_quote[: -len(quote)]}-{quote}"
-    raise InvalidSymbol(raw)
-
-
-def to_binance(symbol: str) -> str:
-    """`ETH-USDT` -> `ETHUSDT`."""
-    return normalize_symbol(symbol).replace("-", "")
-
-
-def to_ccxt(symbol: str) -> str:
-    """`ETH-USDT` -> ccxt's unified `ETH/USDT`."""
-    return normalize_symbol(symbol).replace("-", "/")
 
 
 def stream_key(venue: str, symbol: str) -> str:

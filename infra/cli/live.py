@@ -1,4 +1,4 @@
-"""Runs the live connectors of `schemas.venues` in one asyncio loop: one `VenueConnector` per
+"""Runs the live connectors of `streams.core.venues.registry` in one asyncio loop: one `VenueConnector` per
 venue, all publishing to the broker, until told to stop."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import threading
 from collections.abc import Sequence
 
 from infra.config.settings import Settings
-from schemas.venues import Feed, parse_feeds
+from schemas.venues import Feed
 from streams.core.backoff import Backoff
+from streams.core.venues.registry import parse_feeds
 from streams.ingest.connector import ConnectorConfig, VenueConnector
 from streams.ingest.publisher import Publisher
 

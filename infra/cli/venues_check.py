@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 from ccxt.base.errors import BaseError
 
-from schemas.venues import Feed, InvalidFeed, from_ccxt_symbol, parse_feed
-from streams.ingest.connector import plain_exchange
+from schemas.venues import Feed, InvalidFeed
+from streams.core.venues.contract import from_ccxt_symbol
+from streams.core.venues.registry import VENUES, ccxt_symbol, parse_feed
+from streams.ingest.venues.ccxt_client import plain_exchange
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,8 @@ async def _markets(venue: str, endpoint: str | None, timeout_s: float) -> dict[s
 def _similar(feed: Feed, markets: dict[str, dict]) -> list[str]:
     """Markets of the same base asset (or the same quote, failing that), to suggest."""
     base, quote = feed.symbol.split("-")
-    kind_ok = [m for m in markets.values() if (m.get("spot") if feed.spec.kind == "spot" else m.get("linear"))]
+    kind = VENUES[feed.venue].kind
+    kind_ok = [m for m in markets.values() if m.get(kind)]
     same_base = sorted(from_ccxt_symbol(m["symbol"]) for m in kind_ok if m.get("base") == base)
     if same_base:
         return same_base[:8]
@@ -40,14 +43,15 @@ def _similar(feed: Feed, markets: dict[str, dict]) -> list[str]:
 
 
 def check_feed(feed: Feed, markets: dict[str, dict]) -> CheckLine:
-    market = markets.get(feed.ccxt_symbol)
+    unified = ccxt_symbol(feed)
+    market = markets.get(unified)
     if market is None:
         similar = _similar(feed, markets)
         hint = f"; it lists {', '.join(f'{feed.venue}:{s}' for s in similar)}" if similar else ""
-        return CheckLine(feed.key, False, f"{feed.venue} has no {feed.spec.kind} market {feed.ccxt_symbol}{hint}")
+        return CheckLine(feed.key, False, f"{feed.venue} has no {VENUES[feed.venue].kind} market {unified}{hint}")
     if market.get("active") is False:
-        return CheckLine(feed.key, False, f"{feed.venue} lists {feed.ccxt_symbol} but it is not trading (inactive)")
-    return CheckLine(feed.key, True, f"ccxt {feed.ccxt_symbol}, venue id {market['id']}")
+        return CheckLine(feed.key, False, f"{feed.venue} lists {unified} but it is not trading (inactive)")
+    return CheckLine(feed.key, True, f"ccxt {unified}, venue id {market['id']}")
 
 
 async def check(items: Sequence[str], endpoint: str | None = None, timeout_s: float = 30.0) -> list[CheckLine]:

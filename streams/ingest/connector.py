@@ -1,7 +1,10 @@
 """Live venue connectors: ccxt.pro WebSockets in, Entasis raw topics out.
 
 One `VenueConnector` per venue owns one ccxt.pro client and, per configured symbol, two
-supervised loops: trades and the order book. What each loop guarantees:
+supervised loops: trades and the order book. The connector is generic: what differs between
+venues (ccxt class and options, symbol spelling, trade numbering, backfill, book depth, the
+sequence and checksum checks) is asked of the venue's `streams.core.venues.contract.Venue`.
+What each loop guarantees:
 
 - **Reconnects.** Any network error (a dropped socket, a timeout, a stalled socket the
   watchdog gave up on) is a `feed_disconnected` quality event; the loop waits an exponential
@@ -10,11 +13,12 @@ supervised loops: trades and the order book. What each loop guarantees:
 - **No lost or duplicated trades.** After a reconnect, the trades the venue printed while we
   were away are fetched over REST (`fetch_trades`) and published before the live ones;
   every trade id is checked against the recent ones, so re-sent trades are dropped. On venues
-  that number trades consecutively (Binance, Coinbase) a hole that the backfill could not fill
-  is reported as `trade_gap`, with the ids missing.
+  that number trades consecutively (`Venue.consecutive_trade_ids`) a hole that the backfill
+  could not fill is reported as `trade_gap`, with the ids missing.
 - **Books are always whole.** ccxt keeps the book (snapshot plus diffs, checking sequence
-  numbers or checksums); a gap or checksum failure is `book_gap`, and the loop resubscribes,
-  which takes a fresh snapshot: `book_resync`. The connector publishes the top
+  numbers or checksums; the checks ccxt does not make are the venue's, run by
+  `streams.ingest.venues.ccxt_client`); a gap or checksum failure is `book_gap`, and the loop
+  resubscribes, which takes a fresh snapshot: `book_resync`. The connector publishes the top
   `book_depth` levels as a `book_snapshot.v1` at most every `book_interval_s` (and the last
   change always), so a worker that starts late has a whole book within one interval.
 - **Stalls.** A watchdog closes a socket that sent nothing for `stale_after_s`
@@ -35,20 +39,22 @@ import random
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import ccxt.pro as ccxtpro
 from ccxt.base.errors import BadRequest, BadSymbol, ExchangeError, InvalidNonce, NetworkError
 
 from schemas import topics
 from schemas.events import DeadLetter, QualityEvent, QualityKind, Trade
-from schemas.venues import VENUES, Feed, point_urls_at
+from schemas.venues import Feed
 from schemas.wire import encode_book_batch, encode_event, encode_trade_batch, iter_batches
 from streams.core.backoff import Backoff
 from streams.core.candle_stream import RecentIds
 from streams.core.venues.ccxt_events import CcxtParseError, book_from_ccxt, trade_from_ccxt, trade_id
-from streams.core.venues.kraken import book_checksum, digits
+from streams.core.venues.registry import LIVE_VENUES
 from streams.ingest.publisher import Publisher
+from streams.ingest.venues.ccxt_client import guarded_exchange, plain_exchange
+
+__all__ = ["ConnectorConfig", "FeedStats", "VenueConnector", "plain_exchange"]
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +96,9 @@ class FeedStats:
 
 
 class _FeedState:
-    def __init__(self, feed: Feed, recent: int) -> None:
+    def __init__(self, feed: Feed, ccxt_symbol: str, recent: int) -> None:
         self.feed = feed
+        self.ccxt_symbol = ccxt_symbol
         self.up: bool | None = None  # None: never connected yet
         self.recent = RecentIds(recent)
         self.last_trade: Trade | None = None
@@ -102,108 +109,20 @@ class _FeedState:
         self.stats = FeedStats()
 
 
-class ExchangeHooks(Protocol):
-    def malformed(self, url: str, message: Any, error: str) -> None: ...
-
-    def books_broken(self, client: Any, reason: str) -> None: ...
-
-
-def make_exchange(venue: str, endpoint: str | None, hooks: ExchangeHooks) -> Any:
-    """A ccxt.pro client for `venue`, pointed at `endpoint` (an exchange double) when given,
-    with three things ccxt does not do:
-    - a malformed frame is reported (dead letter) instead of killing the socket's receive loop;
-    - the time of the last data message per socket is kept (`_entasis_last_data`, ms), for the
-      stall watchdog: ccxt's own `last_message_at` counts pongs, and a stalled venue still
-      answers pings;
-    - where the venue numbers the messages of a connection (Coinbase's `sequence_num`) or
-      checksums its books (Kraken), and ccxt does not check, the connector does: a hole or a
-      mismatch means the books on that socket cannot be trusted."""
-    spec = VENUES[venue]
-    base = getattr(ccxtpro, spec.ccxt_id)
-    sequence_field = spec.message_sequence
-    kraken_checksums = spec.book_checksum == "kraken_v2"
-
-    class Guarded(base):  # type: ignore[misc,valid-type]
-        def handle_message(self, client: Any, message: Any) -> Any:
-            client._entasis_last_data = time.time() * 1000
-            if not isinstance(message, dict | list):
-                hooks.malformed(client.url, message, "not a JSON object or array")
-                return None
-            if sequence_field and isinstance(message, dict) and isinstance(message.get(sequence_field), int):
-                got = message[sequence_field]
-                expected = getattr(client, "_entasis_next_seq", None)
-                client._entasis_next_seq = got + 1
-                if expected is not None and got != expected:
-                    hooks.books_broken(client, f"message {expected} expected, got {got}")
-                    return None
-            book_symbols = _kraken_book_symbols(message) if kraken_checksums else ()
-            if any(s not in self.orderbooks for s in book_symbols) and message.get("type") == "update":
-                return None  # for a book dropped after a mismatch: ccxt would raise KeyError
-            try:
-                result = super().handle_message(client, message)
-            except Exception as exc:  # ccxt would lose the socket's receive loop
-                hooks.malformed(client.url, message, f"{type(exc).__name__}: {exc}")
-                return None
-            for item in message["data"] if book_symbols else ():
-                self._check_kraken_book(client, item)
-            return result
-
-        def _check_kraken_book(self, client: Any, item: dict[str, Any]) -> None:
-            symbol, expected = item.get("symbol"), item.get("checksum")
-            book = self.orderbooks.get(symbol)
-            if book is None or not isinstance(expected, int):
-                return
-            precision = self.market(symbol)["precision"]
-            got = book_checksum(book["asks"], book["bids"], digits(precision.get("price")),
-                                digits(precision.get("amount")))
-            if got != expected:
-                hooks.books_broken(client, f"{symbol} book checksum {got} != venue's {expected}")
-
-        def client(self, url: str) -> Any:
-            c = super().client(url)
-            if not getattr(c, "_entasis_guarded", False):
-                decode = c.handle_text_or_binary_message
-
-                def guarded(data: Any) -> None:
-                    try:
-                        decode(data)
-                    except ValueError as exc:  # orjson's JSONDecodeError: a truncated frame
-                        hooks.malformed(url, data, f"invalid JSON: {exc}")
-
-                c.handle_text_or_binary_message = guarded
-                c._entasis_guarded = True
-            return c
-
-    return _configured(Guarded, venue, endpoint)
-
-
-def plain_exchange(venue: str, endpoint: str | None = None) -> Any:
-    """A stock ccxt.pro client for `venue`, configured as the connectors' (market lists, checks)."""
-    return _configured(getattr(ccxtpro, VENUES[venue].ccxt_id), venue, endpoint)
-
-
-def _configured(cls: Any, venue: str, endpoint: str | None) -> Any:
-    """ccxt's rate limiter on, the venue's options, pointed at `endpoint` (an exchange double)
-    when given."""
-    exchange = cls({"enableRateLimit": True, "options": dict(VENUES[venue].options), "newUpdates": True})
-    if endpoint:
-        exchange.urls["api"] = point_urls_at(exchange.urls["api"], endpoint, venue)
-    return exchange
-
-
 class VenueConnector:
     def __init__(self, venue: str, feeds: Iterable[Feed], publisher: Publisher,
                  config: ConnectorConfig | None = None, *, wall_ns: WallNs = time.time_ns,
                  rng: random.Random | None = None, exchange: Any = None) -> None:
         self.venue = venue
-        self.spec = VENUES[venue]
+        self.adapter = LIVE_VENUES[venue]  # everything venue-specific is asked of it
         self.config = config or ConnectorConfig()
         self.publisher = publisher
         self.wall_ns = wall_ns
         self.rng = rng or random.Random()
-        self.states = {f.symbol: _FeedState(f, self.config.recent_ids) for f in feeds if f.venue == venue}
+        self.states = {f.symbol: _FeedState(f, self.adapter.ccxt_symbol(f.symbol), self.config.recent_ids)
+                       for f in feeds if f.venue == venue}
         self._given_exchange = exchange
-        self.exchange = exchange or make_exchange(venue, self.config.endpoint, self)
+        self.exchange = exchange or guarded_exchange(venue, self.config.endpoint, self)
         ns = self.config.namespace
         self.topics = {t: t.full_name(ns) for t in (topics.TRADES, topics.BOOK, topics.QUALITY, topics.DEAD_LETTER)}
         self.malformed_frames = 0
@@ -244,7 +163,7 @@ class VenueConnector:
         self._stopping = asyncio.Event()
         self._tasks = []
         if self._given_exchange is None:
-            self.exchange = make_exchange(self.venue, self.config.endpoint, self)
+            self.exchange = guarded_exchange(self.venue, self.config.endpoint, self)
         for state in self.states.values():
             if state.up:
                 self._down(state, RuntimeError("the connector failed and is restarting"))
@@ -278,7 +197,7 @@ class VenueConnector:
 
     async def _trades_loop(self, state: _FeedState) -> None:
         backoff = self._backoff()
-        symbol = state.feed.ccxt_symbol
+        symbol = state.ccxt_symbol
         while not self._stopping.is_set():
             try:
                 if state.need_backfill:
@@ -342,7 +261,7 @@ class VenueConnector:
         """How many ids a trade lies after the last one published, on a venue that numbers
         trades consecutively (1: the next one); None where that cannot be told."""
         last = state.last_trade
-        if not self.spec.consecutive_trade_ids or last is None:
+        if not self.adapter.consecutive_trade_ids or last is None:
             return None
         try:
             return int(raw_id) - int(last.trade_id)
@@ -353,12 +272,13 @@ class VenueConnector:
         """What the venue printed while we were away, from REST, before the live trades. With
         no trade published yet, the venue's latest trades (some may predate the connector)."""
         last = state.last_trade
-        since = last.event_ts_ns // 1_000_000 if self.spec.backfill_since and last is not None else None
-        params = dict(self.spec.backfill_params)
-        if self.spec.backfill_until and since is not None:
+        policy = self.adapter.backfill
+        since = last.event_ts_ns // 1_000_000 if policy.since and last is not None else None
+        params = dict(policy.params)
+        if policy.until and since is not None:
             params["until"] = max(recv // 1_000_000, since + 1)
         try:
-            fetched = await self.exchange.fetch_trades(state.feed.ccxt_symbol, since, 1000, params)
+            fetched = await self.exchange.fetch_trades(state.ccxt_symbol, since, 1000, params)
         except (NetworkError, ExchangeError) as exc:
             log.warning("%s: backfill failed: %s", state.feed, exc)
             return
@@ -375,7 +295,7 @@ class VenueConnector:
             try:
                 trade = trade_from_ccxt(self.venue, state.feed.symbol, t, recv)
             except CcxtParseError as exc:
-                self._dead_letter(state.feed.symbol, f"trade:{state.feed.ccxt_symbol}", t, str(exc))
+                self._dead_letter(state.feed.symbol, f"trade:{state.ccxt_symbol}", t, str(exc))
                 continue
             self._check_gap(state, trade)
             fresh.append(trade)
@@ -405,10 +325,10 @@ class VenueConnector:
 
     async def _book_loop(self, state: _FeedState) -> None:
         backoff = self._backoff()
-        symbol = state.feed.ccxt_symbol
+        symbol = state.ccxt_symbol
         while not self._stopping.is_set():
             try:
-                book = await self.exchange.watch_order_book(symbol, self.spec.book_limit)
+                book = await self.exchange.watch_order_book(symbol, self.adapter.book_limit)
             except (BadSymbol, BadRequest) as exc:
                 log.error("%s: cannot watch the order book: %s", state.feed, exc)
                 return
@@ -454,13 +374,13 @@ class VenueConnector:
     def _publish_book(self, state: _FeedState) -> None:
         recv = self.wall_ns()
         nonce = state.book.get("nonce")
-        # the venue's sequence number when it has one (Binance's `u`), else our receive time:
+        # the venue's update id where ccxt's nonce is one (Binance's `u`), else our receive time:
         # either only grows, across reconnects and restarts of this process
-        update_id = nonce if self.spec.book_nonce and isinstance(nonce, int) else recv
+        update_id = nonce if self.adapter.book_update_id_is_venue_id and isinstance(nonce, int) else recv
         try:
             snap = book_from_ccxt(self.venue, state.feed.symbol, state.book, self.config.book_depth, update_id, recv)
         except CcxtParseError as exc:
-            self._dead_letter(state.feed.symbol, f"book:{state.feed.ccxt_symbol}", {}, str(exc))
+            self._dead_letter(state.feed.symbol, f"book:{state.ccxt_symbol}", {}, str(exc))
             return
         self.publisher.publish(self.topics[topics.BOOK], state.feed.key.encode(),
                                encode_book_batch(self.venue, state.feed.symbol, [snap]))
@@ -551,12 +471,6 @@ class VenueConnector:
 
     def stats(self) -> dict[str, FeedStats]:
         return {s.feed.key: s.stats for s in self.states.values()}
-
-
-def _kraken_book_symbols(message: Any) -> tuple[str, ...]:
-    if not isinstance(message, dict) or message.get("channel") != "book" or not isinstance(message.get("data"), list):
-        return ()
-    return tuple(str(item.get("symbol")) for item in message["data"] if isinstance(item, dict))
 
 
 def _book_version(book: Any) -> tuple[Any, ...]:

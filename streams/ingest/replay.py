@@ -1,6 +1,6 @@
 """Replay recorded Binance captures onto the raw topics.
 
-Files (`.gz` or plain, see `../shared/data/README.md`) are named `<market>_<symbol>_<YYYYMMDD>`
+Files (`.gz` or plain; format: docs/architecture.md, "Recorded captures") are named `<market>_<symbol>_<YYYYMMDD>`
 (`spot_ethusdt_20240808.gz`, `cm_ethusd_perp_20240809.gz`); the market and the symbol (which
 the spot and USD-M REST snapshots do not name) come from that name. The files of one
 market/symbol are chained in date order and the streams are merged by receive time, which
@@ -9,7 +9,7 @@ is non-decreasing in every file. Each line goes through the pure parser
 - trades are grouped per stream by `TradeBatcher` (rule in `streams.core.batching`; the
   batcher's clock is the line's receive time) into `trade_batch.v1` messages;
 - each depth diff or snapshot is one `book_batch.v1` message, each ticker one
-  `book_ticker_batch.v1` message (`schemas.wire_book`), on the book topic;
+  `book_ticker_batch.v1` message (`schemas.codecs.book`), on the book topic;
 - a malformed line becomes a `DeadLetter` on the dead-letter topic and the replay goes on.
 All keys are `venue:symbol`, except dead letters (keyed by their source file).
 
@@ -32,13 +32,12 @@ from typing import IO, Final, NamedTuple, cast
 from tqdm import tqdm
 
 from schemas.book_ticker import BookTicker
+from schemas.codecs import book, dead_letters, trades
 from schemas.events import DeadLetter, Trade
-from schemas.symbols import InvalidSymbol, from_binance, stream_key
+from schemas.symbols import InvalidSymbol, stream_key
 from schemas.topics import BOOK, DEAD_LETTER, TRADES
-from schemas.wire import encode_book_batch, encode_event, encode_trade_batch
-from schemas.wire_book import encode_ticker_batch
 from streams.core.batching import TradeBatch, TradeBatcher
-from streams.core.venues.binance import BinanceEvent, Market, ParseError, parse_message, venue_of
+from streams.core.venues.binance import BinanceEvent, Market, ParseError, from_binance, parse_message, venue_of
 from streams.ingest.publisher import Publisher
 
 Clock = Callable[[], float]
@@ -335,15 +334,15 @@ class Replayer:
         key = self._key(event.venue, event.symbol)
         if isinstance(event, BookTicker):
             self.summary.tickers += 1
-            value = encode_ticker_batch(event.venue, event.symbol, [event])
+            value = book.encode_ticker_batch(event.venue, event.symbol, [event])
         else:
             self.summary.book_updates += 1
-            value = encode_book_batch(event.venue, event.symbol, [event])
+            value = book.encode_book_batch(event.venue, event.symbol, [event])
         self._send(self._book_topic, key, value)
 
     def _publish_trade_batches(self, batches: list[TradeBatch]) -> None:
         for batch in batches:
-            value = encode_trade_batch(batch.venue, batch.symbol, batch.trades)
+            value = trades.encode(batch.venue, batch.symbol, batch.trades)
             self._send(self._trades_topic, self._key(batch.venue, batch.symbol), value)
 
     def _dead_letter(self, item: CaptureLine, error: str) -> None:
@@ -361,7 +360,7 @@ class Replayer:
             recv_ts_ns=item.recv_ns,
         )
         self.summary.dead_letters += 1
-        self._send(self._dead_topic, letter.source.encode(), encode_event(letter))
+        self._send(self._dead_topic, letter.source.encode(), dead_letters.encode(letter))
 
     def _send(self, topic: str, key: bytes, value: bytes) -> None:
         self._publisher.publish(topic, key, value)

@@ -35,7 +35,7 @@ import orjson
 
 from infra.dev.exchange_double.binance import BinanceDouble
 from infra.dev.processes import free_port, wait_for_port
-from schemas.venues import parse_feeds
+from streams.core.venues.registry import parse_feeds
 from streams.ingest.connector import ConnectorConfig, VenueConnector, plain_exchange
 from streams.ingest.publisher import ListPublisher
 from tests.shared_data import BINANCE, DATA

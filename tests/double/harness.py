@@ -16,8 +16,8 @@ import orjson
 from infra.dev.exchange_double.server import ExchangeDouble, VenueDouble
 from schemas import topics
 from schemas.events import BookSnapshot
-from schemas.venues import parse_feeds
 from schemas.wire import decode_book_batch
+from streams.core.venues.registry import parse_feeds
 from streams.ingest.connector import ConnectorConfig, VenueConnector
 from streams.ingest.publisher import ListPublisher
 

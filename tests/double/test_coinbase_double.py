@@ -21,7 +21,7 @@ from ccxt.base.errors import NetworkError, RequestTimeout
 import infra.dev.exchange_double.coinbase as coinbase_double
 from infra.dev.exchange_double.coinbase import CoinbaseDouble
 from infra.dev.exchange_double.server import ExchangeDouble
-from schemas.venues import point_urls_at
+from streams.ingest.venues.ccxt_client import point_urls_at
 from tests.shared_data import DATA
 
 CAPTURES = DATA / "cryptofeed"

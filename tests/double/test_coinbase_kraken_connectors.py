@@ -103,8 +103,11 @@ async def skip_until_a_gap(run: Run) -> None:
     for _ in range(20):
         skipped = len(run.double.faults.skipped)
         run.double.skip(1)
-        await wait_until(lambda n=skipped: len(run.double.faults.skipped) > n or run.double.finished.is_set(),
-                         10, "an update skipped")
+
+        def one_more_skipped(n: int = skipped) -> bool:
+            return len(run.double.faults.skipped) > n or run.double.finished.is_set()
+
+        await wait_until(one_more_skipped, 10, "an update skipped")
         try:
             await wait_until(lambda: "book_gap" in run.kinds(), 0.5, "book_gap")
             return

@@ -20,7 +20,7 @@ from ccxt.base.errors import ChecksumError, NetworkError, RequestTimeout
 
 from infra.dev.exchange_double.kraken import KrakenDouble
 from infra.dev.exchange_double.server import ExchangeDouble
-from schemas.venues import point_urls_at
+from streams.ingest.venues.ccxt_client import point_urls_at
 from tests.shared_data import DATA
 
 CAPTURES = DATA / "cryptofeed"

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from infra.cli import cmd_up, cmd_venues_check
+from infra.cli.main import cmd_up, cmd_venues_check
 from infra.cli.venues_check import check, render
 from infra.config.settings import Settings
 from infra.dev.exchange_double.run import make_venues

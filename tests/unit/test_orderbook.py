@@ -8,11 +8,15 @@
   that replay's book.
 - Hand-made books for each sequencing rule, out-of-order and crossed cases; a hypothesis
   property test of the book against a naive dict oracle.
+- The sequenced book under every registered venue's rules (hand-worked cases per rule set),
+  deep books against a dict oracle (the sorted front refilled and trimmed), and prices finer
+  than the book's fixed-point keys.
 """
 
 from __future__ import annotations
 
 import gzip
+import random
 from collections.abc import Iterator
 from decimal import Decimal
 from functools import cache
@@ -25,10 +29,10 @@ from hypothesis import strategies as st
 
 from schemas.book_ticker import BookTicker
 from schemas.events import BookDelta, BookSnapshot, QualityEvent, QualityKind
+from streams.core import orderbook
 from streams.core.orderbook import (
-    BinanceBookSync,
-    BinanceRules,
     L2Book,
+    SequencedBook,
     SnapshotSchedule,
     SyncState,
     TickerCheck,
@@ -36,7 +40,8 @@ from streams.core.orderbook import (
     levels,
     rules_for_venue,
 )
-from streams.core.venues.binance import Market, parse_line
+from streams.core.venues.binance import FUTURES_RULES, SPOT_RULES, Market, parse_line
+from streams.core.venues.registry import VENUES
 from tests.shared_data import BINANCE
 
 # market -> (files in order, Binance symbol, README: tickers matched, diffs applied of all diffs)
@@ -71,10 +76,10 @@ def recorded(market: str) -> tuple[BookEvent, ...]:
     return tuple(out)
 
 
-def sync_for(event: BookEvent, **kwargs: Any) -> BinanceBookSync:
+def sync_for(event: BookEvent, **kwargs: Any) -> SequencedBook:
     rules = rules_for_venue(event.venue)
     assert rules is not None
-    return BinanceBookSync(event.venue, event.symbol, rules, **kwargs)
+    return SequencedBook(event.venue, event.symbol, rules, **kwargs)
 
 
 def same_as_ticker(best: Any, t: BookTicker) -> bool:
@@ -261,11 +266,11 @@ BASE_BIDS = [("100", "1"), ("99", "2"), ("98", "3")]
 BASE_ASKS = [("101", "1"), ("102", "2"), ("103", "3")]
 
 
-def spot_sync(depth: int = 2, **kwargs: Any) -> BinanceBookSync:
-    return BinanceBookSync(V, S, BinanceRules.SPOT, depth=depth, **kwargs)
+def spot_sync(depth: int = 2, **kwargs: Any) -> SequencedBook:
+    return SequencedBook(V, S, SPOT_RULES, depth=depth, **kwargs)
 
 
-def live_spot(last: int = 10) -> BinanceBookSync:
+def live_spot(last: int = 10) -> SequencedBook:
     sync = spot_sync()
     sync.update(snapshot(last, BASE_BIDS, BASE_ASKS))
     assert sync.update(delta(last + 1, last + 1, [("97", "1")])).applied
@@ -298,7 +303,7 @@ def test_spot_snapshot_then_first_diff_must_bridge() -> None:
 
 
 def test_futures_rules_use_pu_and_keep_the_diff_holding_the_snapshot_id() -> None:
-    sync = BinanceBookSync("binance-usdm", S, "futures")
+    sync = SequencedBook("binance-usdm", S, "futures")
     sync.update(BookDelta(venue="binance-usdm", symbol=S, event_ts_ns=1, recv_ts_ns=1, first_update_id=90,
                           last_update_id=99, prev_update_id=80, bids=levels([("100", "9")]), asks=()))
     sync.update(BookDelta(venue="binance-usdm", symbol=S, event_ts_ns=2, recv_ts_ns=2, first_update_id=100,
@@ -359,7 +364,7 @@ def test_out_of_order_diffs() -> None:
         ("out_of_order", 12, 11)]
     assert not sync.valid
     # Futures: pu behind the book's id while u is ahead.
-    fut = BinanceBookSync("binance-coinm", "ETH-USD", BinanceRules.FUTURES)
+    fut = SequencedBook("binance-coinm", "ETH-USD", FUTURES_RULES)
     fut.update(BookSnapshot(venue="binance-coinm", symbol="ETH-USD", event_ts_ns=1, recv_ts_ns=1, last_update_id=10,
                             bids=levels(BASE_BIDS), asks=levels(BASE_ASKS)))
     mk = {"venue": "binance-coinm", "symbol": "ETH-USD", "event_ts_ns": 1, "recv_ts_ns": 1, "bids": (), "asks": ()}
@@ -511,3 +516,147 @@ def test_snapshot_schedule_takes_the_first_state_of_each_bucket() -> None:
     s = SnapshotSchedule(10 * 10**9)
     assert [s.due(t * 10**9) for t in (3, 5, 9, 10, 19, 25, 24, 40)] == [
         True, False, False, True, False, True, False, True]
+
+
+# ---- the sequenced book under each venue's rules ----------------------------------------------
+
+# Per rule set, worked by hand from the venues' documentation, after a snapshot at id 10:
+# (a stale diff, the first diff that bridges the snapshot, a diff that continues it (the book is
+# then at 15), a diff that leaves a gap and the gap's (field, expected, got)).
+RULE_CASES: dict[str, dict[str, Any]] = {
+    "spot": {"stale": (5, 10, None), "first": (9, 12, None), "next": (13, 15, None), "gap": (17, 18, None),
+             "gap_detail": ("U", 16, 17)},
+    "futures": {"stale": (5, 9, 4), "first": (8, 12, 7), "next": (14, 15, 12), "gap": (17, 18, 16),
+                "gap_detail": ("pu", 15, 16)},
+    # whole books: only snapshots come; a diff, should one come, would chain like spot's
+    "whole_books": {"stale": (5, 10, None), "first": (11, 12, None), "next": (13, 15, None),
+                    "gap": (17, 18, None), "gap_detail": ("U", 16, 17)},
+}
+
+
+@pytest.mark.parametrize("venue", sorted(VENUES))
+def test_sequenced_book_follows_each_venues_rules(venue: str) -> None:
+    rules = VENUES[venue].book_rules
+    case = RULE_CASES[rules.name]  # a venue with new rules needs its hand-worked case here
+
+    def diff(ids: tuple[int, int, int | None], bids: Any = ()) -> BookDelta:
+        first, last, pu = ids
+        return BookDelta(venue=venue, symbol=S, event_ts_ns=1, recv_ts_ns=1, first_update_id=first,
+                         last_update_id=last, prev_update_id=pu, bids=levels(bids), asks=())
+
+    sync = SequencedBook(venue, S, rules, depth=2)
+    assert sync.update(BookSnapshot(venue=venue, symbol=S, event_ts_ns=1, recv_ts_ns=1, last_update_id=10,
+                                    bids=levels(BASE_BIDS), asks=levels(BASE_ASKS))).valid
+    assert sync.update(diff(case["stale"], [("100", "9")])) == (False, True, False, ())
+    assert sync.update(diff(case["first"], [("100", "5")])).top_changed
+    assert sync.update(diff(case["next"], [("99", "6")])).top_changed
+    assert sync.last_update_id == 15 and sync.top(2)[0] == list(levels([("100", "5"), ("99", "6")]))  # type: ignore[index]
+    out = sync.update(diff(case["gap"]))
+    assert not out.valid and sync.top() is None
+    (gap,) = out.quality
+    assert (gap.detail["rules"], gap.detail["reason"]) == (rules.name, "gap")
+    assert (gap.detail["field"], gap.detail["expected"], gap.detail["got"]) == case["gap_detail"]
+
+
+@pytest.mark.parametrize("venue", [n for n, v in VENUES.items() if v.book_rules.name == "whole_books"])
+def test_whole_book_venues_take_each_newer_snapshot_as_the_book(venue: str) -> None:
+    sync = SequencedBook(venue, "BTC-USD", VENUES[venue].book_rules, depth=1)
+
+    def snap(update_id: int, bid: str, ask: str) -> BookSnapshot:
+        return BookSnapshot(venue=venue, symbol="BTC-USD", event_ts_ns=update_id, recv_ts_ns=update_id,
+                            last_update_id=update_id, bids=levels([(bid, "1")]), asks=levels([(ask, "1")]))
+
+    assert sync.update(snap(100, "10", "11")) == (True, True, True, ())
+    assert sync.update(snap(200, "12", "13")) == (True, True, True, ())
+    assert sync.update(snap(150, "1", "2")) == (False, True, False, ())  # older: ignored
+    assert sync.best() == ((Decimal(12), Decimal(1)), (Decimal(13), Decimal(1)))
+    assert sync.snapshot() is not None and sync.snapshot().last_update_id == 200  # type: ignore[union-attr]
+    assert (sync.gaps, sync.snapshots_loaded, sync.snapshots_ignored) == (0, 2, 1)
+
+
+def test_each_binance_market_keeps_its_own_rules() -> None:
+    assert VENUES["binance"].book_rules == SPOT_RULES
+    assert VENUES["binance-usdm"].book_rules == FUTURES_RULES
+    assert VENUES["binance-coinm"].book_rules == FUTURES_RULES
+    assert SequencedBook(V, S, "futures").rules is FUTURES_RULES
+    assert rules_for_venue("bitstamp") is None
+
+
+# ---- deep books and fine prices against a dict oracle ------------------------------------------
+
+
+@pytest.mark.parametrize("front", [None, (16, 32, 64)], ids=["front as built", "small front"])
+def test_deep_book_matches_a_dict_oracle_through_refills_and_trims(
+        front: tuple[int, int, int] | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thousands of levels a side, prices walking away and back: the sorted front of each side
+    is drained (refilled from the dict) and overgrown (trimmed); tops, best and top_changed are
+    checked against plain dicts sorted at every step. A small front (min, refill, max) makes
+    refills and trims frequent."""
+    if front is not None:
+        for name, value in zip(("_FRONT_MIN", "_FRONT", "_FRONT_MAX"), front, strict=True):
+            monkeypatch.setattr(orderbook, name, value)
+    rng = random.Random(11)
+    book = L2Book()
+    oracle: tuple[dict[Decimal, Decimal], dict[Decimal, Decimal]] = ({}, {})
+    tick = Decimal("0.01")
+
+    def oracle_top(n: int) -> tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]:
+        return sorted(oracle[0].items(), reverse=True)[:n], sorted(oracle[1].items())[:n]
+
+    def level(i: int) -> tuple[Decimal, Decimal]:
+        return (Decimal(i) * tick, Decimal(rng.randint(1, 5)))
+
+    mid = 300_000  # in ticks
+    bids = [level(i) for i in range(mid - 3000, mid)]
+    asks = [level(i) for i in range(mid + 1, mid + 3001)]
+    book.load(bids, asks)
+    oracle[0].update(bids)
+    oracle[1].update(asks)
+    depth = 5
+    for step in range(3000):
+        # the mid walks 1000 ticks down then 1000 up then down again: the top of one side is
+        # deleted wholesale while the other side grows levels ahead of its front
+        mid += -1 if step < 1000 or step >= 2000 else 1
+        changes: tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]] = ([], [])
+        for i in range(mid - 3, mid + 4):
+            side = 0 if i <= mid else 1
+            changes[side].append((Decimal(i) * tick, Decimal(rng.choice((0, 0, 1, 2)))))
+        for i in rng.sample(range(mid - 4000, mid + 4000), 8):  # deep levels, either side
+            if i != mid:
+                changes[0 if i < mid else 1].append(level(i))
+        # clear the book where the other side is now (a real book is never crossed)
+        changes[0].extend((p, Decimal(0)) for p in list(oracle[0]) if p >= (mid + 1) * tick)
+        changes[1].extend((p, Decimal(0)) for p in list(oracle[1]) if p <= mid * tick)
+        before = oracle_top(depth)
+        changed = book.apply(changes[0], changes[1], depth)
+        for side_oracle, side_changes in zip(oracle, changes, strict=True):
+            for p, sz in side_changes:
+                if sz:
+                    side_oracle[p] = sz
+                else:
+                    side_oracle.pop(p, None)
+        after = oracle_top(depth)
+        assert changed or before == after, step
+        assert book.best() == (after[0][0], after[1][0])
+        if step % 50 == 0:
+            assert book.top(100) == oracle_top(100)
+            assert len(book) == len(oracle[0]) + len(oracle[1])
+    assert book.top(100) == oracle_top(100)
+    bid_items = book.bids.items()
+    assert bid_items == sorted(oracle[0].items()) and book.asks.items() == sorted(oracle[1].items())
+
+
+def test_prices_finer_than_the_keys_rescale_the_book_exactly() -> None:
+    book = L2Book()
+    assert book.places == 8
+    book.load(levels([("0.00001234", "1"), ("0.00001233", "2")]), levels([("0.00001236", "1")]))
+    # ten places: would truncate onto 0.00001234's key at eight
+    assert book.apply(levels([("0.0000123401", "5")]), ()) is True
+    assert book.places == 10
+    assert book.top(3)[0] == list(levels([("0.0000123401", "5"), ("0.00001234", "1"), ("0.00001233", "2")]))
+    assert book.apply((), levels([("0.000012355", "3")]))  # between the best bid and ask
+    assert book.best() == ((Decimal("0.0000123401"), Decimal(5)), (Decimal("0.000012355"), Decimal(3)))
+    # a snapshot finer still loads exactly
+    book.load(levels([("1.000000000001", "1"), ("1", "1")]), levels([("1.000000000002", "1")]))
+    assert book.places == 12 and not book.crossed()
+    assert book.top(2) == (list(levels([("1.000000000001", "1"), ("1", "1")])), list(levels([("1.000000000002", "1")])))

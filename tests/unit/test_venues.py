@@ -1,26 +1,32 @@
-"""Venue configuration and symbol mapping (schemas.venues), reconnect backoff, and the ccxt
-structure -> event mapping. Hand-worked expectations."""
+"""The venue registry and adapter contract (streams.core.venues), feed and symbol spelling,
+reconnect backoff, and the ccxt structure -> event mapping. Hand-worked expectations."""
 
 from __future__ import annotations
 
 import random
+import zlib
+from collections.abc import Mapping
 from decimal import Decimal
 
+import ccxt.pro as ccxtpro
 import pytest
 
 from schemas.events import Side
-from schemas.venues import (
-    VENUES,
-    Feed,
-    InvalidFeed,
+from schemas.venues import Feed, InvalidFeed, split_feed
+from streams.core.backoff import Backoff
+from streams.core.orderbook import rules_for_venue
+from streams.core.venues import kraken, registry
+from streams.core.venues.ccxt_events import CcxtParseError, book_from_ccxt, to_decimal, trade_from_ccxt
+from streams.core.venues.contract import (
+    Backfill,
+    BookRules,
+    MessageSequence,
+    Venue,
     from_ccxt_symbol,
-    parse_feed,
-    parse_feeds,
-    point_urls_at,
     to_ccxt_symbol,
 )
-from streams.core.backoff import Backoff
-from streams.core.venues.ccxt_events import CcxtParseError, book_from_ccxt, to_decimal, trade_from_ccxt
+from streams.core.venues.registry import LIVE_VENUES, VENUES, ccxt_symbol, parse_feed, parse_feeds
+from streams.ingest.venues.ccxt_client import point_urls_at
 
 
 def test_feeds_parse_normalise_and_deduplicate() -> None:
@@ -35,6 +41,7 @@ def test_feeds_parse_normalise_and_deduplicate() -> None:
     ("ETH-USDT", "expected venue:SYMBOL"),
     ("binance:", "expected venue:SYMBOL"),
     ("ftx:ETH-USDT", "unknown venue 'ftx'; known venues: binance, binance-usdm, coinbase, kraken"),
+    ("binance-coinm:ETH-USD", "unknown venue 'binance-coinm'"),
     ("binance:ETHUSDT", "the symbol must be BASE-QUOTE"),
     ("binance:ETH/USDT", "the symbol must be BASE-QUOTE"),
 ])
@@ -46,11 +53,93 @@ def test_bad_feeds_say_what_is_wrong(text: str, reason: str) -> None:
 def test_symbols_map_to_ccxt_and_back() -> None:
     assert to_ccxt_symbol("ETH-USDT") == "ETH/USDT"
     assert to_ccxt_symbol("eth-usdt", "linear") == "ETH/USDT:USDT"
-    assert Feed("binance-usdm", "BTC-USDT").ccxt_symbol == "BTC/USDT:USDT"
-    assert Feed("kraken", "BTC-USD").ccxt_symbol == "BTC/USD"
+    assert to_ccxt_symbol("ETH-USD", "inverse") == "ETH/USD:ETH"
+    assert ccxt_symbol(Feed("binance-usdm", "BTC-USDT")) == "BTC/USDT:USDT"
+    assert ccxt_symbol(Feed("binance", "BTC-USDT")) == "BTC/USDT"
+    assert ccxt_symbol(Feed("kraken", "BTC-USD")) == "BTC/USD"
+    assert ccxt_symbol(Feed("coinbase", "SKL-USD")) == "SKL/USD"
     assert from_ccxt_symbol("ETH/USDT:USDT") == "ETH-USDT"
     assert from_ccxt_symbol("SKL/USD") == "SKL-USD"
     assert {v.name for v in VENUES.values()} == set(VENUES)
+
+
+def test_spelling_alone_accepts_any_venue_the_registry_only_live_ones() -> None:
+    assert split_feed("FTX:btc-usd") == Feed("ftx", "BTC-USD")
+    with pytest.raises(InvalidFeed, match="unknown venue 'binance-coinm'"):
+        parse_feed("binance-coinm:ETH-USD")  # replayed only: no live connector
+    assert set(LIVE_VENUES) == {"binance", "binance-usdm", "coinbase", "kraken"}
+    assert set(VENUES) == set(LIVE_VENUES) | {"binance-coinm", "sim"}
+
+
+# ---- the adapter contract: every registered venue --------------------------------------------
+
+
+@pytest.mark.parametrize("module", registry.MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_every_venue_module_satisfies_the_adapter_contract(module: object) -> None:
+    v = module.VENUE  # type: ignore[attr-defined]
+    assert isinstance(v, Venue) and VENUES[v.name] is v
+    assert v.name == v.name.strip().lower() and ":" not in v.name
+    assert isinstance(v.book_rules, BookRules) and rules_for_venue(v.name) is v.book_rules
+    assert isinstance(v.backfill, Backfill) and isinstance(v.backfill.params, Mapping)
+    assert v.kind in ("spot", "linear", "inverse")
+    assert v.book_limit is None or v.book_limit > 0
+    assert isinstance(v.ccxt_options, Mapping)
+    if v.live:
+        assert v.name in LIVE_VENUES
+        assert isinstance(getattr(ccxtpro, str(v.ccxt_id)), type)  # a ccxt.pro exchange class
+    else:
+        assert v.name not in LIVE_VENUES
+    # symbol spelling: ccxt's unified form of the venue's market type, and back
+    quote = "USD" if v.kind == "inverse" else "USDT"
+    unified = v.ccxt_symbol(f"eth-{quote.lower()}")
+    assert unified == {"spot": f"ETH/{quote}", "linear": f"ETH/{quote}:{quote}", "inverse": "ETH/USD:ETH"}[v.kind]
+    assert from_ccxt_symbol(unified) == f"ETH-{quote}"
+    # the checks: a fresh per-connection sequence each time (or none), checksums of any message
+    first, second = v.message_sequence(), v.message_sequence()
+    assert first is None or (isinstance(first, MessageSequence) and first is not second)
+    messages: list[object] = [{}, [], "x", {"channel": "book", "data": "?"}, {"type": "update"}]
+    for message in messages:
+        assert list(v.book_checksums(message)) == [] or v is kraken.VENUE
+    got = v.book_checksum([[101.0, 1.0]], [[100.0, 2.0]], 0.1, 0.01)
+    assert got is None or isinstance(got, int)
+
+
+def test_book_policies_of_the_venues() -> None:
+    assert {n: (v.book_rules.name, v.book_update_id_is_venue_id, v.book_limit) for n, v in VENUES.items()} == {
+        "binance": ("spot", True, None),
+        "binance-usdm": ("futures", True, None),
+        "binance-coinm": ("futures", False, None),
+        "coinbase": ("whole_books", False, None),
+        "kraken": ("whole_books", False, 100),
+        "sim": ("spot", False, None),
+    }
+    assert {n: v.consecutive_trade_ids for n, v in LIVE_VENUES.items()} == {
+        "binance": True, "binance-usdm": True, "coinbase": True, "kraken": False}
+    assert VENUES["binance"].backfill == Backfill({"fetchTradesMethod": "publicGetTrades"}, since=False)
+    assert VENUES["coinbase"].backfill == Backfill(until=True)
+    assert VENUES["kraken"].backfill == Backfill()
+
+
+def test_coinbase_message_sequence_reports_a_hole_once_and_follows_the_venue() -> None:
+    seq = VENUES["coinbase"].message_sequence()
+    assert seq is not None and VENUES["binance"].message_sequence() is None
+    assert [seq.observe({"sequence_num": n}) for n in (7, 8, 9)] == [None, None, None]
+    assert seq.observe({"channel": "heartbeats"}) is None  # no counter: not judged
+    assert seq.observe({"sequence_num": 11}) == "message 10 expected, got 11"
+    assert seq.observe({"sequence_num": 12}) is None  # counting goes on from what came
+    assert seq.observe({"sequence_num": True}) is None and seq.observe([1]) is None
+
+
+def test_kraken_checksums_are_read_from_book_messages_and_computed_the_venues_way() -> None:
+    message = {"channel": "book", "type": "update", "data": [
+        {"symbol": "BTC/USD", "checksum": 123, "bids": [], "asks": []}, {"symbol": "ETH/USD", "checksum": "x"}]}
+    assert list(kraken.VENUE.book_checksums(message)) == [("BTC/USD", 123), ("ETH/USD", None)]
+    assert kraken.VENUE.book_checksums({"channel": "trade", "data": []}) == ()
+    # Kraken's rule written out by hand: asks then bids, price then quantity at the pair's
+    # precision, "." and leading zeros removed
+    asks, bids = [[0.05005, 0.00000500], [0.05010, 1.5]], [[0.05000, 2.0]]
+    text = "5005" + "500" + "5010" + "150000000" + "5000" + "200000000"
+    assert kraken.VENUE.book_checksum(asks, bids, 0.00001, 0.00000001) == zlib.crc32(text.encode())
 
 
 def test_urls_are_pointed_at_the_double_keeping_their_paths() -> None:

@@ -25,6 +25,7 @@ import orjson
 from aiohttp import web
 
 from infra.dev.exchange_double.server import Connection, Recorded, VenueDouble
+from streams.core.venues.binance import VENUES
 
 Market = Literal["spot", "usdm"]
 
@@ -75,7 +76,7 @@ class BinanceDouble(VenueDouble):
                  max_frames: int | None = None) -> None:
         super().__init__(speed)
         self.market = market
-        self.name = "binance" if market == "spot" else "binance-usdm"
+        self.name = VENUES[market]  # the venue tag the connectors use: streams.core.venues
         self.data_dir = data_dir
         self.max_frames = max_frames
         self.books: dict[str, _Book] = {}  # upper-case symbol -> book

@@ -1,11 +1,11 @@
 """A local exchange double: one aiohttp server on loopback that speaks several venues' public
 WebSocket and REST protocols and plays recorded raw messages, with faults on demand.
 
-Each venue is a `VenueDouble` mounted under `/<venue>` (so ccxt's endpoint URLs are pointed at
-it by `schemas.venues.point_urls_at`). The double is the exchange: it advances through its
-recording whether or not anyone listens, keeps its own state (the book, the trades so far) so
-its REST answers are right at any point, and sends each recorded frame to every connection
-that subscribed to that frame's channel.
+Each venue is a `VenueDouble` mounted under `/<venue>` (so ccxt's endpoint URLs are pointed
+at it by `streams.ingest.venues.ccxt_client.point_urls_at`). The double is the exchange: it
+advances through its recording whether or not anyone listens, keeps its own state (the book,
+the trades so far) so its REST answers are right at any point, and sends each recorded frame
+to every connection that subscribed to that frame's channel.
 
 Faults (per venue, `VenueDouble.faults`, or `POST /_control/<venue>/<fault>`):
 - `drop`: abort every open connection of the venue (TCP reset, no close frame);

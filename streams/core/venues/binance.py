@@ -1,7 +1,7 @@
 """Binance spot, USD-M and COIN-M market data: one raw message in, typed events out. Pure.
 
 Input is either a recorded line `b"<recv_ns> <json>"` (`parse_line`, the format of
-`../shared/data/binance`) or a live message with the time we received it (`parse_message`).
+the recorded captures) or a live message with the time we received it (`parse_message`).
 Handled shapes:
 - combined-stream envelope `{"stream": "<sym>@<channel>", "data": {...}}` with channel
   `trade`, `depth` / `depth@<speed>` (diffs) or `bookTicker`;
@@ -28,13 +28,30 @@ from typing import Any, Final, Literal
 import orjson
 
 from schemas.book_ticker import BookTicker
+from schemas.codecs import book, trades
 from schemas.events import BookDelta, BookSnapshot, PriceLevel, Side, Trade
-from schemas.symbols import InvalidSymbol, from_binance, normalize_symbol
+from schemas.symbols import InvalidSymbol, normalize_symbol
 from streams.core.trusted import trusted
+from streams.core.venues.contract import BookRules
 
 Market = Literal["spot", "usdm", "cm"]
 MARKETS: Final[tuple[Market, ...]] = ("spot", "usdm", "cm")
 VENUES: Final[dict[str, str]] = {"spot": "binance", "usdm": "binance-usdm", "cm": "binance-coinm"}
+
+# Depth sequencing as Binance documents it ("How to manage a local order book correctly"), the
+# same on the three markets' wire format; the venue modules (binance_spot, binance_usdm, binance_coinm)
+# each name theirs:
+# | rule | spot (`U`, `u`) | futures USD-M / COIN-M (`U`, `u`, `pu`) |
+# | stale diff after a snapshot `L`, dropped | `u <= L` | `u < L` |
+# | first diff applied | `U <= L + 1 <= u` | `U <= L <= u` |
+# | every later diff | `U == previous u + 1` | `pu == previous u` |
+SPOT_RULES: Final = BookRules("spot", chained_by_previous_id=False, first_diff_holds_snapshot_id=False)
+FUTURES_RULES: Final = BookRules("futures", chained_by_previous_id=True, first_diff_holds_snapshot_id=True)
+
+# ccxt spreads Binance subscriptions over up to 50 sockets; one socket per venue carries a
+# symbol's trades and depth together (Binance allows 1024 streams on one), so a silent socket
+# means a stalled feed, not a quiet market
+ONE_SOCKET: Final = dict.fromkeys(("spot", "margin", "linear", "inverse", "stock", "option", "optionMarket"), 1)
 
 BinanceEvent = Trade | BookDelta | BookSnapshot | BookTicker
 
@@ -54,6 +71,20 @@ _SELL: Final = Side.SELL
 
 class ParseError(ValueError):
     """The message is not a well-formed Binance market-data message."""
+
+
+# Binance quote assets, longest first so that `ETHUSDT` splits as ETH + USDT, not ETHUSD + T.
+_BINANCE_QUOTES = ("FDUSD", "USDT", "USDC", "TUSD", "BUSD", "USD", "BTC", "ETH", "BNB", "EUR", "TRY")
+
+
+def from_binance(raw: str) -> str:
+    """`ETHUSDT` -> `ETH-USDT`; COIN-M `ETHUSD_PERP` -> `ETH-USD` (the venue says it is a perp)."""
+    base_quote = raw.upper().split("_", 1)[0]
+    for quote in _BINANCE_QUOTES:
+        if base_quote.endswith(quote) and len(base_quote) > len(quote):
+            return f"{base_quote[: -len(quote)]}-{quote}"
+    raise InvalidSymbol(raw)
+
 
 
 def venue_of(market: str) -> str:
@@ -190,7 +221,7 @@ def _trade(d: dict[str, Any], market: Market, venue: str, recv_ns: int, hint: st
             "symbol": _symbol(d["s"]),
             "event_ts_ns": trade_ms * _MS,
             "recv_ts_ns": recv_ns,
-            "schema_version": "trade.v1",
+            "schema_version": trades.TRADE,
             "trade_id": str(trade_id),
             "price": price,
             "size": size,
@@ -213,7 +244,7 @@ def _depth(d: dict[str, Any], market: Market, venue: str, recv_ns: int, hint: st
             "symbol": _symbol(d["s"]),
             "event_ts_ns": _int(d["E"], "E") * _MS,
             "recv_ts_ns": recv_ns,
-            "schema_version": "book_delta.v1",
+            "schema_version": book.BOOK_DELTA,
             "first_update_id": first,
             "last_update_id": last,
             "prev_update_id": prev,
@@ -231,7 +262,7 @@ def _ticker(d: dict[str, Any], market: Market, venue: str, recv_ns: int, hint: s
             "symbol": _symbol(d["s"]),
             "event_ts_ns": _exchange_time(d, market, recv_ns),
             "recv_ts_ns": recv_ns,
-            "schema_version": "book_ticker.v1",
+            "schema_version": book.BOOK_TICKER,
             "update_id": _int(d["u"], "u"),
             "bid_price": _non_negative(d["b"], "b"),
             "bid_size": _non_negative(d["B"], "B"),
@@ -253,7 +284,7 @@ def _snapshot(d: dict[str, Any], market: Market, venue: str, recv_ns: int, hint:
             "symbol": _symbol(raw_symbol),
             "event_ts_ns": _exchange_time(d, market, recv_ns),
             "recv_ts_ns": recv_ns,
-            "schema_version": "book_snapshot.v1",
+            "schema_version": book.BOOK_SNAPSHOT,
             "last_update_id": _int(d["lastUpdateId"], "lastUpdateId"),
             "bids": _levels(d["bids"], "bids"),
             "asks": _levels(d["asks"], "asks"),
