@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from schemas.codecs import book, book_top, candles, dead_letters, portfolio, predictions, quality, risk, trades, vwap
 from schemas.events import INTERVAL_NS
 from schemas.portfolio import COMMANDS_TOPIC_NAME, EVENTS_TOPIC_NAME
 from schemas.prediction import PREDICTION_TOPIC_NAME
 from schemas.risk import RISK_TOPIC_NAME
+from schemas.vwap import VWAP_TOPIC_NAME
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -23,7 +25,7 @@ class TopicSpec:
     name: str
     partitions: int
     key: str  # what the key means
-    value_schema: str  # what the value is (see schemas.wire / schemas.events)
+    value_schema: str  # the value's format(s), `|` between several (codecs: schemas/codecs/registry.py)
     retention_ms: int | None  # None: keep forever
     compacted: bool = False
 
@@ -39,25 +41,25 @@ class TopicSpec:
 
 RAW_PARTITIONS = 4
 
-TRADES = TopicSpec("md.trades.v1", RAW_PARTITIONS, "venue:symbol", "trade_batch.v1", 7 * DAY_MS)
-BOOK = TopicSpec("md.book.v1", RAW_PARTITIONS, "venue:symbol", "book_batch.v1", 2 * DAY_MS)
+TRADES = TopicSpec("md.trades.v1", RAW_PARTITIONS, "venue:symbol", trades.TRADE_BATCH, 7 * DAY_MS)
+BOOK = TopicSpec("md.book.v1", RAW_PARTITIONS, "venue:symbol", " | ".join(book.FORMATS), 2 * DAY_MS)
 CANDLES: dict[str, TopicSpec] = {
-    interval: TopicSpec(f"md.candles.{interval}.v1", RAW_PARTITIONS, "venue:symbol", "candle.v1", 30 * DAY_MS)
+    interval: TopicSpec(f"md.candles.{interval}.v1", RAW_PARTITIONS, "venue:symbol", candles.CANDLE, 30 * DAY_MS)
     for interval in INTERVAL_NS
 }
-BOOK_TOP = TopicSpec("md.book.top.v1", RAW_PARTITIONS, "venue:symbol", "book_snapshot.v1 (top N)", 2 * DAY_MS)
-RISK = TopicSpec(RISK_TOPIC_NAME, RAW_PARTITIONS, "venue:symbol", "risk_estimate.v1", 30 * DAY_MS)
+BOOK_TOP = TopicSpec("md.book.top.v1", RAW_PARTITIONS, "venue:symbol", book_top.BOOK_SNAPSHOT, 2 * DAY_MS)
+RISK = TopicSpec(RISK_TOPIC_NAME, RAW_PARTITIONS, "venue:symbol", risk.RISK_ESTIMATE, 30 * DAY_MS)
 PREDICTIONS = TopicSpec(PREDICTION_TOPIC_NAME, RAW_PARTITIONS, "venue:symbol",
-                        "prediction.v1 | prediction_outcome.v1", 90 * DAY_MS)
-PF_COMMANDS = TopicSpec(COMMANDS_TOPIC_NAME, RAW_PARTITIONS, "account", "portfolio command (schemas/portfolio.py)",
-                        7 * DAY_MS)
+                        " | ".join(predictions.FORMATS), 90 * DAY_MS)
+PF_COMMANDS = TopicSpec(COMMANDS_TOPIC_NAME, RAW_PARTITIONS, "account", portfolio.PORTFOLIO_COMMAND, 7 * DAY_MS)
 # the source of truth of every position and balance: kept forever, never compacted
-PF_EVENTS = TopicSpec(EVENTS_TOPIC_NAME, RAW_PARTITIONS, "account", "portfolio event (schemas/portfolio.py)", None)
-QUALITY = TopicSpec("md.quality.v1", 1, "venue:symbol", "quality.v1", 30 * DAY_MS)
-DEAD_LETTER = TopicSpec("md.deadletter.v1", 1, "source", "dead_letter.v1", 30 * DAY_MS)
+PF_EVENTS = TopicSpec(EVENTS_TOPIC_NAME, RAW_PARTITIONS, "account", portfolio.PORTFOLIO_EVENT, None)
+VWAP = TopicSpec(VWAP_TOPIC_NAME, RAW_PARTITIONS, "venue:symbol", vwap.VWAP, 30 * DAY_MS)
+QUALITY = TopicSpec("md.quality.v1", 1, "venue:symbol", quality.QUALITY, 30 * DAY_MS)
+DEAD_LETTER = TopicSpec("md.deadletter.v1", 1, "source", dead_letters.DEAD_LETTER, 30 * DAY_MS)
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
-    TRADES, BOOK, *CANDLES.values(), BOOK_TOP, RISK, PREDICTIONS, PF_COMMANDS, PF_EVENTS, QUALITY, DEAD_LETTER,
+    TRADES, BOOK, *CANDLES.values(), BOOK_TOP, RISK, PREDICTIONS, PF_COMMANDS, PF_EVENTS, VWAP, QUALITY, DEAD_LETTER,
 )
 
 

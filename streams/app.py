@@ -15,9 +15,7 @@ from clickhouse_connect.driver.client import Client
 
 from infra.config.settings import Settings
 from schemas import topics
-from schemas.events import Candle, DeadLetter, QualityEvent
-from schemas.symbols import stream_key
-from schemas.wire import encode_event
+from schemas.events import Candle
 from streams.agents.book import clickhouse_snapshot_store, register_book_agents
 from streams.agents.candles import (
     CandleAgentState,
@@ -40,6 +38,9 @@ from streams.agents.sinks import (
     make_quality_sink,
     make_trade_sink,
 )
+from streams.agents.vwap import register_vwap_agent
+from streams.runtime.emit import topic_emitter
+from streams.runtime.keyed import forget_on_revoke
 from streams.sinks.checkpoints import ClickHouseCheckpointStore
 from streams.sinks.clickhouse import ClickHouseSink
 
@@ -99,23 +100,15 @@ def build_worker(
         def client_factory() -> Client:
             return make_client(settings)
 
-    async def publish(topic: Any, key: str, value: bytes) -> None:
-        fut = await topic.send(key=key.encode(), value=value)
-        await fut  # on the broker before the input behind it is acknowledged
+    # each waits for the broker before the input behind it is acknowledged
+    per_interval = {iv: topic_emitter(topic) for iv, topic in candle_topics.items()}
 
     async def publish_candle(candle: Candle) -> None:
-        key = stream_key(candle.venue, candle.symbol)
-        await publish(candle_topics[candle.interval.value], key, encode_event(candle))
+        await per_interval[candle.interval.value](candle)
 
-    async def publish_quality(event: QualityEvent) -> None:
-        await publish(quality_topic, stream_key(event.venue, event.symbol), encode_event(event))
-
-    async def publish_dead_letter(letter: DeadLetter) -> None:
-        await publish(dead_topic, letter.source, encode_event(letter))
-
-    emit_candle = candle_emitter or publish_candle
-    emit_quality = quality_emitter or publish_quality
-    emit_dead = dead_letter_emitter or publish_dead_letter
+    emit_candle: CandleEmitter = candle_emitter or publish_candle
+    emit_quality: QualityEmitter = quality_emitter or topic_emitter(quality_topic)
+    emit_dead: DeadLetterEmitter = dead_letter_emitter or topic_emitter(dead_topic, key=lambda letter: letter.source)
     sink = ClickHouseSink(client_factory)
     config = CandleConfig(
         lateness_ns=settings.candle.lateness_ms * 10**6,
@@ -158,18 +151,18 @@ def build_worker(
     agents["portfolio_event_sink"] = app.agent(app.topic(topics.PF_EVENTS.full_name(ns)), name="portfolio_event_sink")(
         make_portfolio_event_sink(sink, batch, within)
     )
+    vwap_agents, _ = register_vwap_agent(app, settings, candle_topic=candle_topics["1m"],
+                                         vwap_topic=app.topic(topics.VWAP.full_name(ns)), sink=sink)
+    agents.update(vwap_agents)
 
     @app.timer(1.0)
     async def tick() -> None:
         await on_tick(state, emit_candle)
-        clocks = ((key, StreamClock(key.split(":", 1)[0], key.split(":", 1)[1], s.last_trade_wall,
-                                    s.candles.max_event_ts_ns)) for key, s in state.streams.items())
+        clocks = ((key, StreamClock(key.split(":", 1)[0], key.split(":", 1)[1], slot.state.last_trade_wall,
+                                    slot.state.max_event_ts_ns)) for key, slot in state.slots.items())
         for event in monitor.check(clocks, state.clock()):
             await emit_quality(event)
 
-    async def _forget_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
-        state.forget(revoked)
-
-    app.on_partitions_revoked.connect(_forget_revoked)  # type: ignore[arg-type]  # mode's stub is too narrow
+    forget_on_revoke(app, state)
 
     return Worker(app, state, sink, agents)

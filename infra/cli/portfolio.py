@@ -60,15 +60,13 @@ def cmd_set_balance(settings: Any, args: argparse.Namespace) -> int:
 
 def cmd_rebuild(settings: Any, args: argparse.Namespace) -> int:
     """The ClickHouse projection is disposable: replay the whole event topic into it."""
-    import asyncio
-
     from infra.store.clickhouse import make_client
     from schemas import topics
+    from schemas.codecs.portfolio import events_table
     from streams.agents.portfolio import read_topic
-    from streams.sinks.portfolio import portfolio_events_table
 
     raws = asyncio.run(read_topic(settings.kafka_bootstrap, topics.PF_EVENTS.full_name(settings.topic_namespace)))
-    table = portfolio_events_table(raws)
+    table = events_table(raws)
     client = make_client(settings)
     try:
         if table.num_rows:

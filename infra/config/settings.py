@@ -70,7 +70,7 @@ class CandleSettings(Section):
 class BookSettings(Section):
     # Top-N snapshots published on change at most every `min_interval_ms` (event time) per
     # symbol; the top `snapshot_depth` levels stored every `snapshot_every_s`.
-    top_depth: int = Field(default=20, ge=1, le=100)
+    top_depth: int = Field(default=100, ge=1, le=100)
     min_interval_ms: int = Field(default=100, ge=0)
     snapshot_every_s: float = Field(default=10.0, gt=0)
     snapshot_depth: int = Field(default=100, ge=1, le=100)
@@ -137,6 +137,11 @@ class ConnectorSettings(Section):
     stagger_ms: int = Field(default=250, ge=0)
 
 
+class VwapSettings(Section):
+    # The rolling VWAP agent's window, in minutes of final 1m candles.
+    window_minutes: int = Field(default=15, ge=1, le=10_080)
+
+
 class WorkerSettings(Section):
     id: str = "entasis-worker"
     web_port: int = 16066
@@ -148,7 +153,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="_", env_nested_max_split=1,
     )
     SECTIONS: ClassVar[tuple[str, ...]] = (
-        "clickhouse", "candle", "book", "sink", "risk", "predict", "portfolio", "connector", "worker", "api",
+        "clickhouse", "candle", "book", "sink", "risk", "predict", "portfolio", "connector", "vwap", "worker", "api",
     )
 
     profile: Literal["dev", "production"] = "dev"
@@ -182,6 +187,7 @@ class Settings(BaseSettings):
     predict: PredictSettings = Field(default_factory=PredictSettings)
     portfolio: PortfolioSettings = Field(default_factory=PortfolioSettings)
     connector: ConnectorSettings = Field(default_factory=ConnectorSettings)
+    vwap: VwapSettings = Field(default_factory=VwapSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
 

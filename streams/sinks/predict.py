@@ -7,79 +7,13 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from collections.abc import Sequence
-from decimal import Decimal
 
 import pyarrow as pa
 
-from schemas.prediction import Prediction, PredictionOutcome, Scores
 from streams.core.predict.features import Bar
-from streams.sinks.clickhouse import DEC, TS, ClickHouseSink
+from streams.sinks.clickhouse import TS, ClickHouseSink
 
-_QUANT = Decimal("0.00000001")
-_F64 = pa.float64()
-
-
-def _decimals(values: Sequence[Decimal | None]) -> pa.Array:
-    return pa.array([None if v is None else v.quantize(_QUANT) for v in values], type=DEC)
-
-
-SCORE_FIELDS = ("mae", "mae_naive", "skill", "r2", "hit_rate", "up_rate", "mean_confidence", "calibration_error")
-
-
-def _score_columns(prefix: str, scores: Sequence[Scores]) -> dict[str, pa.Array]:
-    cols = {f"{prefix}scored": pa.array([s.scored for s in scores], pa.uint32())}
-    for name in SCORE_FIELDS:
-        cols[f"{prefix}{name}"] = pa.array([getattr(s, name) for s in scores], _F64)
-    return cols
-
-
-def predictions_table(events: Sequence[Prediction]) -> pa.Table:
-    cols: dict[str, pa.Array] = {
-        "venue": pa.array([e.venue for e in events], pa.string()),
-        "symbol": pa.array([e.symbol for e in events], pa.string()),
-        "interval": pa.array([e.interval.value for e in events], pa.string()),
-        "model": pa.array([e.model.value for e in events], pa.string()),
-        "horizon": pa.array([e.horizon.value for e in events], pa.string()),
-        "as_of": pa.array([e.event_ts_ns for e in events], TS),
-        "target_ts": pa.array([e.target_ts_ns for e in events], TS),
-        "model_version": pa.array([e.model_version for e in events], pa.string()),
-        "features_version": pa.array([e.features_version for e in events], pa.string()),
-        "price": _decimals([e.price for e in events]),
-        "prediction": _decimals([e.prediction for e in events]),
-        "log_return": pa.array([e.log_return for e in events], _F64),
-        "raw_log_return": pa.array([e.raw_log_return for e in events], _F64),
-        "direction": pa.array([e.direction for e in events], pa.int8()),
-        "confidence": pa.array([e.confidence for e in events], _F64),
-        "status": pa.array([e.status.value for e in events], pa.string()),
-        "remaining_candles": pa.array([e.remaining_candles for e in events], pa.uint32()),
-    }
-    cols.update(_score_columns("", [e.scores for e in events]))
-    cols.update(_score_columns("recent_", [e.recent_scores for e in events]))
-    cols["recv_ts"] = pa.array([e.recv_ts_ns for e in events], TS)
-    return pa.table(cols)
-
-
-def outcomes_table(events: Sequence[PredictionOutcome]) -> pa.Table:
-    return pa.table(
-        {
-            "venue": pa.array([e.venue for e in events], pa.string()),
-            "symbol": pa.array([e.symbol for e in events], pa.string()),
-            "interval": pa.array([e.interval.value for e in events], pa.string()),
-            "model": pa.array([e.model.value for e in events], pa.string()),
-            "horizon": pa.array([e.horizon.value for e in events], pa.string()),
-            "as_of": pa.array([e.as_of_ns for e in events], TS),
-            "target_ts": pa.array([e.event_ts_ns for e in events], TS),
-            "price": _decimals([e.price for e in events]),
-            "realised_price": _decimals([e.realised_price for e in events]),
-            "realised_log_return": pa.array([e.realised_log_return for e in events], _F64),
-            "log_return": pa.array([e.log_return for e in events], _F64),
-            "direction": pa.array([e.direction for e in events], pa.int8()),
-            "confidence": pa.array([e.confidence for e in events], _F64),
-            "hit": pa.array([int(e.hit) for e in events], pa.uint8()),
-            "recv_ts": pa.array([e.recv_ts_ns for e in events], TS),
-        }
-    )
+# the rows of `predictions` and `prediction_outcomes` are built by the topic's codec
 
 
 _LOAD_CHECKPOINT = """

@@ -3,13 +3,9 @@ rolling state after a restart, and `risk_estimates` rows (infra/store/migrations
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from decimal import Decimal
 
-import pyarrow as pa
-
-from schemas.risk import RiskEstimate
-from streams.sinks.clickhouse import DEC, TS, ClickHouseSink
+from streams.sinks.clickhouse import ClickHouseSink
 
 # The last `limit` final candles before `before_ns`, newest first (reversed by the caller).
 # FINAL: the latest revision of each candle; `is_final`: only candles no revision will change.
@@ -21,13 +17,6 @@ WHERE venue = {venue:String} AND symbol = {symbol:String} AND interval = {interv
 ORDER BY open_ts DESC
 LIMIT {limit:UInt32}
 """
-
-
-_QUANT = Decimal("0.00000001")
-
-
-def _decimals(values: Sequence[Decimal]) -> pa.Array:
-    return pa.array([v.quantize(_QUANT) for v in values], type=DEC)
 
 
 class ClickHouseCandleLoader:
@@ -45,19 +34,4 @@ class ClickHouseCandleLoader:
         return [(int(ts), Decimal(close)) for ts, close in reversed(rows)]
 
 
-def risk_table(estimates: Sequence[RiskEstimate]) -> pa.Table:
-    return pa.table(
-        {
-            "venue": pa.array([e.venue for e in estimates], pa.string()),
-            "symbol": pa.array([e.symbol for e in estimates], pa.string()),
-            "interval": pa.array([e.interval.value for e in estimates], pa.string()),
-            "method": pa.array([e.method.value for e in estimates], pa.string()),
-            "as_of": pa.array([e.event_ts_ns for e in estimates], TS),
-            "price": _decimals([e.price for e in estimates]),
-            "var_95": _decimals([e.var_95 for e in estimates]),
-            "expected_shortfall": _decimals([e.expected_shortfall for e in estimates]),
-            "volatility": _decimals([e.volatility for e in estimates]),
-            "window": pa.array([e.window for e in estimates], pa.uint32()),
-            "recv_ts": pa.array([e.recv_ts_ns for e in estimates], TS),
-        }
-    )
+# the rows of `risk_estimates` are built by the topic's codec

@@ -138,10 +138,10 @@ async def test_tops_equal_the_reference_are_rate_limited_and_the_last_change_is_
         assert (list(s.bids), list(s.asks)) == (bids, asks) and len(s.bids) == 100
 
     # the exchange's own top agreed with the book every time it could be compared
-    assert state.tickers_checked > 50 and state.tickers_mismatched == 0
+    assert state.counts["tickers_checked"] > 50 and state.counts["tickers_mismatched"] == 0
     assert h.quality == []
     assert len(h.letters) == 1 and h.letters[0].raw_hex == b"{not json".hex()
-    assert state.dead_letters == 1 and state.tops_published == len(h.tops)
+    assert state.dead_letters == 1 and state.counts["tops_published"] == len(h.tops)
 
 
 async def test_a_dropped_diff_gives_one_gap_then_a_resync_and_no_top_in_between() -> None:
@@ -171,7 +171,7 @@ async def test_a_dropped_diff_gives_one_gap_then_a_resync_and_no_top_in_between(
     for top in after:
         b, a = want[top.last_update_id]
         assert (list(top.bids), list(top.asks)) == (b[:10], a[:10])
-    assert h.wiring.state.tickers_mismatched == 0
+    assert h.wiring.state.counts["tickers_mismatched"] == 0
 
 
 async def test_garbage_and_foreign_messages_go_to_dead_letters_and_the_agent_goes_on() -> None:

@@ -175,19 +175,18 @@ async def test_tick_closes_a_quiet_streams_windows_and_marks_the_feed_stale() ->
     async def emit(c: Candle) -> None:
         emitted.append(c)
 
-    class Acks:
-        async def ack(self, event: object) -> None:
-            return None
+    async def ack(event: object) -> None:
+        return None
 
-    state.stream_ref = Acks()
+    state.ack = ack
     partition = type("TP", (), {"partition": 0})()
-    stream = await state.stream_for("binance", "ETH-USDT", partition)
+    slot = await state.slot("binance:ETH-USDT", partition)
+    stream = slot.state
     everything = spot_trades()
     trades = [t for t in everything if t.event_ts_ns < everything[0].event_ts_ns + 20 * 10**9]
 
-    stream.candles.update([TradeRow(t.trade_id, t.price, t.size, t.side.value, t.event_ts_ns, t.recv_ts_ns)
-                           for t in trades])
-    stream.last_trade_wall = now[0]
+    stream.handle([TradeRow(t.trade_id, t.price, t.size, t.side.value, t.event_ts_ns, t.recv_ts_ns)
+                   for t in trades], now[0])
     state.dirty.add("binance:ETH-USDT")
 
     now[0] += 5  # quiet, but not for long: nothing closes
@@ -199,7 +198,7 @@ async def test_tick_closes_a_quiet_streams_windows_and_marks_the_feed_stale() ->
     assert store.saves == 2
 
     monitor = StaleFeedMonitor(stale_after_s=30.0)
-    clock = StreamClock("binance", "ETH-USDT", stream.last_trade_wall, stream.candles.max_event_ts_ns)
+    clock = StreamClock("binance", "ETH-USDT", stream.last_trade_wall, stream.max_event_ts_ns)
     events = monitor.check([("binance:ETH-USDT", clock)], now[0])
     assert [(e.kind.value, e.event_ts_ns) for e in events] == [("stale_feed", trades[-1].event_ts_ns)]
     assert monitor.check([("binance:ETH-USDT", clock)], now[0] + 1) == []  # reported once

@@ -11,7 +11,7 @@ from typing import Any
 
 import faust
 
-from infra.config.settings import Settings
+from infra.config.settings import PortfolioSettings, Settings
 from schemas.portfolio import (
     AccountOpened,
     ClosePosition,
@@ -30,8 +30,8 @@ from streams.agents.portfolio import PortfolioWiring, register_portfolio_agent
 
 _app_ids = itertools.count()
 _ids = itertools.count(1)
-SETTINGS = Settings(portfolio_initial_balance="1000", portfolio_max_open_positions=5,
-                    portfolio_max_symbol_notional="1000000")
+SETTINGS = Settings(portfolio=PortfolioSettings(initial_balance=D("1000"), max_open_positions=5,
+                                                max_symbol_notional=D("1000000")))
 
 
 def open_cmd(account: str, size: str, price: str, key: str | None = None) -> OpenPosition:
@@ -124,3 +124,14 @@ async def test_a_restarted_agent_rebuilds_from_the_events_and_skips_redelivered_
     assert isinstance(third, PositionOpened) and third.seq == 4
     ledger = await two.wiring.state.current()
     assert len(ledger.accounts["c"].positions) == 3 and ledger.accounts["c"].free_balance == D("100")
+
+
+async def test_an_order_too_big_for_28_digits_is_answered_and_the_agent_goes_on() -> None:
+    """Issue 18 item 1: the margin of this order overflowed the default decimal context and the
+    exception killed the agent; now it is an ordinary PORT_001 answer."""
+    h = Harness([])
+    await h.run([open_cmd("z", "99999999999999999999", "60000"), open_cmd("z", "1", "100")])
+    assert [type(e) for e in h.published] == [AccountOpened, PositionRejected, PositionOpened]
+    rejected = h.published[1]
+    assert isinstance(rejected, PositionRejected) and rejected.code is RejectCode.PORT_001
+    assert h.wiring.state.published == 3

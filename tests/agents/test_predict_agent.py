@@ -96,7 +96,7 @@ async def test_agent_in_faust_test_context_publishes_forecasts_and_outcomes() ->
 
     store = MemoryModelStore()
     wiring = register_predict_agent(
-        app, object(), candle_topic=app.topic("md.candles.1h.v1"), prediction_topic=app.topic("an.predictions.v1"),
+        app, Settings(), candle_topic=app.topic("md.candles.1h.v1"), prediction_topic=app.topic("an.predictions.v1"),
         sink=ClickHouseSink(_no_client), emit=emit, store=store, loader=ListLoader([]), config=CONFIG,
     )
     series = bars(60)

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pytest
 
 from infra.config.settings import Settings
+from schemas.codecs.risk import table as risk_table
 from schemas.events import Candle, Interval
 from schemas.risk import RiskEstimate, RiskMethod
 from schemas.wire import encode_event
@@ -29,7 +30,6 @@ from streams.agents.risk import (
 )
 from streams.core.risk import RollingRisk
 from streams.sinks.clickhouse import ClickHouseSink
-from streams.sinks.risk import risk_table
 from tests.shared_data import DATA
 
 HOUR = 3600 * 10**9

@@ -1,0 +1,62 @@
+"""A topic's values written in batches, with the flush tied to acknowledgement.
+
+After quix-streams' `BatchingSink`: values are gathered into a batch and the sink writes the
+whole batch at once; the input offsets are committed only after the write. Here the batch is
+Faust's `stream.take(size, within=seconds)`, which acknowledges a batch only once the loop
+body that received it returns, i.e. after `write`: a crash before that re-delivers the batch,
+which the idempotent (ReplacingMergeTree) tables absorb."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, TypeVar
+
+import pyarrow as pa
+from pydantic import BaseModel
+
+from schemas.codecs.envelope import EventCodec
+from streams.sinks.clickhouse import ClickHouseSink
+
+Agent = Callable[[Any], Coroutine[Any, Any, None]]
+M = TypeVar("M", bound=BaseModel)
+# a batch of raw values -> (table name, rows) to insert
+Rows = Callable[[Sequence[bytes]], Iterable[tuple[str, pa.Table]]]
+
+
+class BatchSink(ABC):
+    @abstractmethod
+    async def write(self, values: Sequence[bytes]) -> None:
+        """Store one batch; the runtime acknowledges it once this returns."""
+
+
+class TableSink(BatchSink):
+    """Each batch becomes rows of one or more ClickHouse tables."""
+
+    def __init__(self, sink: ClickHouseSink, rows: Rows) -> None:
+        self.sink = sink
+        self.rows = rows
+
+    async def write(self, values: Sequence[bytes]) -> None:
+        for table, data in self.rows(values):
+            await self.sink.insert(table, data)
+
+
+def batch_agent(sink: BatchSink, size: int, within: float) -> Agent:
+    """The agent body feeding `sink` batches of at most `size` values or `within` seconds."""
+
+    async def sink_agent(stream: Any) -> None:
+        async for values in stream.take(size, within=within):
+            await sink.write(values)
+
+    return sink_agent
+
+
+def model_rows(codec: EventCodec[M], table: str, to_arrow: Callable[[Sequence[M]], pa.Table]) -> Rows:
+    """Rows of one table from the values the codec decodes; the rest are skipped: whoever
+    published them reported them already (one report per message), and the topic keeps the bytes."""
+
+    def rows(values: Sequence[bytes]) -> Iterable[tuple[str, pa.Table]]:
+        return [(table, to_arrow(codec.decode_many(values)))]
+
+    return rows

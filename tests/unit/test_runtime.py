@@ -1,0 +1,190 @@
+"""The stream runtime without Kafka: keyed state and revocation, the checkpoint protocol (nothing
+acknowledged before a checkpoint covers it), batch sinks (acknowledged only after the write) and
+topic emitters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from schemas.codecs import quality as quality_codec
+from schemas.events import QualityEvent, QualityKind
+from streams.core.checkpoint import MemoryCheckpointStore
+from streams.runtime.batch_sink import TableSink, batch_agent, model_rows
+from streams.runtime.checkpointed import CheckpointedStreams
+from streams.runtime.emit import topic_emitter
+from streams.runtime.keyed import KeyedState, forget_on_revoke
+
+
+class TP:
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+
+
+def test_keyed_state_makes_once_follows_the_partition_and_forgets_revoked_keys() -> None:
+    made: list[str] = []
+    keyed: KeyedState[str, list[str]] = KeyedState()
+
+    def make(key: str) -> list[str]:
+        made.append(key)
+        return []
+
+    p0, p1 = TP(0), TP(1)
+    keyed.get_or_create("a", p0, lambda: make("a")).append("x")
+    keyed.get_or_create("a", p1, lambda: make("a")).append("y")  # moved: now of p1
+    keyed.get_or_create("b", p0, lambda: make("b"))
+    keyed.get_or_create("c", p1, lambda: make("c"))
+    assert made == ["a", "b", "c"] and keyed["a"] == ["x", "y"]
+    assert sorted(keyed.forget({p1})) == ["a", "c"]
+    assert "a" not in keyed and "b" in keyed and len(keyed) == 1
+    keyed.count("messages", 3)
+    assert keyed.counts == {"created": 3, "forgotten": 2, "messages": 3}
+
+
+async def test_forget_on_revoke_reaches_every_holder() -> None:
+    class Signal:
+        def __init__(self) -> None:
+            self.handlers: list[Any] = []
+
+        def connect(self, handler: Any) -> None:
+            self.handlers.append(handler)
+
+    app = type("App", (), {"on_partitions_revoked": Signal()})()
+    one: KeyedState[str, int] = KeyedState()
+    two: KeyedState[str, int] = KeyedState()
+    one.put("a", 1, "tp0")
+    two.put("b", 2, "tp0")
+    two.put("c", 3, "tp1")
+    forget_on_revoke(app, one, two)
+    await app.on_partitions_revoked.handlers[0](app, {"tp0"})
+    assert len(one) == 0 and list(two.states) == ["c"]
+
+
+class Tally:
+    """A checkpointable state: counts what was folded."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def to_state(self) -> dict[str, Any]:
+        return {"total": self.total}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.total = state["total"]
+
+
+async def test_inputs_are_acknowledged_only_by_the_checkpoint_that_covers_them() -> None:
+    now = [0.0]
+    store = MemoryCheckpointStore()
+    acked: list[str] = []
+
+    async def ack(message: str) -> None:
+        acked.append(message)
+
+    streams: CheckpointedStreams[Tally] = CheckpointedStreams(store, "in", lambda key: Tally(), 5.0, lambda: now[0])
+    streams.ack = ack
+    now[0] = 10.0
+    for offset, value in enumerate([3, 4]):
+        slot = await streams.slot("k", TP(2))
+        slot.state.total += value
+        streams.folded("k", slot, offset, f"m{offset}")
+    assert acked == [] and not streams.due()  # the first checkpoint comes 5 s after the first input
+    now[0] = 15.0
+    assert streams.due()
+    await streams.checkpoint()
+    assert acked == ["m0", "m1"] and not streams.due()
+    saved = store.saved[("in", "k")]
+    assert (saved.partition, saved.offset, saved.state) == (2, 1, {"total": 7})
+
+    slot = await streams.slot("k", TP(2))
+    slot.state.total += 1
+    streams.folded("k", slot, 2, "m2")
+    now[0] = 17.0
+    assert not streams.due()  # 2 s after the last checkpoint, 5 s wanted
+    streams.forget({slot.partition})  # revoked before its checkpoint: m2 will come again
+    assert not streams.dirty and "k" not in streams.slots and acked == ["m0", "m1"]
+
+    restarted: CheckpointedStreams[Tally] = CheckpointedStreams(store, "in", lambda key: Tally(), 5.0)
+    slot = await restarted.slot("k", TP(2))
+    assert (slot.folded_offset, slot.state.total) == (1, 7)  # m0 and m1 are re-deliveries now
+
+
+class FakeStream:
+    """Faust's `take`: a batch is acknowledged when the loop body that got it returns."""
+
+    def __init__(self, batches: Sequence[list[bytes]]) -> None:
+        self.batches = batches
+        self.log: list[str] = []
+
+    async def take(self, size: int, within: float) -> AsyncIterator[list[bytes]]:
+        for i, batch in enumerate(self.batches):
+            yield batch
+            self.log.append(f"ack {i}")
+
+
+class RecordingSink:
+    def __init__(self, log: list[str], fail_on: int | None = None) -> None:
+        self.log, self.fail_on, self.inserted = log, fail_on, 0
+
+    async def insert(self, table: str, data: pa.Table) -> int:
+        if self.inserted == self.fail_on:
+            raise ConnectionError("database down")
+        self.inserted += 1
+        self.log.append(f"insert {table} {data.num_rows}")
+        return data.num_rows
+
+
+def quality(symbol: str) -> bytes:
+    return QualityEvent(venue="binance", symbol=symbol, kind=QualityKind.BOOK_GAP, event_ts_ns=1, recv_ts_ns=2,
+                        detail={}).model_dump_json().encode()
+
+
+def symbols_table(events: Sequence[QualityEvent]) -> pa.Table:
+    return pa.table({"symbol": [e.symbol for e in events]})
+
+
+async def test_a_batch_is_acknowledged_after_its_write_and_never_when_the_write_fails() -> None:
+    stream = FakeStream([[quality("BTC-USDT"), b"{oops"], [quality("ETH-USDT")]])
+    sink = RecordingSink(stream.log)
+    await batch_agent(TableSink(sink, model_rows(quality_codec.CODEC, "q", symbols_table)), 10, 1.0)(stream)  # type: ignore[arg-type]
+    assert stream.log == ["insert q 1", "ack 0", "insert q 1", "ack 1"]
+
+    failing = FakeStream([[quality("BTC-USDT")], [quality("ETH-USDT")]])
+    down = RecordingSink(failing.log, fail_on=1)
+    with pytest.raises(ConnectionError):
+        await batch_agent(TableSink(down, model_rows(quality_codec.CODEC, "q", symbols_table)), 10, 1.0)(failing)  # type: ignore[arg-type]
+    assert failing.log == ["insert q 1", "ack 0"]  # the second batch stays unacknowledged
+
+
+def test_model_rows_keep_only_valid_events() -> None:
+    rows = model_rows(quality_codec.CODEC, "q", symbols_table)([b"[]", quality("BTC-USDT"), b"", b'{"venue": 1}'])
+    assert [(name, table.column("symbol").to_pylist()) for name, table in rows] == [("q", ["BTC-USDT"])]
+
+
+async def test_topic_emitter_keys_by_stream_and_waits_for_the_broker_only_when_asked() -> None:
+    class Topic:
+        def __init__(self) -> None:
+            self.sent: list[tuple[bytes, bytes]] = []
+            self.delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def send(self, key: bytes, value: bytes) -> asyncio.Future[None]:
+            self.sent.append((key, value))
+            return self.delivered
+
+    event = QualityEvent(venue="binance", symbol="BTC-USDT", kind=QualityKind.BOOK_GAP, event_ts_ns=1, recv_ts_ns=2,
+                         detail={})
+    topic = Topic()
+    await topic_emitter(topic, wait=False)(event)  # returns although the broker has not answered
+    waiting = asyncio.ensure_future(topic_emitter(topic)(event))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    topic.delivered.set_result(None)
+    await waiting
+    assert [k for k, _ in topic.sent] == [b"binance:BTC-USDT"] * 2
+    assert QualityEvent.model_validate_json(topic.sent[0][1]) == event
+    await topic_emitter(topic, key=lambda e: "fixed")(event)
+    assert topic.sent[-1][0] == b"fixed"
