@@ -1,6 +1,6 @@
-"""The one place the API is wired: routers, error model, security gate, repositories. Tests pass
-their own repositories (and settings) through `create_app`; a served app builds its repositories
-from settings when it starts.
+"""The one place the API is wired: routers, error model, security gate, repositories and the
+portfolio bus (the routes reach them through api/deps.py). Tests pass their own repositories (and
+settings, and bus) through `create_app`; a served app builds them from settings when it starts.
 
 Middleware, outermost first: RequestContextMiddleware (request id, headers on every response,
 the 500 envelope) -> SecurityMiddleware (address, allowlist, credentials, rate limit; see
@@ -23,7 +23,11 @@ from api.auth import Authenticator, JwtVerifier
 from api.errors import ErrorCode, error_response, install_error_handlers
 from api.key_repository import ApiKeyRepository
 from api.keys import ApiKeyRecord, ApiKeyVerifier
+from api.market_memory import MemoryMarket
+from api.portfolio_repository import KafkaPortfolioBus
+from api.portfolio_service import PortfolioBus
 from api.ratelimit import RateLimiter, build_rate_limiter
+from api.read_model import ReadModel
 from api.routes import market, portfolio, prediction, risk
 from api.security import SecurityGate, SecurityMiddleware
 from api.ws import MarketFeed, MarketHub, install_market_websocket
@@ -32,6 +36,7 @@ from infra.config.settings import Settings, get_settings
 from infra.store.clickhouse import make_client
 from infra.store.repository import MarketRepository, StoreUnavailable
 from infra.store.risk_repository import RiskRepository
+from streams.core.portfolio import AccountDefaults
 
 logger = logging.getLogger("api")
 
@@ -153,12 +158,18 @@ def create_app(
     rate_limiter: RateLimiter | None = None,
     dev: bool = False,
     market_hub: MarketHub | None = None,
+    portfolio_bus: PortfolioBus | None = None,
 ) -> FastAPI:
     """The API application.
 
     `repository`, `key_repository`: used as they are and never closed by the app (the caller owns
     them). When None, they are built from `settings` (default: the process settings) when the app
     starts, with a database client per worker thread, and closed when it stops.
+
+    `portfolio_bus` (or one set on `app.state.portfolio_bus` before the app starts): used as it is,
+    never closed by the app. When none is wired, an app that builds its own repository (a served
+    app) builds a KafkaPortfolioBus on `settings` when it starts, connecting in the background,
+    and closes it when it stops; any other app answers the portfolio routes with 503.
 
     `dev`: the development relaxations that `entasis api --dev` allows (a known JWT secret when
     none is configured). Whether settings are safe to serve is `api.main.startup_problems`'s call."""
@@ -179,15 +190,28 @@ def create_app(
             )
         if owns_key_repository:
             app.state.key_repository = ApiKeyRepository(lambda: make_client(db_settings))
-        feed = MarketFeed(db_settings, app.state.market_hub) if start_feed else None
-        if feed is not None:
+        built_bus = None
+        if owns_repository and app.state.portfolio_bus is None:
+            built_bus = KafkaPortfolioBus(db_settings.kafka_bootstrap, db_settings.topic_namespace,
+                                          AccountDefaults.from_settings(db_settings))
+            built_bus.start_in_background()  # its replay of pf.events must not hold up the app's start
+            app.state.portfolio_bus = built_bus
+        feed = None
+        if start_feed:
+            # The read model: the market endpoints answer from memory what it covers
+            # (api/market_memory.py), from the same consumer as the WebSocket hub.
+            read_model = ReadModel()
+            app.state.repository.memory = MemoryMarket(read_model, app.state.repository)
+            feed = MarketFeed(db_settings, app.state.market_hub, model=read_model)
             await feed.start()
         try:
             yield
         finally:
             if feed is not None:
                 await feed.stop()
-            await portfolio.close_portfolio_bus(app)
+            if built_bus is not None:
+                app.state.portfolio_bus = None
+                await built_bus.close()
             for name, owned in (("repository", owns_repository), ("key_repository", owns_key_repository)):
                 built = getattr(app.state, name) if owned else None
                 if owned:
@@ -207,6 +231,7 @@ def create_app(
     )
     app.state.repository = repository
     app.state.key_repository = key_repository
+    app.state.portfolio_bus = portfolio_bus
 
     async def lookup_key(key_id: str) -> ApiKeyRecord | None:
         keys: ApiKeyRepository | None = app.state.key_repository

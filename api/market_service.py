@@ -4,11 +4,33 @@ venue resolution, the feed-staleness rule, history ranges and gap filling. No SQ
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Protocol
 
 from api.errors import ApiError, ErrorCode
 from api.models import Candle, HistoryResponse, PriceResponse, format_timestamp, ns_to_datetime
-from infra.store.repository import FEED_DOWN_KINDS, CandleRow, LastTrade, MarketRepository
+from infra.store.repository import FEED_DOWN_KINDS, CandleRow, FeedState, LastTrade, MarketRepository
 from schemas.events import INTERVAL_NS, Interval
+
+
+class MarketReads(Protocol):
+    """What the market endpoints read: the store (`MarketRepository`) or memory in front of it
+    (`api.market_memory.MemoryMarket`), the same answers either way."""
+
+    def knows(self, symbol: str) -> bool: ...
+    def last_price(self, symbol: str, venue: str | None = None) -> LastTrade | None: ...
+    def volume_24h(self, symbol: str, venue: str, until_ns: int) -> Decimal: ...
+    def feed_state(self, symbol: str, venue: str) -> FeedState | None: ...
+    def candles(
+        self, symbol: str, interval: Interval | str, start_ns: int, end_ns: int, venue: str | None = None
+    ) -> list[CandleRow]: ...
+
+
+def reads(repository: MarketRepository | MarketReads) -> MarketReads:
+    """The served app attaches its read model to the repository it hands the routes
+    (`repository.memory`, see api/app.py); tests and tools without one read the store."""
+    memory: MarketReads | None = getattr(repository, "memory", None)
+    return memory if memory is not None else repository
+
 
 MAX_CANDLES = 5000  # per call, counted over the requested range (SPEC, "History")
 DEFAULT_CANDLES = 500  # a missing bound is this many intervals away from the other
@@ -28,10 +50,11 @@ def _bad_range(reason: str, **extra: object) -> ApiError:
     return ApiError(ErrorCode.BAD_REQUEST, {"errors": [{"field": "query", "reason": reason}], **extra})
 
 
-def last_trade(repository: MarketRepository, symbol: str, exchange: str | None) -> LastTrade:
+def last_trade(repository: MarketRepository | MarketReads, symbol: str, exchange: str | None) -> LastTrade:
     """The latest trade of a served symbol (404 MARKET_001 otherwise). Without `exchange` the
     venue is the one with the most recent trade, so price and history agree on it."""
-    if symbol not in repository.known_symbols():
+    repository = reads(repository)
+    if not repository.knows(symbol):
         raise _unknown_symbol(symbol, None)
     trade = repository.last_price(symbol, exchange)
     if trade is None:
@@ -39,12 +62,15 @@ def last_trade(repository: MarketRepository, symbol: str, exchange: str | None) 
     return trade
 
 
-def price(repository: MarketRepository, symbol: str, exchange: str | None) -> PriceResponse:
+def live_trade(repository: MarketRepository | MarketReads, symbol: str, exchange: str | None) -> LastTrade:
+    """`last_trade`, refused with 503 MARKET_002 while the venue's feed is marked stale or
+    disconnected and no trade has arrived since. A mark only counts until the next trade: a trade
+    after it proves the feed is back even before the quality agent says so. Event time on both
+    sides, so the rule holds for replays of old data too. GET /market/price and the portfolio's
+    order prices both use it, so no order fills at a price the market data API would refuse to show."""
+    repository = reads(repository)
     trade = last_trade(repository, symbol, exchange)
     state = repository.feed_state(symbol, trade.venue)
-    # A stale/disconnected mark only counts until the next trade: a trade after it proves the
-    # feed is back even before the quality agent says so. Event time on both sides, so the
-    # rule holds for replays of old data too.
     if state is not None and state.kind in FEED_DOWN_KINDS and state.event_ns >= trade.event_ns:
         raise ApiError(
             ErrorCode.MARKET_002,
@@ -55,6 +81,12 @@ def price(repository: MarketRepository, symbol: str, exchange: str | None) -> Pr
                 "since": format_timestamp(ns_to_datetime(state.event_ns)),
             },
         )
+    return trade
+
+
+def price(repository: MarketRepository | MarketReads, symbol: str, exchange: str | None) -> PriceResponse:
+    repository = reads(repository)
+    trade = live_trade(repository, symbol, exchange)
     volume = repository.volume_24h(symbol, trade.venue, trade.event_ns)
     return PriceResponse(
         symbol=symbol,
@@ -104,7 +136,7 @@ def fill_gaps(rows: list[CandleRow], step: int) -> list[CandleRow]:
 
 
 def history(
-    repository: MarketRepository,
+    repository: MarketRepository | MarketReads,
     symbol: str,
     interval: Interval,
     start_ns: int | None,
@@ -113,6 +145,7 @@ def history(
     fill: bool,
 ) -> HistoryResponse:
     check_range(interval, start_ns, end_ns)
+    repository = reads(repository)
     trade = last_trade(repository, symbol, exchange)
     start_ns, end_ns = resolve_range(interval, start_ns, end_ns, trade.event_ns)
     rows = repository.candles(symbol, interval, start_ns, end_ns, trade.venue)

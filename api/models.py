@@ -7,7 +7,7 @@ exponent), timestamps ISO 8601 UTC with `Z` and millisecond precision."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
@@ -16,12 +16,16 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 _SCALE = Decimal("0.00000001")
+# Explicit and wide: the default context keeps 28 significant digits, a stored Decimal(38, 8) needs up to
+# 38 at 8 places (and computed money, e.g. a PnL, can have more). Bounded, so that a wild value raises
+# instead of asking for millions of digits.
+_FORMAT = Context(prec=100, rounding=ROUND_HALF_EVEN)
 
 
 def format_decimal(value: Decimal) -> str:
     """Plain notation at the store's fixed scale of 8 places (`"2683.80000000"`): the same
     width for every value of a column, and exactly Binance's own spelling of spot prices."""
-    return format(value.quantize(_SCALE), "f")
+    return format(value.quantize(_SCALE, context=_FORMAT), "f")
 
 
 def format_timestamp(value: datetime) -> str:

@@ -10,7 +10,10 @@
   process shows the position. Other processes show it once they have read that event (normally
   milliseconds).
 - commands are accepted only once the read model has caught up with the events that existed
-  when the bus started (503 until then), so an API restart never answers from a partial fold.
+  when the bus started (503 until then), so an API restart never answers from a partial fold;
+- the API's lifespan builds one and connects it in the background (`start_in_background`),
+  retrying with backoff: an API started before its broker answers 503 until the broker and the
+  topics are there, then serves without a restart. The CLI connects in the foreground (`start`).
 
 The fold of every account is held in memory: replaying the topic at start costs time linear
 in its length. Snapshots (or a ClickHouse projection) are the next step when that matters.
@@ -29,6 +32,7 @@ from pydantic import ValidationError
 from api.portfolio_service import BusTimeout, BusUnavailable, PortfolioCommand, is_answer
 from schemas.portfolio import COMMANDS_TOPIC_NAME, EVENTS_TOPIC_NAME, PortfolioEvent, decode_event
 from schemas.wire import encode_event
+from streams.core.backoff import Backoff
 from streams.core.portfolio import AccountDefaults, Ledger
 
 log = logging.getLogger("api.portfolio")
@@ -48,28 +52,57 @@ class KafkaPortfolioBus:
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._connector: asyncio.Task[None] | None = None
+        self._connect_error = "portfolio bus not started"
         self.malformed = 0
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False, group_id=None)
-        await self._producer.start()
-        await self._consumer.start()
-        await self._consumer.topics()  # metadata, so the topic's partitions are known
-        partitions = self._consumer.partitions_for_topic(self.events_topic)
-        if not partitions:
-            raise BusUnavailable(f"topic {self.events_topic} does not exist (run `entasis topics create`)")
-        tps = [TopicPartition(self.events_topic, p) for p in sorted(partitions)]
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_beginning(*tps)
-        end = await self._consumer.end_offsets(tps)
+        """Connect and start replaying pf.events; raises when the broker or the topic is missing
+        (the clients are stopped again then). For a caller that can report the failure (the CLI)."""
+        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False, group_id=None)
+        try:
+            await producer.start()
+            await consumer.start()
+            await consumer.topics()  # metadata, so the topic's partitions are known
+            partitions = consumer.partitions_for_topic(self.events_topic)
+            if not partitions:
+                raise BusUnavailable(f"topic {self.events_topic} does not exist (run `entasis topics create`)")
+            tps = [TopicPartition(self.events_topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+        except BaseException:
+            for client in (consumer, producer):
+                await client.stop()
+            raise
+        self._producer, self._consumer = producer, consumer
         self._task = asyncio.create_task(self._run(tps, end), name="portfolio-events")
 
+    def start_in_background(self, backoff: Backoff | None = None) -> None:
+        """For the API's lifespan: connect without holding up the app's start, retrying until the
+        broker answers. Until then every call is a retryable BusUnavailable, as when the broker
+        is down, so an API started before its broker serves portfolio requests once it is up."""
+        self._connector = asyncio.create_task(self._connect(backoff or Backoff()), name="portfolio-connect")
+
+    async def _connect(self, backoff: Backoff) -> None:
+        while True:
+            try:
+                await self.start()
+                return
+            except Exception as exc:  # aiokafka's errors, or the events topic missing
+                self._connect_error = (str(exc) if isinstance(exc, BusUnavailable)
+                                       else f"portfolio bus unavailable: {type(exc).__name__}")
+                delay = backoff.next()
+                log.warning("%s (%s); retrying in %.1f s", self._connect_error, exc, delay)
+                await asyncio.sleep(delay)
+
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._connector, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for client in (self._consumer, self._producer):
             if client is not None:
                 await client.stop()
@@ -105,15 +138,16 @@ class KafkaPortfolioBus:
                 future.set_result(event)
 
     async def _caught_up(self) -> None:
+        if self._producer is None:  # not connected (yet): answer at once rather than wait for a replay
+            raise BusUnavailable(self._connect_error)
         try:
             await asyncio.wait_for(self._ready.wait(), self._catch_up_timeout_s)
         except TimeoutError:
             raise BusUnavailable("portfolio events not replayed yet") from None
 
     async def submit(self, command: PortfolioCommand, timeout_s: float) -> PortfolioEvent:
-        if self._producer is None:
-            raise BusUnavailable("portfolio bus not started")
         await self._caught_up()
+        assert self._producer is not None
         future: asyncio.Future[PortfolioEvent] = asyncio.get_running_loop().create_future()
         self._waiting[command.command_id] = future  # before sending: the answer may come at once
         try:

@@ -6,49 +6,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Security
+from fastapi import APIRouter, Query
 
 from api import market_service
-from api.errors import ApiError, ErrorCode, openapi_error_responses
+from api.deps import MARKET_READER, ExchangeQuery, MarketRepositoryDep, SymbolPath
+from api.errors import ErrorCode, openapi_error_responses
 from api.models import HistoryResponse, PriceResponse
 from api.params import parse_exchange, parse_symbol, parse_time
-from api.principal import MARKET_READ
-from api.security import SECURITY_ERRORS, require_scope
-from infra.store.repository import MarketRepository
+from api.security import SECURITY_ERRORS
 from schemas.events import Interval
 
-router = APIRouter(prefix="/market", tags=["market"], dependencies=[Security(require_scope(MARKET_READ))])
-
-
-def get_repository(request: Request) -> MarketRepository:
-    repository: MarketRepository | None = getattr(request.app.state, "repository", None)
-    if repository is None:  # the app was not started (lifespan not run) or is shutting down
-        raise ApiError(ErrorCode.UNAVAILABLE, {"reason": "market data store not ready"})
-    return repository
-
-
-Repository = Annotated[MarketRepository, Depends(get_repository)]
-
-# The patterns document exactly what the parsers accept (api/params.py); they are not enforced
-# by FastAPI, so a mismatch still gets the contract's MARKET_001 or BAD_REQUEST, not a generic 400.
-SymbolPath = Annotated[
-    str,
-    Path(
-        description="`BASE-QUOTE`, case-insensitive (`btc-usdt` = `BTC-USDT`); each side 1-15 letters or digits.",
-        examples=["BTC-USDT"],
-        json_schema_extra={"pattern": r"^[A-Za-z0-9]{1,15}-[A-Za-z0-9]{1,15}$"},
-    ),
-]
-ExchangeQuery = Annotated[
-    str | None,
-    Query(
-        description=(
-            "Venue id (case-insensitive), e.g. `binance`. Default: the venue with the most recent trade of the symbol."
-        ),
-        examples=["binance"],
-        json_schema_extra={"pattern": r"^[A-Za-z0-9][A-Za-z0-9-]{0,31}$"},
-    ),
-]
+router = APIRouter(prefix="/market", tags=["market"], dependencies=[MARKET_READER])
 
 _SCOPE_NOTE = "Requires scope `market:read` (JWT `scope` claim or the API key's scopes)."
 
@@ -101,7 +69,7 @@ requested range: `(end - start) / interval > 5000` is 400, exactly 5000 is allow
         }
     ),
 )
-def get_price(repository: Repository, symbol: SymbolPath, exchange: ExchangeQuery = None) -> PriceResponse:
+def get_price(repository: MarketRepositoryDep, symbol: SymbolPath, exchange: ExchangeQuery = None) -> PriceResponse:
     return market_service.price(repository, parse_symbol(symbol), parse_exchange(exchange))
 
 
@@ -121,7 +89,7 @@ def get_price(repository: Repository, symbol: SymbolPath, exchange: ExchangeQuer
     ),
 )
 def get_history(
-    repository: Repository,
+    repository: MarketRepositoryDep,
     symbol: SymbolPath,
     interval: Annotated[Interval, Query(description="Candle interval.")] = Interval.M1,
     start: Annotated[

@@ -1,6 +1,7 @@
 """The one Kafka consumer of an API process: reads the raw trades topic and the book-top topic
-and hands every update to the hub, which fans it out. One per process (not one per client), so
-the broker's load does not grow with sockets.
+and hands every update to the hub, which fans it out; with a read model (api/read_model.py) it
+also reads the candle topics and md.quality.v1 and keeps the model current. One per process
+(not one per client), so the broker's load does not grow with sockets.
 
 No consumer group: every API process wants every partition, and a group would split them. All
 partitions are assigned by hand and read from their end, since a socket wants what happens from
@@ -12,59 +13,82 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from api.read_model import MemTrade, ReadModel, VersionedCandle, candle_version
 from api.ws.hub import MarketHub
 from api.ws.protocol import MAX_DEPTH, format_levels
 from infra.config.settings import Settings
+from infra.store.repository import CandleRow
 from schemas import topics
-from schemas.wire import WireError, decode_trade_batch
+from schemas.codecs import book_top, candles, quality, trades
 
 logger = logging.getLogger("api.ws.feed")
 
-_BOOK_SNAPSHOT = "book_snapshot.v1"
 _RETRY_S = 1.0
 
 
-def apply_trade_batch(hub: MarketHub, raw: bytes) -> None:
+def apply_trade_batch(hub: MarketHub, raw: bytes, model: ReadModel | None = None) -> None:
     """A `trade_batch.v1` message is one update: the last trade's price and time, and the size
     the whole batch traded (so `volume` adds up to the traded volume, batch by batch)."""
-    _venue, symbol, rows = decode_trade_batch(raw)
+    venue, symbol, rows = trades.decode(raw)
     if not rows:
         return
+    if model is not None:
+        model.apply_trades(venue, symbol, [MemTrade(r.event_ts_ns, r.trade_id, r.price, r.size) for r in rows])
     last = rows[-1]
     volume = sum((row.size for row in rows), Decimal(0))
     hub.publish_trades(symbol, last.price, last.event_ts_ns, volume)
 
 
+def apply_candle(model: ReadModel, raw: bytes) -> None:
+    """A `candle.v1` message (one candle, the model's JSON)."""
+    c = candles.decode(raw)
+    row = CandleRow(c.open_ts_ns, c.open, c.high, c.low, c.close, c.volume)
+    version = candle_version(c.revision, c.is_final)
+    model.apply_candle(c.venue, c.symbol, c.interval.value, VersionedCandle(version, row))
+
+
+def apply_quality(model: ReadModel, raw: bytes) -> None:
+    """A `quality.v1` message; the model keeps the feed-state kinds only."""
+    e = quality.decode(raw)
+    model.apply_quality(e.venue, e.symbol, e.kind.value, e.event_ts_ns)
+
+
 def apply_book_snapshot(hub: MarketHub, raw: bytes) -> None:
-    msg = orjson.loads(raw)
-    if not isinstance(msg, dict) or msg.get("schema_version") != _BOOK_SNAPSHOT:
-        raise WireError(f"expected {_BOOK_SNAPSHOT}")
-    hub.publish_book(
-        str(msg["venue"]),
-        str(msg["symbol"]),
-        format_levels(msg["bids"][:MAX_DEPTH]),
-        format_levels(msg["asks"][:MAX_DEPTH]),
-        int(msg["event_ts_ns"]),
-    )
+    snap = book_top.decode(raw)
+    hub.publish_book(snap.venue, snap.symbol, format_levels(snap.bids[:MAX_DEPTH]),
+                     format_levels(snap.asks[:MAX_DEPTH]), snap.event_ts_ns)
 
 
 class MarketFeed:
     """`start()` returns at once; the consumer connects and reconnects in the background (the
     API keeps serving REST while the broker is away; sockets just get no updates)."""
 
-    def __init__(self, settings: Settings, hub: MarketHub, *, client_id: str = "entasis-api-ws") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        hub: MarketHub,
+        *,
+        model: ReadModel | None = None,
+        client_id: str = "entasis-api-ws",
+    ) -> None:
         self.hub = hub
+        self.model = model
         self.bootstrap = settings.kafka_bootstrap
         self.client_id = client_id
-        self.trades_topic = topics.TRADES.full_name(settings.topic_namespace)
-        self.book_topic = topics.BOOK_TOP.full_name(settings.topic_namespace)
+        ns = settings.topic_namespace
+        self.trades_topic = topics.TRADES.full_name(ns)
+        self.book_topic = topics.BOOK_TOP.full_name(ns)
+        self.candle_topics = {spec.full_name(ns) for spec in topics.CANDLES.values()} if model is not None else set()
+        self.quality_topic = topics.QUALITY.full_name(ns) if model is not None else None
+        self.topics = [self.trades_topic, self.book_topic, *sorted(self.candle_topics)]
+        if self.quality_topic is not None:
+            self.topics.append(self.quality_topic)
         self._task: asyncio.Task[None] | None = None
         self.assigned = asyncio.Event()  # set once every partition is assigned and at its end
         self.bad_messages = 0
@@ -88,7 +112,10 @@ class MarketFeed:
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="latest",
-                fetch_max_wait_ms=10,  # latency over batching: a tick should not wait for company
+                # Tansu lists a partition's whole log for each fetch that finds data: at 10 ms that was
+                # one listing per batch (docs/embedded.md); 100 ms halved the broker's CPU and cut the
+                # API's by 60 %, for at most ~50 ms more on a tick
+                fetch_max_wait_ms=100,
             )
             try:
                 await consumer.start()
@@ -114,7 +141,7 @@ class MarketFeed:
             await consumer.topics()  # refreshes metadata
             found: list[TopicPartition] = []
             missing = []
-            for topic in (self.trades_topic, self.book_topic):
+            for topic in self.topics:
                 ids = consumer.partitions_for_topic(topic)
                 if ids:
                     found.extend(TopicPartition(topic, p) for p in sorted(ids))
@@ -132,13 +159,24 @@ class MarketFeed:
             for tp, records in batches.items():
                 self._apply(tp.topic, (r.value for r in records))
 
+    def _handler(self, topic: str) -> Callable[[bytes], None]:
+        hub, model = self.hub, self.model
+        if topic == self.trades_topic:
+            return lambda raw: apply_trade_batch(hub, raw, model)
+        if topic == self.book_topic:
+            return lambda raw: apply_book_snapshot(hub, raw)
+        assert model is not None  # candle and quality topics are consumed only for a model
+        if topic == self.quality_topic:
+            return lambda raw: apply_quality(model, raw)
+        return lambda raw: apply_candle(model, raw)
+
     def _apply(self, topic: str, values: Iterable[Any]) -> None:
-        apply = apply_trade_batch if topic == self.trades_topic else apply_book_snapshot
+        apply = self._handler(topic)
         for value in values:
             if value is None:
                 continue
             try:
-                apply(self.hub, value)
+                apply(value)
             except Exception as exc:  # one bad message must not stop the feed for everyone
                 self.bad_messages += 1
                 logger.warning("market feed: skipped a message on %s: %s", topic, exc)

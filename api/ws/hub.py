@@ -3,7 +3,9 @@ subscribed to it. Plain object, driven by `publish_*` calls: the Kafka feed call
 production, tests call them directly.
 
 Everything runs on the event loop, so there are no locks; a publish only puts into the
-subscribers' conflating queues (microseconds a subscriber) and never awaits a socket."""
+subscribers' queues (microseconds a subscriber) and never awaits a socket. An update is rendered
+once per (channel, symbol, depth) and the same text goes to every subscriber; so is a merge of
+updates, shared by every client that fell behind at the same point."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455: "try again later", the close a too-slo
 class MarketUpdate:
     """One trade batch of a symbol, rendered once and shared by every subscriber."""
 
-    __slots__ = ("_text", "event_ts_ns", "price", "symbol", "volume")
+    __slots__ = ("_merged", "_text", "event_ts_ns", "price", "symbol", "volume")
 
     def __init__(self, symbol: str, price: Decimal, event_ts_ns: int, volume: Decimal) -> None:
         self.symbol = symbol
@@ -33,6 +35,8 @@ class MarketUpdate:
         self.event_ts_ns = event_ts_ns
         self.volume = volume
         self._text: str | None = None
+        # merges into this update, by the pending update they replaced (see `merge`)
+        self._merged: dict[MarketUpdate, MarketUpdate] | None = None
 
     def render(self) -> str:
         if self._text is None:
@@ -41,9 +45,24 @@ class MarketUpdate:
 
     def merge(self, newer: Update) -> Update:
         # The newest price and time, and the size traded since the last message the client got:
-        # conflation must not make volume disappear.
+        # conflation must not make volume disappear. Every subscriber sees the same sequence of
+        # updates, so clients that fell behind at the same point hold the same pending update:
+        # the merge is kept on `newer`, and they share one object and one rendering.
         assert isinstance(newer, MarketUpdate)
-        return MarketUpdate(newer.symbol, newer.price, newer.event_ts_ns, self.volume + newer.volume)
+        merged_into = newer._merged
+        if merged_into is None:
+            merged_into = newer._merged = {}
+        merged = merged_into.get(self)
+        if merged is None:
+            merged = MarketUpdate(newer.symbol, newer.price, newer.event_ts_ns, self.volume + newer.volume)
+            merged_into[self] = merged
+        return merged
+
+    def offered(self) -> None:
+        """Every subscriber has been offered this update: no more merges into it, so forget
+        them (they hold the pending updates they replaced, which would otherwise chain every
+        update ever published to the latest one)."""
+        self._merged = None
 
 
 class BookUpdate:
@@ -82,9 +101,11 @@ class BookState:
 class Session:
     """The hub's view of one socket: its queue, its subscriptions and whether it must go."""
 
-    def __init__(self, max_subscriptions: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, max_subscriptions: int, clock: Callable[[], float] = time.monotonic, *, max_backlog: int = 256
+    ) -> None:
         # +1 so an orderbook and market key of the same symbol never overflow a full socket.
-        self.queue = ConflatingQueue(max_keys=max_subscriptions + 1, clock=clock)
+        self.queue = ConflatingQueue(max_keys=max_subscriptions + 1, clock=clock, max_backlog=max_backlog)
         self.market: set[str] = set()
         self.books: dict[str, int] = {}  # symbol -> depth
         self.close_code: int | None = None
@@ -104,17 +125,21 @@ class Session:
 
 class MarketHub:
     """`slow_close_after_s`: a socket whose oldest undelivered update is older than this is closed
-    with 1013. `max_subscriptions`: per socket, each (channel, symbol) counting one."""
+    with 1013. `max_subscriptions`: per socket, each (channel, symbol) counting one. `max_backlog`:
+    how many updates may wait for a socket before it counts as behind and its updates conflate
+    (see api/ws/queue.py); up to then it gets every update."""
 
     def __init__(
         self,
         *,
         slow_close_after_s: float = 5.0,
         max_subscriptions: int = 100,
+        max_backlog: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.slow_close_after_s = slow_close_after_s
         self.max_subscriptions = max_subscriptions
+        self.max_backlog = max_backlog
         self._clock = clock
         self._market_subs: dict[str, set[Session]] = {}
         self._book_subs: dict[str, dict[Session, int]] = {}
@@ -127,7 +152,7 @@ class MarketHub:
     # --- sockets -----------------------------------------------------------------------
 
     def open_session(self) -> Session:
-        session = Session(self.max_subscriptions, self._clock)
+        session = Session(self.max_subscriptions, self._clock, max_backlog=self.max_backlog)
         self.sessions.add(session)
         return session
 
@@ -207,6 +232,7 @@ class MarketHub:
             key = (MARKET, symbol)
             for session in tuple(subs):
                 self._offer(session, key, update)
+            update.offered()
 
     def publish_book(
         self, venue: str, symbol: str, bids: Sequence[Level], asks: Sequence[Level], event_ts_ns: int

@@ -1,14 +1,15 @@
 """`entasis risk backtest`: the VaR backtest table for a candle CSV or a stored symbol.
 
-    entasis risk backtest --csv ../shared/data/history/bitstamp_btcusd_1h.csv [--interval 1d]
+    entasis risk backtest --csv bitstamp_btcusd_1h.csv [--interval 1d]
     entasis risk backtest --symbol BTC-USDT [--exchange binance] [--interval 1h] [--start ISO] [--end ISO]
 
 Options for both: `--window-days` (default 90), `--method` (repeatable; default every method),
 `--json` (rows as JSON instead of the table). A CSV has a header; its first column is the bar's
-open time (ISO 8601 UTC) and it has a `close` column (the layout of ../shared/data/history and of
-the reference candles); its interval is inferred from the time steps, and `--interval` coarser
+open time (ISO 8601 UTC) and it has a `close` column (the layout of the recorded exchange history
+and of the reference candles); its interval is inferred from the time steps, and `--interval` coarser
 than that resamples (the close of a coarser bar is the close of its last finer bar).
-The backtest itself is streams/core/risk_backtest.py, the same code the API runs.
+The backtest and the candles it reads (`bar_range`) are streams/core/risk_backtest.py, the same
+code the API runs.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ import orjson
 
 from schemas.events import INTERVAL_NS
 from schemas.risk import RiskMethod
-from streams.core.risk import DAY_NS, RiskConfig
-from streams.core.risk_backtest import BacktestRow, backtest
+from schemas.symbols import InvalidSymbol, normalize_symbol
+from streams.core.risk import RiskConfig
+from streams.core.risk_backtest import BacktestRow, backtest, bar_range
 
 _INTERVAL_BY_NS = {ns: name for name, ns in INTERVAL_NS.items()}
 
@@ -117,22 +119,22 @@ def _rows_json(rows: Sequence[BacktestRow]) -> list[dict[str, Any]]:
 
 def _bars_from_store(settings: Any, args: argparse.Namespace, interval: str, config: RiskConfig,
                      start_ns: int | None, end_ns: int | None) -> list[tuple[int, float]]:
-    from api.params import parse_symbol
     from infra.store.clickhouse import make_client
     from infra.store.risk_repository import RiskRepository
 
+    try:
+        symbol = normalize_symbol(args.symbol)
+    except InvalidSymbol:
+        raise SystemExit(f"--symbol {args.symbol!r} is not BASE-QUOTE, e.g. BTC-USDT") from None
     repository = RiskRepository(lambda: make_client(settings))
     try:
-        symbol = parse_symbol(args.symbol)
         venue = args.exchange
         if venue is None:
             last = repository.last_price(symbol)
             if last is None:
                 raise SystemExit(f"no trades of {symbol} in the store")
             venue = last.venue
-        step = INTERVAL_NS[interval]
-        lo = 0 if start_ns is None else max(start_ns - (config.rebuild_bars + 1) * step, 0)
-        hi = 2**62 if end_ns is None else end_ns + DAY_NS
+        lo, hi = bar_range(config, start_ns, end_ns)
         return [(ts, float(c)) for ts, c in repository.final_closes(symbol, venue, interval, lo, hi)]
     finally:
         repository.close()

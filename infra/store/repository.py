@@ -131,6 +131,39 @@ ORDER BY ts
 """
 
 
+# What the API's read model loads once when it starts following a series (api/market_memory.py).
+_LAST_TRADE_BY_VENUE_SQL = """
+SELECT venue, price, toUnixTimestamp64Nano(event_ts)
+FROM trades FINAL
+WHERE symbol = {symbol:String}
+ORDER BY event_ts DESC, trade_id DESC
+LIMIT 1 BY venue
+"""
+
+_TRADES_BETWEEN_SQL = """
+SELECT toUnixTimestamp64Nano(event_ts), trade_id, price, size
+FROM trades FINAL
+WHERE venue = {venue:String} AND symbol = {symbol:String}
+  AND event_ts > fromUnixTimestamp64Nano({after_ns:Int64}, 'UTC')
+  AND event_ts < fromUnixTimestamp64Nano({before_ns:Int64}, 'UTC')
+ORDER BY event_ts, trade_id
+"""
+
+_CANDLES_SINCE_SQL = """
+SELECT toUnixTimestamp64Nano(open_ts), open, high, low, close, volume, version
+FROM candles FINAL
+WHERE venue = {venue:String} AND symbol = {symbol:String} AND interval = {interval:String}
+  AND open_ts >= fromUnixTimestamp64Nano({from_ns:Int64}, 'UTC')
+ORDER BY open_ts
+"""
+
+_LAST_CANDLE_OPEN_SQL = """
+SELECT toUnixTimestamp64Nano(max(open_ts)), count()
+FROM candles
+WHERE venue = {venue:String} AND symbol = {symbol:String} AND interval = {interval:String}
+"""
+
+
 def _ceil_to(value: int, step: int) -> int:
     return -(-value // step) * step
 
@@ -192,6 +225,9 @@ class MarketRepository(ClickHouseRepository):
         self._symbols: frozenset[str] = frozenset()
         self._symbols_at: float | None = None
         self._symbols_lock = threading.Lock()
+        # A memory-first reader in front of this store, attached by the served API
+        # (api/market_memory.py); the market endpoints prefer it when set.
+        self.memory: Any = None
 
     # --- queries -----------------------------------------------------------------------
 
@@ -203,6 +239,9 @@ class MarketRepository(ClickHouseRepository):
                 self._symbols = frozenset(row[0] for row in self._rows(_KNOWN_SYMBOLS_SQL, {}))
                 self._symbols_at = now
             return self._symbols
+
+    def knows(self, symbol: str) -> bool:
+        return symbol in self.known_symbols()
 
     def last_price(self, symbol: str, venue: str | None = None) -> LastTrade | None:
         """The latest trade by event time: on `venue`, or when None on whichever venue traded
@@ -265,3 +304,28 @@ class MarketRepository(ClickHouseRepository):
             },
         )
         return [CandleRow(int(ts), o, h, lo, c, v) for ts, o, h, lo, c, v in rows]
+
+    # --- loads of the API's read model (once per series, see api/market_memory.py) ------------
+
+    def last_trades_by_venue(self, symbol: str) -> dict[str, LastTrade]:
+        rows = self._rows(_LAST_TRADE_BY_VENUE_SQL, {"symbol": symbol})
+        return {str(venue): LastTrade(price, int(ns), str(venue)) for venue, price, ns in rows}
+
+    def trades_between(self, symbol: str, venue: str, after_ns: int, before_ns: int) -> list[tuple[Any, ...]]:
+        """(event_ns, trade_id, price, size) with after < event time < before, in order."""
+        params = {"symbol": symbol, "venue": venue, "after_ns": after_ns, "before_ns": before_ns}
+        return [(int(ns), str(tid), price, size) for ns, tid, price, size in self._rows(_TRADES_BETWEEN_SQL, params)]
+
+    def candles_since(self, symbol: str, venue: str, interval: str, from_ns: int) -> list[tuple[CandleRow, int]]:
+        """Stored candles (latest revision, with its version) opening at or after `from_ns`."""
+        params = {"symbol": symbol, "venue": venue, "interval": interval, "from_ns": from_ns}
+        return [
+            (CandleRow(int(ts), o, h, lo, c, v), int(version))
+            for ts, o, h, lo, c, v, version in self._rows(_CANDLES_SINCE_SQL, params)
+        ]
+
+    def last_candle_open(self, symbol: str, venue: str, interval: str) -> int | None:
+        rows = self._rows(_LAST_CANDLE_OPEN_SQL, {"symbol": symbol, "venue": venue, "interval": interval})
+        if not rows or not rows[0][1]:
+            return None
+        return int(rows[0][0])

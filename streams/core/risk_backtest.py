@@ -158,3 +158,20 @@ def backtest(
         for method, value in var.items():
             per_method[method].append((as_of, value, loss))
     return [evaluate(m, per_method[m]) for m in config.methods]
+
+
+def bar_range(config: RiskConfig, start_ns: int | None, end_ns: int | None) -> tuple[int, int]:
+    """[lo, hi) of the bar open times a backtest of forecasts in [start, end) must read: before
+    `start`, the bars a running agent would hold there (its rebuild window and one more bar, so
+    the first forecast is the agent's); after `end`, one day, to realise the last forecast's loss.
+    An open side reads everything on that side."""
+    step = config.interval_ns
+    lo = 0 if start_ns is None else max(start_ns - (config.rebuild_bars + 1) * step, 0)
+    hi = 2**62 if end_ns is None else end_ns + DAY_NS
+    return lo, hi
+
+
+def default_end(last_open_ns: int, interval_ns: int) -> int:
+    """The first UTC midnight after the close of the last bar (open at `last_open_ns`): every
+    forecast that the data can realise is before it."""
+    return ((last_open_ns + interval_ns) // DAY_NS + 1) * DAY_NS

@@ -10,7 +10,7 @@ from decimal import Decimal
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from infra.config.settings import Settings
+from infra.config.settings import ClickHouseSettings, Settings
 from tests.api.conftest import NS, Market, TradeRow, bearer, new_account, test_api_settings, token_for
 
 
@@ -61,7 +61,7 @@ def test_openapi_documents_market_routes_and_hides_alias(api: TestClient) -> Non
     assert market_404["error"]["message"] == "Invalid symbol"
 
     # Validation failures are 400 here; FastAPI's default 422 must be gone everywhere. The one
-    # 422 left is opening a position: PORT_001/PORT_002, as SPEC.md says.
+    # 422 left is opening a position: PORT_001/PORT_002, as docs/decisions.md ("Errors") says.
     post = paths["/api/v1/portfolio/positions"]["post"]["responses"].pop("422")
     assert set(json.dumps(post).split('"code": "')[1:][i][:8] for i in range(2)) == {"PORT_001", "PORT_002"}
     text = json.dumps(schema)
@@ -100,7 +100,7 @@ def test_settings_wiring_builds_and_closes_its_own_repository(
     symbol = new_symbol("WIR")
     market.trades([TradeRow("binance", symbol, "1", Decimal("42"), Decimal("1"), 1_723_161_601 * NS)])
     app = create_app(
-        settings=Settings(clickhouse_url=url, clickhouse_database=database),
+        settings=Settings(clickhouse=ClickHouseSettings(url=url, database=database)),
         api_settings=test_api_settings(symbols_cache_seconds=0),
     )
     with TestClient(app, headers=bearer(token_for(new_account()))) as client:

@@ -1,5 +1,5 @@
 """/portfolio endpoints against the embedded database for prices, with the portfolio agent's
-own decisions in process (LocalPortfolioBus): every SPEC error code, the check order, marking
+own decisions in process (LocalPortfolioBus): every contract error code, the check order, marking
 to market, closing, idempotency, ownership and the retryable 503."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from decimal import Decimal as D
 
 import pytest
@@ -16,9 +17,8 @@ from fastapi.testclient import TestClient
 
 from api.app import API_PREFIX, create_app
 from api.key_repository import ApiKeyRepository
-from api.portfolio_service import BusTimeout, LocalPortfolioBus, PortfolioCommand
+from api.portfolio_service import BusTimeout, LocalPortfolioBus, PortfolioBus, PortfolioCommand
 from api.principal import PORTFOLIO_READ
-from api.routes import portfolio
 from infra.store.repository import MarketRepository
 from schemas.portfolio import PortfolioEvent
 from streams.core.portfolio import AccountDefaults
@@ -29,12 +29,9 @@ DEFAULTS = AccountDefaults(balance=D("10000"), max_open_positions=3, max_symbol_
 _ts = itertools.count(1)
 
 
-def portfolio_app(repository: MarketRepository, key_repository: ApiKeyRepository, bus: object) -> FastAPI:
-    app = create_app(repository=repository, api_settings=test_api_settings(), key_repository=key_repository)
-    if not any(getattr(r, "path", "") == f"{P}/positions" for r in app.routes):  # until api/app.py wires it
-        app.include_router(portfolio.router, prefix=API_PREFIX)
-    app.state.portfolio_bus = bus
-    return app
+def portfolio_app(repository: MarketRepository, key_repository: ApiKeyRepository, bus: PortfolioBus) -> FastAPI:
+    return create_app(repository=repository, api_settings=test_api_settings(), key_repository=key_repository,
+                      portfolio_bus=bus)
 
 
 @pytest.fixture
@@ -186,6 +183,28 @@ def test_idempotency_key_returns_the_first_response_even_after_a_restart(
         big_again = c.post(f"{P}/positions", json=order(symbol, "9999"), headers={"Idempotency-Key": "order-2"})
         assert big_again.status_code == 422 and error_of(big_again)["details"] == error_of(big)["details"]
         assert len(c.get(f"{P}/positions").json()["positions"]) == 1
+
+
+def test_a_feed_marked_down_refuses_orders_until_the_next_trade(client: TestClient, market: Market,
+                                                                priced: Callable[[str], str]) -> None:
+    # The rule of GET /market/price: no order fills at a price the market data API would refuse to show.
+    symbol = priced("100")
+    opened = client.post(f"{P}/positions", json=order(symbol))
+    assert opened.status_code == 201, opened.text
+    down_ns = time.time_ns() + 10**9 + 234 * 10**6  # after every trade so far
+    market.quality("binance", symbol, "feed_disconnected", down_ns)
+    since = f"{datetime.fromtimestamp(down_ns // 10**9, UTC):%Y-%m-%dT%H:%M:%S}.{down_ns // 10**6 % 1000:03d}Z"
+    for refused in (client.post(f"{P}/positions", json=order(symbol)),
+                    client.delete(f"{P}/positions/{opened.json()['position_id']}")):
+        assert refused.status_code == 503
+        error = error_of(refused)
+        assert error["code"] == "MARKET_002"
+        assert error["details"] == {"symbol": symbol, "exchange": "binance", "state": "feed_disconnected",
+                                    "since": since}
+    assert client.get(f"{P}/balance").json()["open_positions"] == 1  # nothing was decided
+    market.trades([TradeRow("binance", symbol, "after-the-mark", D("101"), D("1"), down_ns + 1)])
+    closed = client.delete(f"{P}/positions/{opened.json()['position_id']}")
+    assert closed.status_code == 200 and closed.json()["exit_price"] == "101.00000000"
 
 
 def test_concurrent_orders_that_fit_alone_but_not_together(papp: FastAPI, account: str,

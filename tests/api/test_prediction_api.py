@@ -16,12 +16,13 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.key_repository import ApiKeyRepository
 from infra.store.repository import MarketRepository
+from schemas.codecs.predictions import outcomes_table, predictions_table
 from schemas.prediction import ModelStatus, Prediction, PredictionOutcome
 from streams.agents.predict import outcome_event, prediction_event
 from streams.core.predict.engine import CheckpointError, PredictConfig, StreamPredictor, decode_checkpoint
 from streams.core.predict.features import Bar
 from streams.sinks.clickhouse import ClickHouseSink
-from streams.sinks.predict import ClickHouseBarLoader, ClickHouseModelStore, outcomes_table, predictions_table
+from streams.sinks.predict import ClickHouseBarLoader, ClickHouseModelStore
 from tests.api.conftest import (
     HOUR,
     CandleRow,

@@ -16,12 +16,13 @@ from fastapi.testclient import TestClient
 from api.app import API_PREFIX, create_app
 from api.key_repository import ApiKeyRepository
 from infra.store.risk_repository import RiskRepository
+from schemas.codecs.risk import table as risk_table
 from schemas.events import Interval
 from schemas.risk import RiskEstimate, RiskMethod
 from streams.core.risk import DAY_NS, RiskConfig
 from streams.core.risk_backtest import backtest
 from streams.sinks.clickhouse import ClickHouseSink
-from streams.sinks.risk import ClickHouseCandleLoader, risk_table
+from streams.sinks.risk import ClickHouseCandleLoader
 from tests.api.conftest import (
     HOUR,
     CandleRow,

@@ -21,9 +21,9 @@ from api.portfolio_service import LocalPortfolioBus
 from api.principal import KNOWN_SCOPES
 from infra.store.repository import MarketRepository
 from infra.store.risk_repository import RiskRepository
+from schemas.codecs.risk import table as risk_table
 from schemas.events import Interval
 from schemas.risk import RiskEstimate, RiskMethod
-from streams.sinks.risk import risk_table
 from tests.api.conftest import HOUR, MINUTE, NS, Market, TradeRow, new_account, test_api_settings, token_for
 
 T0 = 1_723_161_600 * NS
@@ -49,7 +49,7 @@ CONFIG = SchemathesisConfig.from_dict(
             },
             {
                 # an order that is well formed may still not fit the balance or the limits:
-                # 422 PORT_001 / PORT_002 are the contract's answers (SPEC.md), not a rejection of the shape
+                # 422 PORT_001 / PORT_002 are the contract's answers (docs/decisions.md), not a rejection of the shape
                 "include-path": "/api/v1/portfolio/positions",
                 "include-method": "POST",
                 "checks": {
@@ -57,7 +57,7 @@ CONFIG = SchemathesisConfig.from_dict(
                 },
             },
             {
-                # SPEC.md: a model that is still warming up answers 503 AI_002 with Retry-After, and one
+                # docs/decisions.md: a model that is still warming up answers 503 AI_002 with Retry-After, and one
                 # whose checkpoint could not be loaded 500 AI_001: contract answers, not server faults.
                 # (The prediction tests in test_prediction_api.py check those codes one by one.)
                 "include-path-regex": "^/api/v1/analysis/prediction/",

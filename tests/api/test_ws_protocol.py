@@ -160,8 +160,26 @@ class Text:
         return newer
 
 
+def test_queue_sends_every_update_in_order_while_the_client_keeps_up() -> None:
+    q = ConflatingQueue(max_keys=10, max_backlog=3)
+    for text in ("a1", "b1", "a2"):
+        q.put(("market", text[0].upper()), Text(text))  # type: ignore[arg-type]
+    q.put_control("ack")
+    assert q.take() == ["ack", "a1", "b1", "a2"]
+    assert q.conflated == 0
+    # a fourth pending update is past the backlog: the client is behind, updates conflate
+    for text in ("a3", "b3", "a4", "a5"):
+        q.put(("market", text[0].upper()), Text(text))  # type: ignore[arg-type]
+    assert q.take() == ["a5", "b3"]
+    assert q.conflated == 2
+    # caught up again (it took everything): every update once more
+    q.put(("market", "A"), Text("a6"))  # type: ignore[arg-type]
+    q.put(("market", "A"), Text("a7"))  # type: ignore[arg-type]
+    assert q.take() == ["a6", "a7"]
+
+
 def test_queue_conflates_per_key_and_keeps_first_order() -> None:
-    q = ConflatingQueue(max_keys=10)
+    q = ConflatingQueue(max_keys=10, max_backlog=0)
     q.put(("market", "A"), Text("a1"))  # type: ignore[arg-type]
     q.put(("market", "B"), Text("b1"))  # type: ignore[arg-type]
     q.put(("market", "A"), Text("a2"))  # type: ignore[arg-type]
@@ -173,7 +191,7 @@ def test_queue_conflates_per_key_and_keeps_first_order() -> None:
 
 def test_queue_bounds_and_lag() -> None:
     clock = Clock()
-    q = ConflatingQueue(max_keys=2, max_control=1, clock=clock)
+    q = ConflatingQueue(max_keys=2, max_control=1, clock=clock, max_backlog=0)
     q.put(("market", "A"), Text("a"))  # type: ignore[arg-type]
     clock.now = 3.0
     q.put(("market", "B"), Text("b"))  # type: ignore[arg-type]
@@ -201,8 +219,38 @@ async def test_queue_get_waits_for_data() -> None:
 # --- hub -------------------------------------------------------------------------------
 
 
-async def test_hub_routes_market_and_merges_volume_when_conflated() -> None:
+async def test_hub_sends_every_update_to_a_client_that_keeps_up() -> None:
     hub = MarketHub()
+    session = hub.open_session()
+    hub.subscribe_market(session, ["BTC-USDT"])
+    hub.publish_trades("BTC-USDT", Decimal("101"), TS + NS, Decimal("2"))
+    hub.publish_trades("BTC-USDT", Decimal("102"), TS + 2 * NS, Decimal("0.5"))
+    assert [(m["price"], m["volume"]) for m in map(json.loads, session.queue.take())] == [
+        ("101.00000000", "2.00000000"),
+        ("102.00000000", "0.50000000"),
+    ]
+    hub.publish_trades("BTC-USDT", Decimal("103"), TS + 3 * NS, Decimal("1"))
+    hub.unsubscribe_market(session, ["BTC-USDT"])  # nothing of it may arrive after the unsubscribe
+    assert session.queue.take() == []
+    assert session.queue.lag() == 0.0
+
+
+async def test_merged_updates_are_shared_by_clients_behind_at_the_same_point() -> None:
+    hub = MarketHub(max_backlog=0)
+    a, b, c = hub.open_session(), hub.open_session(), hub.open_session()
+    for session in (a, b, c):
+        hub.subscribe_market(session, ["BTC-USDT"])
+    hub.publish_trades("BTC-USDT", Decimal("101"), TS, Decimal("2"))
+    c.queue.take()  # c got the first one, a and b did not
+    hub.publish_trades("BTC-USDT", Decimal("102"), TS + NS, Decimal("0.5"))
+    pending = [s.queue._data[("market", "BTC-USDT")] for s in (a, b, c)]
+    assert pending[0] is pending[1]  # one merge (volume 2.5), one rendering, for both
+    assert pending[2] is hub.last_trade["BTC-USDT"]  # c holds the plain update (volume 0.5)
+    assert [json.loads(s.queue.take()[0])["volume"] for s in (a, b, c)] == ["2.50000000", "2.50000000", "0.50000000"]
+
+
+async def test_hub_routes_market_and_merges_volume_when_conflated() -> None:
+    hub = MarketHub(max_backlog=0)  # every client counts as behind: updates conflate at once
     fast, other = hub.open_session(), hub.open_session()
     hub.subscribe_market(fast, ["BTC-USDT"])
     hub.subscribe_market(other, ["ETH-USDT"])
@@ -251,7 +299,7 @@ async def test_hub_book_snapshot_on_subscribe_at_each_depth() -> None:
 
 async def test_hub_kicks_a_client_that_stays_behind() -> None:
     clock = Clock()
-    hub = MarketHub(slow_close_after_s=5.0, clock=clock)
+    hub = MarketHub(slow_close_after_s=5.0, clock=clock, max_backlog=4)
     slow, fast = hub.open_session(), hub.open_session()
     for session in (slow, fast):
         hub.subscribe_market(session, ["BTC-USDT"])

@@ -10,10 +10,12 @@ uvicorn worker, uvloop + httptools, its one MarketFeed consumer); the producer h
 `--client-procs` processes, every client subscribed to all `--symbols` symbols on the `market`
 channel, so each receives up to one message per tick.
 
-Reported: p50/p99 at 1k and 5k ticks/s with one client; then, at 1k ticks/s, clients doubling
-from 10 until p99 passes 100 ms (DESIGN.md targets: p99 < 15 ms at 1k ticks/s to 100 clients,
-≥ 100k deliveries/s per API process). Reported, never asserted. On a 2-core machine the client
-processes share the CPUs with the server, so the capacity figure is a lower bound.
+Reported: p50/p99 at 1k and 5k ticks/s with one client; then, at 1k ticks/s, 100 clients (the
+target: every update delivered, p99 < 15 ms, >= 100k deliveries/s per API process, see
+docs/architecture.md) and clients doubling from 200 until p99 passes 100 ms. Then the same
+figures for the anchor in the same run: a bare uvicorn fan-out (`plain_fanout_app`, ticks
+published in-process) with the same clients. Reported, never asserted. On a 2-core machine the
+client processes share the CPUs with the server, so the capacity figure is a lower bound.
 """
 
 from __future__ import annotations
@@ -37,11 +39,49 @@ SYMBOL_FMT = "BW{}-USDT"
 # --- server subprocess -------------------------------------------------------------------
 
 
+def plain_fanout_app(publishers: list[Any]) -> Any:
+    """The anchor: a bare Starlette WebSocket route on the same uvicorn, no hub, no queue, no
+    conflation: each tick is rendered once and sent to every socket in turn. What one process can
+    deliver when nothing stands between the tick and the sockets."""
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    from api.ws.protocol import market_message
+
+    sockets: set[WebSocket] = set()
+
+    async def plain(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.receive_text()  # the subscribe frame
+        await websocket.send_text('{"type": "subscribed"}')
+        sockets.add(websocket)
+        try:
+            while True:
+                await websocket.receive_text()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            sockets.discard(websocket)
+
+    async def publish(symbol: str, price: Decimal, event_ts_ns: int, volume: Decimal) -> None:
+        text = market_message(symbol, price, event_ts_ns, volume)
+        for websocket in tuple(sockets):
+            try:
+                await websocket.send_text(text)
+            except Exception:
+                sockets.discard(websocket)
+
+    publishers.append(publish)
+    return Starlette(routes=[WebSocketRoute("/ws/market", plain)])
+
+
 def run_server(port: int, bootstrap: str) -> None:
     """The API with its feed (`bootstrap` given) or without a broker (`bootstrap` = "direct": ticks are
-    published into the hub by this process, which isolates the fan-out from the broker). Commands on
-    stdin: `RUN rate seconds symbols` (direct mode: publish ticks), `STATS` (feed-arrival latency
-    since the last STATS, ms: the raw topic -> API part of the tick-to-client latency)."""
+    published into the hub by this process, which isolates the fan-out from the broker; "plain": the
+    anchor, `plain_fanout_app`, direct too). Commands on stdin: `RUN rate seconds symbols` (direct
+    mode: publish ticks), `STATS` (feed-arrival latency since the last STATS, ms: the raw topic -> API
+    part of the tick-to-client latency)."""
     import uvicorn
 
     from api.app import create_app
@@ -63,14 +103,22 @@ def run_server(port: int, bootstrap: str) -> None:
             arrivals.append((time.time() - float(price)) * 1000)
             super().publish_trades(symbol, price, event_ts_ns, volume)
 
-    direct = bootstrap == "direct"
-    app = create_app(
-        repository=NoStore(),  # type: ignore[arg-type]
-        api_settings=test_api_settings(rate_limit="1000000/minute"),
-        key_repository=NoStore(),  # type: ignore[arg-type]
-    )
-    hub = install_market_websocket(app, TimingHub(max_subscriptions=100))
-    feed = None if direct else MarketFeed(Settings(kafka_bootstrap=bootstrap, topic_namespace=NS), hub)  # type: ignore[call-arg]
+    direct = bootstrap in ("direct", "plain")
+    publishers: list[Any] = []
+    if bootstrap == "plain":
+        app = plain_fanout_app(publishers)
+        hub = None
+    else:
+        app = create_app(
+            repository=NoStore(),  # type: ignore[arg-type]
+            api_settings=test_api_settings(rate_limit="1000000/minute"),
+            key_repository=NoStore(),  # type: ignore[arg-type]
+        )
+        hub = install_market_websocket(app, TimingHub(max_subscriptions=100))
+    feed = None
+    if not direct:
+        assert hub is not None
+        feed = MarketFeed(Settings(kafka_bootstrap=bootstrap, topic_namespace=NS), hub)  # type: ignore[call-arg]
 
     async def publish(rate: float, seconds: float, symbols: int) -> int:
         sent = 0
@@ -78,8 +126,11 @@ def run_server(port: int, bootstrap: str) -> None:
         while (elapsed := time.perf_counter() - start) < seconds:
             while sent < int(elapsed * rate):
                 now = time.time_ns()
-                hub.publish_trades(SYMBOL_FMT.format(sent % symbols), Decimal(now // 1000) / 1_000_000, now,
-                                   Decimal("0.001"))  # fmt: skip
+                args = (SYMBOL_FMT.format(sent % symbols), Decimal(now // 1000) / 1_000_000, now, Decimal("0.001"))
+                if hub is not None:
+                    hub.publish_trades(*args)
+                else:
+                    await publishers[0](*args)
                 sent += 1
             await asyncio.sleep(0.0005)
         return sent
@@ -268,36 +319,40 @@ async def measure(
     }
 
 
-async def drive(args: argparse.Namespace) -> None:
-    from infra.cli.topics import create_topics
+async def drive_one(args: argparse.Namespace, label: str, mode: str) -> list[dict[str, Any]]:
+    """Measure one server: `mode` is a bootstrap address (the API and its feed), "direct" (the API,
+    ticks published into its hub) or "plain" (the anchor)."""
     from infra.dev.processes import free_port
     from tests.api.conftest import token_for
 
-    if not args.direct:
-        await asyncio.to_thread(create_topics, args.bootstrap, NS)
     port = free_port()
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.bench.bench_ws", "--serve", str(port), "direct" if args.direct else args.bootstrap,
+        sys.executable, "-m", "tests.bench.bench_ws", "--serve", str(port), mode,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )  # fmt: skip
+    run = argparse.Namespace(**{**vars(args), "direct": mode in ("direct", "plain")})
+    results: list[dict[str, Any]] = []
+
+    def report(result: dict[str, Any]) -> None:
+        result = {"server": label, **result}
+        print(json.dumps(result), flush=True)
+        results.append(result)
+
     try:
         assert server.stdout is not None and server.stdin is not None
         assert (await asyncio.wait_for(server.stdout.readline(), 90)).strip() == b"READY"
         await asyncio.sleep(0.5)
         token = token_for("bench-ws")
         # make the symbols known (seen on the feed) before anyone subscribes
-        await ticks(args, server, 1000, 0.1)
+        await ticks(run, server, 1000, 0.1)
         await asyncio.sleep(1.0)
-        results = []
         for rate in (1000.0, 5000.0):
-            result = await measure(args, server, port, 1, rate, token)
-            print(json.dumps(result), flush=True)
-            results.append(result)
-        clients = 10
+            report(await measure(run, server, port, 1, rate, token))
+        report(await measure(run, server, port, 100, 1000.0, token))  # the target: 1k ticks/s to 100 clients
+        clients = 200
         while clients <= args.max_clients:
-            result = await measure(args, server, port, clients, 1000.0, token)
-            print(json.dumps(result), flush=True)
-            results.append(result)
+            result = await measure(run, server, port, clients, 1000.0, token)
+            report(result)
             if result["p99_ms"] > 100:
                 break
             clients *= 2
@@ -305,6 +360,26 @@ async def drive(args: argparse.Namespace) -> None:
         if server.returncode is None:
             server.terminate()
         await server.wait()
+    return results
+
+
+async def drive(args: argparse.Namespace) -> None:
+    from infra.cli.topics import create_topics
+
+    if not args.direct:
+        await asyncio.to_thread(create_topics, args.bootstrap, NS)
+    api = await drive_one(args, "api", "direct" if args.direct else args.bootstrap)
+    if args.no_anchor:
+        return
+    anchor = await drive_one(args, "plain-anchor", "plain")
+    by_clients = {(r["clients"], r["ticks_per_s"]): r for r in anchor}
+    for row in api:
+        other = by_clients.get((row["clients"], row["ticks_per_s"]))
+        if other is not None:
+            ratio = row["deliveries_per_s"] / max(1, other["deliveries_per_s"])
+            print(f"{row['clients']} clients at {row['ticks_per_s']:.0f} ticks/s: api {row['deliveries_per_s']}/s "
+                  f"(share {row['delivered_share']}, p99 {row['p99_ms']} ms) vs plain {other['deliveries_per_s']}/s "
+                  f"(share {other['delivered_share']}, p99 {other['p99_ms']} ms): {ratio:.2f}", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -321,6 +396,7 @@ def main() -> None:
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--bootstrap", default=os.environ.get("ENTASIS_TEST_KAFKA_BOOTSTRAP"))
     parser.add_argument("--direct", action="store_true", help="no broker: ticks published in the API process")
+    parser.add_argument("--no-anchor", action="store_true", help="skip the plain fan-out anchor")
     args = parser.parse_args()
     broker = None
     if not args.bootstrap and not args.direct:

@@ -2,10 +2,7 @@
 portfolio agent, and the API with its Kafka bus. Two concurrent orders that each fit but not
 together give one 201 and one PORT_001; an Idempotency-Key holds across an API restart; a
 worker killed with SIGKILL and restarted rebuilds its state from pf.events alone (it decides the
-next order against the positions it had); `set-balance` is a command like any other.
-
-Until streams/app.py registers the portfolio agent, the worker is this module run as a script
-(`python -m tests.integration.test_portfolio_pipeline`): the same agent and Faust settings."""
+next order against the positions it had); `set-balance` is a command like any other."""
 
 from __future__ import annotations
 
@@ -41,10 +38,6 @@ pytestmark = pytest.mark.integration
 P = f"{API_PREFIX}/portfolio"
 
 
-def start_portfolio_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    return start_worker(settings, log)  # the real worker: the portfolio agent beside every other agent
-
-
 def set_balance(settings: Settings, account: str, amount: str, timeout_s: float = 90.0) -> None:
     """Also the readiness probe: retried until a worker holds the partition and answers."""
     args = argparse.Namespace(account=account, amount=Decimal(amount), max_open_positions=None,
@@ -59,13 +52,8 @@ def api(settings: Settings) -> Iterator[TestClient]:
     """One API process: its own bus, which replays pf.events when it starts."""
     repository = RiskRepository(lambda: make_client(settings), symbols_ttl_s=0)
     keys = ApiKeyRepository(lambda: make_client(settings))
-    app = create_app(repository=repository, api_settings=test_api_settings(), key_repository=keys)
-    if not any(getattr(r, "path", "") == f"{P}/positions" for r in app.routes):  # until api/app.py wires it
-        from api.routes import portfolio
-
-        app.include_router(portfolio.router, prefix=API_PREFIX)
     bus = KafkaPortfolioBus(settings.kafka_bootstrap, settings.topic_namespace)
-    app.state.portfolio_bus = bus
+    app = create_app(repository=repository, api_settings=test_api_settings(), key_repository=keys, portfolio_bus=bus)
     try:
         with TestClient(app) as client:
             client.portal.call(bus.start)  # type: ignore[union-attr]  # on the app's event loop
@@ -96,7 +84,7 @@ def test_portfolio_against_the_running_system(infra: Infra, tmp_path: Path) -> N
     db.close()
     order = {"symbol": "BTC-USDT", "size": "1", "type": "long"}
 
-    worker = start_portfolio_worker(settings, tmp_path / "worker.log")
+    worker = start_worker(settings, tmp_path / "worker.log")
     try:
         set_balance(settings, "alice", "100000")
         with api(settings) as client:
@@ -127,7 +115,7 @@ def test_portfolio_against_the_running_system(infra: Infra, tmp_path: Path) -> N
 
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
-        worker = start_portfolio_worker(settings, tmp_path / "worker2.log")
+        worker = start_worker(settings, tmp_path / "worker2.log")
         set_balance(settings, "carol", "5")  # waits until the new worker answers
         with api(settings) as client:
             # rebuilt from pf.events: alice's open position still holds 60000 of her 100000

@@ -12,8 +12,9 @@ import orjson
 import pytest
 
 from infra.cli import risk as risk_cli
+from schemas.risk import RiskMethod
 from streams.core.risk import DAY_NS, RiskConfig
-from streams.core.risk_backtest import backtest
+from streams.core.risk_backtest import backtest, bar_range, default_end
 from tests.shared_data import DATA, REFERENCE_CANDLES
 
 HOUR = 3600 * 10**9
@@ -71,3 +72,32 @@ def test_json_output_and_coarser_interval(capsys: pytest.CaptureFixture[str], tm
         run(["risk", "backtest", "--csv", str(REFERENCE_CANDLES), "--symbol", "X-Y"])
     with pytest.raises(SystemExit):  # finer than the file
         run(["risk", "backtest", "--csv", str(csv_path), "--interval", "1m"])
+
+
+def test_bar_range_reads_the_agents_warm_up_and_one_day_after() -> None:
+    # 1h bars, a 2-day window, EWMA only: 48 returns kept, 49 closes to rebuild, plus one bar.
+    config = RiskConfig(interval_ns=HOUR, window_days=2, methods=(RiskMethod.EWMA,))
+    assert bar_range(config, 240 * HOUR, 480 * HOUR) == (190 * HOUR, 480 * HOUR + DAY_NS)
+    assert bar_range(config, None, None) == (0, 2**62)  # open sides read everything
+    assert bar_range(config, 10 * HOUR, None) == (0, 2**62)  # never before the epoch
+
+
+def test_default_end_is_the_first_midnight_after_the_last_close() -> None:
+    assert default_end(3 * DAY_NS + 22 * HOUR, HOUR) == 4 * DAY_NS  # closes 23:00
+    assert default_end(3 * DAY_NS + 23 * HOUR, HOUR) == 5 * DAY_NS  # closes on a midnight: the next one
+    assert default_end(3 * DAY_NS, DAY_NS) == 5 * DAY_NS
+
+
+def test_the_bars_in_bar_range_backtest_like_the_whole_history() -> None:
+    # What the API and `--symbol` read from the store must give the rows the full series gives.
+    closes = 100 * np.exp(np.cumsum(np.random.default_rng(11).normal(0, 0.01, 24 * 40)))
+    bars = [(i * HOUR, float(c)) for i, c in enumerate(closes)]
+    config = RiskConfig(interval_ns=HOUR, window_days=5,
+                        methods=(RiskMethod.HISTORICAL, RiskMethod.PARAMETRIC, RiskMethod.EWMA))
+    start, end = 20 * DAY_NS, 30 * DAY_NS
+    lo, hi = bar_range(config, start, end)
+    assert 0 < lo < start and hi < bars[-1][0]  # the test trims both sides
+    full = backtest(bars, config, start, end)
+    trimmed = backtest([b for b in bars if lo <= b[0] < hi], config, start, end)
+    assert [r.observations for r in full] == [10, 10, 10]
+    assert trimmed == full

@@ -1,0 +1,261 @@
+"""REST read path: `python -m tests.bench.bench_rest [--seconds 8] [--connections 32]`.
+
+Three HTTPS servers, one at a time, each one uvicorn worker (uvloop, httptools) configured by
+`api.main.uvicorn_config` with the same self-signed certificate:
+- `hello`: a FastAPI hello-world (the anchor);
+- `store`: the API answering from ClickHouse only (the embedded database owner over HTTP), as
+  before the read model;
+- `memory`: the same API with its read model (api/read_model.py) in front of the store, filled
+  with the same data the store holds, as the consumer would fill it.
+
+Data: one day of synthetic trades (one a second) and its 1m candles for BENCH-USDT on one venue.
+Requests: `/market/price/BENCH-USDT` and `/market/history/BENCH-USDT?interval=1m` over the day
+(1440 candles, the last one still open). A JWT on every request, as a client sends it.
+
+Load: `wrk` (Debian package `wrk`) on loopback, bounded in time: first closed-loop at
+`--connections` for the maximum rate (req/s, p50, p99), then paced (a Lua `delay` per connection)
+near a fixed rate for the latency targets (p99 at 1,000 req/s for price, 200 req/s for history).
+Figures are printed beside the anchor from the same run; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+from random import Random
+
+SYMBOL = "BENCH-USDT"
+VENUE = "benchx"
+NS = 10**9
+DAY_NS = 86_400 * NS
+MINUTE_NS = 60 * NS
+T0 = 1_723_075_200 * NS  # 2024-08-08T00:00:00Z
+
+Trade = tuple[int, str, Decimal, Decimal]
+CandleTuple = tuple[int, Decimal, Decimal, Decimal, Decimal, Decimal]
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def day_of_trades() -> list[Trade]:
+    """(event_ns, trade_id, price, size): one trade a second, a seeded random walk."""
+    rng = Random(7)
+    price = 60_000 * 100
+    out: list[Trade] = []
+    for i in range(86_400):
+        price += rng.randint(-50, 50)
+        size = Decimal(rng.randint(1, 5000)) / 1000
+        out.append((T0 + i * NS + 123_000_000, str(10_000_000 + i), Decimal(price) / 100, size))
+    return out
+
+
+def minute_candles(trades: list[Trade]) -> list[CandleTuple]:
+    """Closed 1m candles of every minute but the last (still open, served from trades)."""
+    buckets: dict[int, list[tuple[int, str, Decimal, Decimal]]] = {}
+    for t in trades:
+        buckets.setdefault(t[0] // MINUTE_NS * MINUTE_NS, []).append(t)
+    out = []
+    for open_ns in sorted(buckets)[:-1]:
+        rows = buckets[open_ns]
+        prices = [r[2] for r in rows]
+        out.append((open_ns, prices[0], max(prices), min(prices), prices[-1], sum((r[3] for r in rows), Decimal(0))))
+    return out
+
+
+def load_store(url: str, database: str) -> None:
+    from infra.store.clickhouse import client_for_url
+    from infra.store.migrate import apply_migrations
+
+    admin = client_for_url(url)
+    admin.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    admin.close()
+    client = client_for_url(url, database=database)
+    apply_migrations(client)
+    trades = day_of_trades()
+    client.insert(
+        "trades",
+        [[VENUE, SYMBOL, tid, p, s, "buy", ns, ns + 1000] for ns, tid, p, s in trades],
+        column_names=["venue", "symbol", "trade_id", "price", "size", "side", "event_ts", "recv_ts"],
+    )
+    client.insert(
+        "candles",
+        [[VENUE, SYMBOL, "1m", o, op, h, lo, c, v, 60, "a", "b", 0, 1, o + 1, 1]
+         for o, op, h, lo, c, v in minute_candles(trades)],
+        column_names=["venue", "symbol", "interval", "open_ts", "open", "high", "low", "close", "volume", "trades",
+                      "first_trade_id", "last_trade_id", "revision", "is_final", "event_ts", "version"],
+    )  # fmt: skip
+    client.close()
+
+
+# --- server subprocess -------------------------------------------------------------------
+
+
+def serve(mode: str, port: int, url: str, database: str, cert: str, key: str) -> None:
+    import uvicorn
+    from fastapi import FastAPI
+
+    from api.main import uvicorn_config
+    from tests.api.conftest import test_api_settings
+
+    settings = test_api_settings(
+        rate_limit="100000000/minute", tls_cert=Path(cert), tls_key=Path(key), symbols_cache_seconds=5.0
+    )
+    if mode == "hello":
+        app = FastAPI()
+
+        @app.get("/hello")
+        def hello() -> dict[str, str]:
+            return {"hello": "world"}
+    else:
+        from api.app import create_app
+        from api.market_memory import MemoryMarket
+        from api.read_model import MemTrade, ReadModel, VersionedCandle
+        from infra.store.clickhouse import client_for_url
+        from infra.store.repository import CandleRow
+        from infra.store.risk_repository import RiskRepository
+
+        class NoKeys:
+            def get(self, key_id: str) -> None:
+                return None
+
+            def close(self) -> None:
+                pass
+
+        repository = RiskRepository(lambda: client_for_url(url, database=database), symbols_ttl_s=5.0)
+        if mode == "memory":
+            model = ReadModel()
+            trades = day_of_trades()
+            # What the consumer would have applied: the last trade, then the store fills the past in.
+            model.apply_trades(VENUE, SYMBOL, [MemTrade(*trades[-1])])
+            model.apply_candle(VENUE, SYMBOL, "1m", VersionedCandle(1, CandleRow(*minute_candles(trades)[-1])))
+            repository.memory = MemoryMarket(model, repository)
+        keys = NoKeys()
+        app = create_app(repository=repository, api_settings=settings, key_repository=keys)  # type: ignore[arg-type]
+    uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, settings, "warning")).run()
+
+
+# --- driver ----------------------------------------------------------------------------------
+
+_PACE_LUA = """
+local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS"))
+function delay() return delay_ms end
+"""
+
+
+def wrk(
+    url: str, token: str, seconds: float, connections: int, pace_ms: float | None, workdir: Path
+) -> dict[str, float]:
+    cmd = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "--timeout", "5s",
+           "-H", f"Authorization: Bearer {token}"]  # fmt: skip
+    env = dict(os.environ)
+    if pace_ms is not None:
+        script = workdir / "pace.lua"
+        script.write_text(_PACE_LUA)
+        cmd += ["-s", str(script)]
+        env["BENCH_DELAY_MS"] = f"{pace_ms:g}"
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, env=env, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+
+    def pct(p: str) -> float:
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        if m is None:
+            return float("nan")
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    errors = int(non2xx.group(1)) if non2xx else 0
+    return {"req_s": round(rps), "p50_ms": pct("50"), "p99_ms": pct("99"), "non_2xx": errors}
+
+
+def wait_ready(base: str, cert: Path, timeout_s: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(base + "/openapi.json", verify=str(cert), timeout=2)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError("server did not start")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve":
+        serve(sys.argv[2], int(sys.argv[3]), *sys.argv[4:8])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--modes", default="hello,store,memory")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install -y wrk")
+
+    import httpx
+
+    from api.tls import self_signed
+    from infra.dev.processes import free_port
+    from tests.api.conftest import token_for
+    from tests.integration.chdb_fixture import start_chdb_server
+
+    work = Path(tempfile.mkdtemp(prefix="bench-rest-"))
+    cert, key = work / "cert.pem", work / "key.pem"
+    self_signed(cert, key)
+    db = start_chdb_server(work / "chdb", work / "chdb.log")
+    try:
+        load_store(db.url, "bench")
+        token = token_for("bench-rest")
+        history = ("/api/v1/market/history/BENCH-USDT?interval=1m&exchange=benchx"
+                   "&start=2024-08-08T00:00:00Z&end=2024-08-09T00:00:00Z")
+        price = "/api/v1/market/price/BENCH-USDT"
+        results: dict[str, dict[str, dict[str, float]]] = {}
+        for mode in args.modes.split(","):
+            port = free_port()
+            server = subprocess.Popen([sys.executable, "-m", "tests.bench.bench_rest", "--serve", mode, str(port),
+                                       db.url, "bench", str(cert), str(key)])  # fmt: skip
+            try:
+                base = f"https://127.0.0.1:{port}"
+                wait_ready(base, cert)
+                figures: dict[str, dict[str, float]] = {}
+                paths = {"hello": "/hello"} if mode == "hello" else {"price": price, "history": history}
+                for name, path in paths.items():
+                    check = httpx.get(base + path, verify=str(cert), headers={"Authorization": f"Bearer {token}"})
+                    assert check.status_code == 200, check.text[:300]
+                    if name == "history":
+                        assert len(check.json()["data"]) == 1440
+                    wrk(base + path, token, 2, args.connections, None, work)  # warm-up
+                    figures[f"{name}_max"] = wrk(base + path, token, args.seconds, args.connections, None, work)
+                    # paced: 10 connections, each waiting `delay` between requests
+                    target = 200 if name == "history" else 1000
+                    figures[f"{name}_at_{target}"] = wrk(base + path, token, args.seconds, 10, 10_000 / target, work)
+                results[mode] = figures
+                print(json.dumps({mode: figures}), flush=True)
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+        hello = results.get("hello", {}).get("hello_max", {}).get("req_s")
+        if hello:
+            for mode in ("store", "memory"):
+                if mode in results:
+                    ratio = results[mode]["price_max"]["req_s"] / hello
+                    print(f"{mode}: /market/price {results[mode]['price_max']['req_s']} req/s = {ratio:.3f} of hello "
+                          f"({hello} req/s); target >= 0.6", flush=True)  # fmt: skip
+    finally:
+        db.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
