@@ -12,6 +12,7 @@ clock), never the agent's, so a replay decides and stamps exactly the same event
 
 from __future__ import annotations
 
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -27,6 +28,16 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 # Idempotency-Key header values: printable ASCII, bounded (they are kept per account forever).
 IdempotencyKey = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,128}$")]
 
+# Bounds of a command's decimals: what the API's request schema admits (a size of at most 20 integer
+# digits), what the store holds (Decimal(38, 8): under 1e30), 8 places at most. Within them the agent's
+# money arithmetic is exact (streams/core/portfolio.py); beyond them a command is refused at the door.
+MAX_SIZE = Decimal("1e20")  # exclusive
+MAX_MONEY = Decimal("1e30")  # exclusive: prices, balances, notional limits
+Size = Annotated[DecimalStr, Field(gt=0, lt=MAX_SIZE, decimal_places=8)]
+Leverage = Annotated[DecimalStr, Field(ge=1, le=100, decimal_places=8)]
+Price = Annotated[DecimalStr, Field(gt=0, lt=MAX_MONEY, decimal_places=8)]
+Money = Annotated[DecimalStr, Field(gt=-MAX_MONEY, lt=MAX_MONEY)]
+
 
 class PositionType(StrEnum):
     LONG = "long"
@@ -40,6 +51,7 @@ class RejectCode(StrEnum):
     PORT_002 = "PORT_002"  # open-position count or per-symbol notional limit
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"  # key reused with a different request
     NOT_FOUND = "NOT_FOUND"  # close of a position the account does not hold open
+    BAD_REQUEST = "BAD_REQUEST"  # values whose arithmetic fails (details: reason)
 
 
 class _Message(BaseModel):
@@ -59,9 +71,9 @@ class OpenPosition(_Message):
     kind: Literal["open_position"] = "open_position"
     symbol: Symbol
     type: PositionType
-    size: DecimalStr = Field(gt=0)
-    leverage: DecimalStr = Field(ge=1, le=100)
-    price: DecimalStr = Field(gt=0)
+    size: Size
+    leverage: Leverage
+    price: Price
     price_ts_ns: NanoTime
     idempotency_key: IdempotencyKey | None = None
     request_hash: str = ""  # sha256 of the normalised request; compared when a key is reused
@@ -71,7 +83,7 @@ class OpenPosition(_Message):
 class ClosePosition(_Message):
     kind: Literal["close_position"] = "close_position"
     position_id: Id
-    price: DecimalStr = Field(gt=0)  # the latest trade price of the position's symbol
+    price: Price  # the latest trade price of the position's symbol
     price_ts_ns: NanoTime
     issued_ts_ns: NanoTime
 
@@ -80,9 +92,9 @@ class SetBalance(_Message):
     """Set an account's cash balance (and, when given, its limits): `entasis portfolio set-balance`."""
 
     kind: Literal["set_balance"] = "set_balance"
-    balance: DecimalStr
+    balance: Money
     max_open_positions: Annotated[int, Field(ge=0)] | None = None
-    max_symbol_notional: DecimalStr | None = Field(default=None, ge=0)
+    max_symbol_notional: Annotated[DecimalStr, Field(ge=0, lt=MAX_MONEY)] | None = None
     issued_ts_ns: NanoTime
 
 

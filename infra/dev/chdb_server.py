@@ -19,23 +19,43 @@ What of the HTTP interface is spoken (what clickhouse-connect 1.x sends, plus wh
 
 Deliberately not spoken: response compression (the loopback gains nothing, and clients accept an
 identity response), streamed results (results are materialised first, as with `wait_end_of_query=1`,
-so an error always arrives as a status), progress headers, authentication (one local user: the
-credentials sent are ignored), external data and `decompress=1` (both answered NOT_IMPLEMENTED).
+so an error always arrives as a status), progress headers, external data and `decompress=1` (both
+answered NOT_IMPLEMENTED).
+
+Who may talk to it (anyone on the machine can reach a loopback port, and a browser page can make the
+browser post to one):
+- One user, `default`, whose password is drawn at random on every start and written to
+  `<path>/http-password` (mode 0600) before the port opens; clients of this machine's user read it
+  there (infra/store/clickhouse.py). Every query needs it, as ClickHouse takes it: basic auth,
+  X-ClickHouse-User/X-ClickHouse-Key headers, or `user`/`password` URL parameters. `/ping` does not.
+- The Host header must name a loopback address (no DNS rebinding), and any Origin header is refused
+  (no browser page's request).
+- SQL that reaches outside the database is refused: table functions, engines and dictionary sources
+  that read or write files, URLs, other servers or processes (`file`, `url`, `s3`, `remote`, `mysql`,
+  `executable`, chdb's `Python`, ...), `INTO OUTFILE`/`FROM INFILE`, SYSTEM/BACKUP/RESTORE/ATTACH, and
+  multi-statements (chdb would run them all; ClickHouse's HTTP interface refuses them too).
+- Bodies are bounded: on the wire, decompressed, and as SQL text; lengths must be plain decimal or hex.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import contextlib
 import email.parser
 import email.policy
 import fcntl
+import functools
+import hmac
 import importlib
 import io
+import ipaddress
 import json
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
 import sys
@@ -52,6 +72,8 @@ from typing import Any
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import chdb
+
+from infra.store.clickhouse import OWNER_PASSWORD_FILE, OWNER_USER
 
 
 def _optional_module(name: str) -> Any:
@@ -71,18 +93,26 @@ logger = logging.getLogger("infra.dev.chdb_server")
 # ClickHouse error codes this module raises itself (src/Common/ErrorCodes.cpp).
 _BAD_ARGUMENTS = 36
 _NOT_IMPLEMENTED = 48
+_SYNTAX_ERROR = 62
 _READONLY = 164
 _CANNOT_DECOMPRESS = 271
+_TOO_MANY_BYTES = 307
 _SESSION_NOT_FOUND = 372
 _SESSION_IS_LOCKED = 373
+_ACCESS_DENIED = 497
+_AUTHENTICATION_FAILED = 516
 _STD_EXCEPTION = 1001
 _ERROR_NAMES = {
     _BAD_ARGUMENTS: "BAD_ARGUMENTS",
     _NOT_IMPLEMENTED: "NOT_IMPLEMENTED",
+    _SYNTAX_ERROR: "SYNTAX_ERROR",
     _READONLY: "READONLY",
     _CANNOT_DECOMPRESS: "CANNOT_DECOMPRESS",
+    _TOO_MANY_BYTES: "TOO_MANY_BYTES",
     _SESSION_NOT_FOUND: "SESSION_NOT_FOUND",
     _SESSION_IS_LOCKED: "SESSION_IS_LOCKED",
+    _ACCESS_DENIED: "ACCESS_DENIED",
+    _AUTHENTICATION_FAILED: "AUTHENTICATION_FAILED",
     _STD_EXCEPTION: "STD_EXCEPTION",
 }
 
@@ -93,6 +123,7 @@ _HTTP_STATUS_BY_CODE = {
     **dict.fromkeys((194, 516), 401),
     **dict.fromkeys((_READONLY, 291, 497), 403),
     **dict.fromkeys((16, 46, 47, 50, 60, 73, 81, 115), 404),
+    _TOO_MANY_BYTES: 413,
     _NOT_IMPLEMENTED: 501,
 }
 
@@ -131,11 +162,19 @@ _MAX_SESSION_TIMEOUT_S = 3600
 _SESSION_SWEEP_INTERVAL_S = 1.0
 _MAX_IDLE_POOLED_HANDLES = 16
 _READ_CHUNK = 1 << 20
+_COALESCED_REPLY_BYTES = 64 * 1024
 _MAX_LINE = 64 * 1024
 # An INSERT statement longer than this ahead of its data is run as plain SQL: correct, just not streamed.
 _MAX_INSERT_HEAD = 1 << 20
 # Socket timeout per read/write: how long an idle keep-alive connection (or a stalled peer) is kept.
 _SOCKET_TIMEOUT_S = 60
+# Request bounds. An insert streams into the engine, so its body may be large, but not endless; SQL text
+# (and a multipart form) is held in memory whole, so it is bounded far lower. Decompressed bytes count
+# against the same bound as wire bytes: a small gzip body must not expand into gigabytes.
+MAX_BODY_BYTES = 256 << 20
+MAX_QUERY_BYTES = 16 << 20
+_CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
 _CONTENT_TYPES = {
     "TabSeparated": "text/tab-separated-values; charset=UTF-8",
@@ -228,6 +267,93 @@ def _quote_literal(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+# ---------------------------------------------------------------------------------------------------------
+# SQL that reaches outside the database.
+#
+# A lexer just precise enough to tell code from string literals, quoted identifiers, comments and heredocs
+# as ClickHouse's own lexer does (src/Parsers/Lexer.cpp). Where the two could disagree it errs towards
+# code: a comment ends at the first CR or LF and never nests, an unterminated literal is code, `'a''b'` is
+# two literals. Text taken for code can only be refused more, never run more.
+
+_TOKEN = re.compile(
+    rb"""
+      (?P<string>'(?:[^'\\]|\\.)*')
+    | (?P<quoted>`(?:[^`\\]|\\.)*`|"(?:[^"\\]|\\.)*")
+    | (?P<comment>--[^\r\n]*|\#[ !][^\r\n]*|/\*.*?\*/)
+    | (?P<heredoc>\$(?P<tag>[^$]*)\$.*?\$(?P=tag)\$)
+    | (?P<word>[A-Za-z0-9_$]+)
+    | (?P<semicolon>;)
+    | (?P<paren>\()
+    | (?P<space>\s+)
+    | (?P<other>.)
+    """,
+    re.S | re.X,
+)
+
+
+def _lowered(*groups: str) -> frozenset[bytes]:
+    return frozenset(name.lower().encode() for group in groups for name in group.split())
+
+
+# Names that, called, reach outside the database: table functions, table and database engines, dictionary
+# sources and functions that read or write files, URLs, object stores, other servers or processes, and
+# chdb's own `python`/`arrowstream`/`eval` (this process's memory). Exact names, compared case-insensitively:
+# a table or column that merely starts like one (`file_events`) is fine. The test suite checks every table
+# function and engine the engine knows is either here or known to stay inside the database, so a chdb
+# upgrade that brings a new one fails until it is classified.
+_REACHES_OUTSIDE = _lowered(
+    # table functions
+    "arrowstream azureBlobStorage azureBlobStorageCluster bigquery cluster clusterAllReplicas cosn deltaLake "
+    "deltaLakeAzure deltaLakeAzureCluster deltaLakeCluster deltaLakeLocal deltaLakeS3 deltaLakeS3Cluster eval "
+    "executable file fileCluster filesystem gcs hdfs hdfsCluster hudi hudiCluster iceberg icebergAzure "
+    "icebergAzureCluster icebergCluster icebergHDFS icebergHDFSCluster icebergLocal icebergLocalCluster "
+    "icebergS3 icebergS3Cluster jdbc mongodb mysql odbc oss paimon paimonAzure paimonAzureCluster paimonCluster "
+    "paimonHDFS paimonHDFSCluster paimonLocal paimonS3 paimonS3Cluster postgresql python redis remote "
+    "remoteSecure s3 s3Cluster sqlite url urlCluster ytsaurus ",
+    # table engines (those not named above)
+    "AzureQueue Distributed ExecutablePool FileLog Kafka KeeperMap MaterializedPostgreSQL NATS QueryRunner "
+    "RabbitMQ S3Queue ",
+    # database engines
+    "Backup DataLakeCatalog MaterializedMySQL ",
+    # dictionary sources, disks declared in SQL, and the ordinary function file()
+    "http clickhouse executable_pool cassandra library YAMLRegExpTree disk",
+)
+_FILE_KEYWORDS = frozenset({b"OUTFILE", b"INFILE"})  # INTO OUTFILE, FROM INFILE: the server's own files
+_REFUSED_STATEMENTS = frozenset({"SYSTEM", "BACKUP", "RESTORE", "ATTACH"})
+
+
+def refuse_outside_access(sql: bytes) -> None:
+    """Raise ACCESS_DENIED for SQL that would reach outside the database, SYNTAX_ERROR for more than one
+    statement (chdb runs every statement of a text; ClickHouse's HTTP interface refuses that)."""
+    keyword = _leading_keyword(sql)
+    if keyword in _REFUSED_STATEMENTS:
+        raise ClickHouseError.make(_ACCESS_DENIED, f"{keyword} statements are not allowed through the chdb server")
+    called: bytes | None = None  # a name that reaches outside, if the next token is "(" it is a call
+    ended = False
+    for token in _TOKEN.finditer(sql):
+        kind = token.lastgroup
+        if kind in ("space", "comment"):
+            continue
+        if ended:
+            raise ClickHouseError.make(_SYNTAX_ERROR, "Multi-statements are not allowed")
+        if kind == "paren" and called is not None:
+            name = called.decode(errors="replace")
+            raise ClickHouseError.make(_ACCESS_DENIED, f"{name}(...) reaches outside the database: not allowed")
+        called = None
+        if kind == "semicolon":
+            ended = True
+        elif kind == "word":
+            word = token.group()
+            if word.upper() in _FILE_KEYWORDS:
+                raise ClickHouseError.make(_ACCESS_DENIED, f"{word.decode().upper()} is not allowed")
+            if word.lower() in _REACHES_OUTSIDE:
+                called = word
+        elif kind == "quoted":
+            name_bytes = token.group()[1:-1].replace(b"\\", b"")
+            if name_bytes.lower() in _REACHES_OUTSIDE:
+                called = name_bytes
+
+
 @dataclass(frozen=True)
 class _DataInsert:
     """`INSERT ... FORMAT fmt` whose data follows the statement in the request."""
@@ -275,14 +401,38 @@ def _match_data_insert(buf: bytes, complete: bool) -> _DataInsert | _Undecided |
 # Request bodies.
 
 
-class _RequestBody:
-    """The raw body as chunks of at most _READ_CHUNK bytes, sized or chunked transfer encoding."""
+def _too_large(what: str, limit: int) -> ClickHouseError:
+    return ClickHouseError.make(_TOO_MANY_BYTES, f"{what} exceeds the chdb server's limit of {limit} bytes")
 
-    def __init__(self, rfile: io.BufferedIOBase, transfer_encoding: str, content_length: str | None) -> None:
+
+class _RequestBody:
+    """The raw body as chunks of at most _READ_CHUNK bytes, sized or chunked transfer encoding, at most
+    `max_bytes` in all. ValueError for framing we cannot trust (the connection must close after it)."""
+
+    def __init__(
+        self,
+        rfile: io.BufferedIOBase,
+        transfer_encoding: str | None,
+        content_length: str | None,
+        max_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
         self._rfile = rfile
-        self._chunked = "chunked" in transfer_encoding.lower()
+        self._max_bytes = max_bytes
+        self._total = 0
+        self.oversized = False  # the client sent (or announced) more than we read: never drain it
+        encoding = (transfer_encoding or "").strip().lower()
+        if encoding not in ("", "chunked"):
+            raise ValueError(f"Unsupported Transfer-Encoding {transfer_encoding!r}")
+        self._chunked = encoding == "chunked"
+        if content_length is not None and (self._chunked or not _CONTENT_LENGTH.fullmatch(content_length.encode())):
+            # A sign, blanks, underscores or a second framing would each let int() or a proxy read
+            # another length than we do.
+            raise ValueError(f"Invalid Content-Length {content_length!r}")
         self._left = 0 if self._chunked else int(content_length or 0)
         self._done = not self._chunked and self._left == 0
+        if self._left > max_bytes:
+            self.oversized = True
+            raise _too_large("The request body", max_bytes)
 
     @property
     def done(self) -> bool:
@@ -294,8 +444,14 @@ class _RequestBody:
             if data:
                 yield data
 
-    def read_all(self) -> bytes:
-        return b"".join(self.chunks())
+    def read_all(self, limit: int) -> bytes:
+        data = bytearray()
+        for chunk in self.chunks():
+            data += chunk
+            if len(data) > limit:
+                self.oversized = not self._done
+                raise _too_large("The request body", limit)
+        return bytes(data)
 
     def drain(self) -> None:
         """Consume what the client still sends, so that an early error reply reaches it."""
@@ -303,9 +459,13 @@ class _RequestBody:
             pass
 
     def _read(self, wanted: int) -> bytes:
+        if self._total + wanted > self._max_bytes:
+            self.oversized = True
+            raise _too_large("The request body", self._max_bytes)
         data = self._rfile.read(min(wanted, _READ_CHUNK))
         if not data:
             raise ConnectionError("client closed the connection in the middle of the request body")
+        self._total += len(data)
         self._left -= len(data)
         if not self._chunked and self._left == 0:
             self._done = True
@@ -314,10 +474,10 @@ class _RequestBody:
     def _next_transfer_piece(self) -> bytes:
         if self._left == 0:
             size_line = self._rfile.readline(_MAX_LINE)
-            try:
-                self._left = int(size_line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise ConnectionError(f"bad chunk size line {size_line[:40]!r}") from None
+            size = size_line.split(b";", 1)[0].strip()
+            if not _CHUNK_SIZE.fullmatch(size):  # int(x, 16) would take "-5", "0x5" and "5_0"
+                raise ConnectionError(f"bad chunk size line {size_line[:40]!r}")
+            self._left = int(size, 16)
             if self._left == 0:
                 self._skip_trailers()
                 return b""
@@ -332,8 +492,36 @@ class _RequestBody:
         self._done = True
 
 
+class _ZlibStream:
+    """zlib's decompressor in the shape of lz4's and zstd's: `decompress(data, max_length)` bounded, and
+    `needs_input` false while output is still held back."""
+
+    def __init__(self, wbits: int) -> None:
+        self._inner = zlib.decompressobj(wbits=wbits)
+        self._full = False
+
+    @property
+    def eof(self) -> bool:
+        return self._inner.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._inner.unused_data
+
+    @property
+    def needs_input(self) -> bool:
+        return not (self._inner.unconsumed_tail or self._full)
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        out = self._inner.decompress(self._inner.unconsumed_tail + data, max_length)
+        self._full = len(out) == max_length  # zlib may hold more output even with all input taken
+        return out
+
+
 class _BrotliStream:
-    """Gives brotli's decompressor the eof/unused_data shape of the others."""
+    """Gives brotli's decompressor the shape of the others (its output is bounded per request only)."""
+
+    needs_input = True
 
     def __init__(self) -> None:
         self._inner = _brotli.Decompressor()
@@ -343,7 +531,7 @@ class _BrotliStream:
     def eof(self) -> bool:
         return bool(self._inner.is_finished())
 
-    def decompress(self, data: bytes) -> bytes:
+    def decompress(self, data: bytes, max_length: int) -> bytes:
         return bytes(self._inner.process(data))
 
 
@@ -353,15 +541,17 @@ def _decompressor_factory(encoding: str) -> Callable[[], Any]:
     if encoding == "zstd" and _zstd is not None:
         return _zstd.ZstdDecompressor
     if encoding in ("gzip", "x-gzip"):
-        return lambda: zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        return lambda: _ZlibStream(16 + zlib.MAX_WBITS)
     if encoding == "deflate":
-        return lambda: zlib.decompressobj(wbits=zlib.MAX_WBITS)
+        return lambda: _ZlibStream(zlib.MAX_WBITS)
     if encoding == "br" and _brotli is not None:
         return _BrotliStream
     raise ClickHouseError.make(_NOT_IMPLEMENTED, f"Unsupported request Content-Encoding {encoding!r}")
 
 
-def _decoded(chunks: Iterator[bytes], encoding: str) -> Iterator[bytes]:
+def _decoded(chunks: Iterator[bytes], encoding: str, max_bytes: int = MAX_BODY_BYTES) -> Iterator[bytes]:
+    """The body decompressed, in pieces of at most _READ_CHUNK bytes and at most `max_bytes` in all: a
+    body of a few KiB can inflate to gigabytes, and must fail before it is held in memory."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         yield from chunks
@@ -369,21 +559,30 @@ def _decoded(chunks: Iterator[bytes], encoding: str) -> Iterator[bytes]:
     factory = _decompressor_factory(encoding)
     decompressor = factory()
     in_frame = False
+    total = 0
     for chunk in chunks:
         data = chunk
-        while data:
+        while True:
+            in_frame = in_frame or bool(data)
             try:
-                out = decompressor.decompress(data)
+                out = decompressor.decompress(data, _READ_CHUNK)
             except Exception as exc:
                 raise ClickHouseError.make(_CANNOT_DECOMPRESS, f"Cannot decompress {encoding} body: {exc}") from exc
-            in_frame = not decompressor.eof
+            total += len(out)
+            if total > max_bytes:
+                raise _too_large("The decompressed request body", max_bytes)
             if out:
                 yield out
-            if in_frame:
+            if decompressor.eof:
+                # clickhouse-connect compresses every insert block as a frame of its own, back to back.
+                data, in_frame = decompressor.unused_data, False
+                decompressor = factory()
+                if not data:
+                    break
+            elif decompressor.needs_input:
                 break
-            # clickhouse-connect compresses every insert block as a frame of its own, back to back.
-            data = decompressor.unused_data
-            decompressor = factory()
+            else:
+                data = b""  # more output is held back: take it before feeding more input
     if in_frame:
         raise ClickHouseError.make(_CANNOT_DECOMPRESS, f"Truncated {encoding} body")
 
@@ -764,9 +963,11 @@ class _QueryRequest:
             raise ClickHouseError.make(_NOT_IMPLEMENTED, "decompress=1 (ClickHouse-native compressed bodies)")
 
 
-def _split_statement(stream: Iterator[bytes]) -> tuple[bytes, _DataInsert | None]:
+def _split_statement(
+    stream: Iterator[bytes], max_query_bytes: int = MAX_QUERY_BYTES
+) -> tuple[bytes, _DataInsert | None]:
     """Read just enough of the request to know what it is: a data insert (its data stays in `stream`)
-    or a plain SQL text (read whole)."""
+    or a plain SQL text (read whole, at most `max_query_bytes`)."""
     buf = bytearray()
     for chunk in stream:
         buf += chunk
@@ -781,7 +982,54 @@ def _split_statement(stream: Iterator[bytes]) -> tuple[bytes, _DataInsert | None
             return b"", found
     for chunk in stream:
         buf += chunk
+        if len(buf) > max_query_bytes:
+            break
+    if len(buf) > max_query_bytes:
+        raise _too_large("The query text", max_query_bytes)
     return bytes(buf), None
+
+
+@functools.lru_cache(maxsize=64)  # clients send the same few Host values on every request
+def _is_loopback_host(host: str | None) -> bool:
+    """Whether a Host header names this machine's loopback: a page on another name that resolves to
+    127.0.0.1 (DNS rebinding) sends that other name."""
+    if not host:
+        return False
+    name = host.strip()
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else ""
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _write_password(path: str, password: str) -> str:
+    """Write the password where the clients of this machine user find it, readable by that user only;
+    atomically, so a client never reads half of it."""
+    target = os.path.join(path, OWNER_PASSWORD_FILE)
+    temporary = f"{target}.{os.getpid()}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        os.write(fd, password.encode())
+    finally:
+        os.close(fd)
+    os.replace(temporary, target)
+    return target
+
+
+def _remove_password(target: str, password: str) -> None:
+    """Remove the password file on a clean stop, unless a newer server has replaced it."""
+    with contextlib.suppress(OSError):
+        with open(target, encoding="utf-8") as file:
+            if file.read() != password:
+                return
+        os.unlink(target)
 
 
 def _readonly_error() -> ClickHouseError:
@@ -799,11 +1047,12 @@ class ChdbHttpServer(ThreadingHTTPServer):
     block_on_close = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], engine: Engine) -> None:
+    def __init__(self, address: tuple[str, int], engine: Engine, password: str) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
         self.engine = engine
+        self.password = password.encode()
         self.stopping = False
         self._handlers: set[_Handler] = set()
         self._handlers_lock = threading.Lock()
@@ -849,6 +1098,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     timeout = _SOCKET_TIMEOUT_S
     busy = False
+    _headers_buffer: list[Any]  # BaseHTTPRequestHandler's own; _reply appends a small body to it
 
     def setup(self) -> None:
         super().setup()
@@ -875,7 +1125,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s %s", self.address_string(), format % args)
+        if logger.isEnabledFor(logging.DEBUG):  # called for every request: skip the formatting
+            logger.debug("%s %s", self.address_string(), format % args)
 
     def do_GET(self) -> None:
         self._dispatch(read_only=True)
@@ -885,11 +1136,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, read_only: bool) -> None:
         try:
-            transfer_encoding = self.headers.get("Transfer-Encoding", "")
-            body = _RequestBody(self.rfile, transfer_encoding, self.headers.get("Content-Length"))
-        except ValueError:
-            self.close_connection = True  # without a length we cannot find the next request
-            self._reply(400, {"Content-Type": "text/plain; charset=UTF-8"}, b"Invalid Content-Length\n")
+            body = _RequestBody(self.rfile, self.headers.get("Transfer-Encoding"), self.headers.get("Content-Length"))
+        except ValueError as exc:
+            self.close_connection = True  # without a length we trust we cannot find the next request
+            self._reply(400, {"Content-Type": "text/plain; charset=UTF-8"}, f"{exc}\n".encode())
+            return
+        except ClickHouseError as exc:
+            self._refuse(exc)
             return
         try:
             self._route(urlsplit(self.path), body, read_only)
@@ -898,6 +1151,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _route(self, url: SplitResult, body: _RequestBody, read_only: bool) -> None:
+        refusal = self._foreign_request()
+        if refusal is not None:
+            self._refuse(refusal)
+            return
         if url.path in ("/ping", "/replicas_status") or (url.path == "/" and read_only and not url.query):
             body.drain()
             self._reply(200, {"Content-Type": "text/plain; charset=UTF-8"}, b"Ok.\n")
@@ -907,6 +1164,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(404, {"Content-Type": "text/plain; charset=UTF-8"}, f"There is no handle {url.path}\n".encode())
             return
         params = dict(parse_qsl(url.query, keep_blank_values=True))
+        if not self._authenticated(params):
+            self._refuse(
+                ClickHouseError.make(
+                    _AUTHENTICATION_FAILED,
+                    f"{OWNER_USER}: Authentication failed: password is incorrect, or there is no user with such name",
+                )
+            )
+            return
         try:
             self._serve_query(params, body, read_only)
         except ClickHouseError as exc:
@@ -917,10 +1182,50 @@ class _Handler(BaseHTTPRequestHandler):
             logger.exception("unexpected failure serving a query")
             self._reply_error(body, params, ClickHouseError.make(_STD_EXCEPTION, f"{type(exc).__name__}: {exc}"))
 
+    def _foreign_request(self) -> ClickHouseError | None:
+        """A request that did not come from a program of this machine: another Host than a loopback one
+        (DNS rebinding) or any Origin (a browser page)."""
+        if not _is_loopback_host(self.headers.get("Host")):
+            return ClickHouseError.make(_ACCESS_DENIED, "The Host header must name a loopback address")
+        if self.headers.get("Origin") is not None:
+            return ClickHouseError.make(_ACCESS_DENIED, "Requests from web pages (with an Origin header) are refused")
+        return None
+
+    def _authenticated(self, params: dict[str, str]) -> bool:
+        """ClickHouse's HTTP credentials, whichever way they come: basic auth, X-ClickHouse-User/-Key
+        headers (clickhouse-connect), or `user`/`password` URL parameters."""
+        authorization = self.headers.get("Authorization")
+        if authorization is not None:
+            scheme, _, encoded = authorization.strip().partition(" ")
+            if scheme.lower() != "basic":
+                return False
+            try:
+                user, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return False
+        elif "X-ClickHouse-User" in self.headers or "X-ClickHouse-Key" in self.headers:
+            user = self.headers.get("X-ClickHouse-User") or OWNER_USER
+            password = self.headers.get("X-ClickHouse-Key") or ""
+        else:
+            user, password = params.get("user") or OWNER_USER, params.get("password", "")
+        return user == OWNER_USER and hmac.compare_digest(password.encode(), self.server.password)
+
+    def _refuse(self, error: ClickHouseError) -> None:
+        """Answer without reading the body (it may be large, or endless) and hang up after the answer."""
+        self.close_connection = True
+        self._reply(
+            error.http_status,
+            {
+                "X-ClickHouse-Exception-Code": str(error.code),
+                "Content-Type": "text/plain; charset=UTF-8",
+            },
+            error.body(self.server.engine.version),
+        )
+
     def _serve_query(self, params: dict[str, str], body: _RequestBody, read_only: bool) -> None:
         content_type = self.headers.get("Content-Type", "")
         if content_type.lower().startswith("multipart/form-data"):
-            form = _form_fields(body.read_all(), content_type)
+            form = _form_fields(body.read_all(MAX_QUERY_BYTES), content_type)
             if "query" in params and "query" in form:
                 form["query"] = params["query"] + "\n" + form["query"]
             params.update(form)
@@ -931,6 +1236,7 @@ class _Handler(BaseHTTPRequestHandler):
         if prefix:
             stream = chain([prefix + b"\n"], stream)
         sql, insert = _split_statement(stream)
+        refuse_outside_access(insert.statement.encode() if insert is not None else sql)
         engine = self.server.engine
         if insert is not None:
             if read_only:
@@ -965,6 +1271,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(200, headers, result.payload)
 
     def _reply_error(self, body: _RequestBody, params: dict[str, str], error: ClickHouseError) -> None:
+        if body.oversized:
+            self._refuse(error)
+            return
         try:
             body.drain()
         except (ConnectionError, TimeoutError, ClickHouseError):
@@ -984,9 +1293,13 @@ class _Handler(BaseHTTPRequestHandler):
             for name, value in headers.items():
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(payload)))
+            if len(payload) <= _COALESCED_REPLY_BYTES:
+                # Headers and a small body in one write: one syscall less on every point query.
+                self._headers_buffer.extend((b"\r\n", payload))
+                self.flush_headers()
+                return
             self.end_headers()
-            if len(payload):
-                self.wfile.write(payload)
+            self.wfile.write(payload)
         except OSError as exc:
             logger.debug("reply to %s failed: %s", self.address_string(), exc)
             self.close_connection = True
@@ -1016,22 +1329,28 @@ def _stop_on_signals(server: ChdbHttpServer) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def serve(path: str, host: str = "127.0.0.1", port: int = 18123) -> None:
-    """Own the chdb data path and serve ClickHouse's HTTP interface until SIGTERM/SIGINT."""
+def serve(path: str, host: str = "127.0.0.1", port: int = 18123, password: str | None = None) -> None:
+    """Own the chdb data path and serve ClickHouse's HTTP interface until SIGTERM/SIGINT. Without a
+    password one is drawn at random; either way it is written to `<path>/http-password` (mode 0600)
+    before the port opens."""
     engine = Engine(path)
+    password = password or secrets.token_urlsafe(32)
     try:
-        server = ChdbHttpServer((host, port), engine)
+        password_file = _write_password(engine.path, password)
+        server = ChdbHttpServer((host, port), engine, password)
     except OSError:
         engine.close()
         raise
     # The handlers stay until the engine is closed: a second SIGTERM while draining must not kill us.
     with _stop_on_signals(server):
         try:
+            logger.info("password of user %r in %s (read by this machine user only)", OWNER_USER, password_file)
             logger.info("chdb server ready on http://%s:%d (path %s)", host, server.server_port, engine.path)
             server.serve_forever(poll_interval=0.2)
             server.server_close()  # joins the request threads: in-flight requests finish first
         finally:
             engine.close()
+            _remove_password(password_file, password)
         logger.info("chdb server stopped")
 
 

@@ -17,12 +17,27 @@ Money rules (SPEC.md, "Portfolio"):
 - Idempotency: a request with a key the account has used before gets `RequestReplayed` with the
   first result when the request hash matches, IDEMPOTENCY_CONFLICT otherwise; neither changes
   positions or cash. A command id already decided (a re-delivered command) produces nothing.
+
+All money arithmetic runs in one explicit decimal context (`MONEY`), never the caller's: the
+default context keeps 28 significant digits, and a size of 20 integer digits times a price of
+30 (what the commands admit, see schemas/portfolio.py) needs more. A decision whose arithmetic
+still fails is a `PositionRejected` (BAD_REQUEST, with the reason), never an exception: an
+exception would lose the command and stop the agent on every redelivery.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
+from decimal import (
+    ROUND_CEILING,
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+    localcontext,
+)
 from typing import TYPE_CHECKING, TypedDict
 
 if TYPE_CHECKING:
@@ -45,6 +60,9 @@ from schemas.portfolio import (
 )
 
 QUANT = Decimal("0.00000001")  # the store's and the API's 8 places
+# Wide enough for every product and sum of bounded inputs (size < 1e20 and price < 1e30, each with 8
+# places: a product has at most 66 digits), trapping what would otherwise pass silently as NaN or inf.
+MONEY = Context(prec=100, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, DivisionByZero, Overflow])
 
 
 class _Head(TypedDict):
@@ -88,7 +106,7 @@ class Position:
 
     @property
     def notional(self) -> Decimal:
-        return self.size * self.entry_price
+        return MONEY.multiply(self.size, self.entry_price)
 
 
 @dataclass
@@ -105,23 +123,27 @@ class AccountState:
 
     @property
     def used_margin(self) -> Decimal:
-        return sum((p.margin for p in self.positions.values()), Decimal(0))
+        with localcontext(MONEY):
+            return sum((p.margin for p in self.positions.values()), Decimal(0))
 
     @property
     def free_balance(self) -> Decimal:
-        return self.cash - self.used_margin
+        return MONEY.subtract(self.cash, self.used_margin)
 
     def symbol_notional(self, symbol: str) -> Decimal:
-        return sum((p.notional for p in self.positions.values() if p.symbol == symbol), Decimal(0))
+        with localcontext(MONEY):
+            return sum((p.notional for p in self.positions.values() if p.symbol == symbol), Decimal(0))
 
 
 def required_margin(size: Decimal, price: Decimal, leverage: Decimal) -> Decimal:
-    return (size * price / leverage).quantize(QUANT, rounding=ROUND_CEILING)
+    with localcontext(MONEY):
+        return (size * price / leverage).quantize(QUANT, rounding=ROUND_CEILING)
 
 
 def pnl(position_type: PositionType, entry: Decimal, current: Decimal, size: Decimal) -> Decimal:
-    diff = current - entry if position_type is PositionType.LONG else entry - current
-    return (diff * size).quantize(QUANT, rounding=ROUND_HALF_EVEN)
+    with localcontext(MONEY):
+        diff = current - entry if position_type is PositionType.LONG else entry - current
+        return (diff * size).quantize(QUANT, rounding=ROUND_HALF_EVEN)
 
 
 class Ledger:
@@ -156,7 +178,7 @@ class Ledger:
                 state.idempotency[event.idempotency_key] = event
         elif isinstance(event, PositionClosed):
             state.positions.pop(event.position_id, None)
-            state.cash += event.pnl
+            state.cash = MONEY.add(state.cash, event.pnl)
         # CloseRejected, RequestReplayed: answers only, no state beyond seq and `decided`.
 
 
@@ -189,11 +211,21 @@ def decide(
         if position is None:
             events.append(CloseRejected(**head, position_id=command.position_id, code=RejectCode.NOT_FOUND))
         else:
-            events.append(PositionClosed(
-                **head, position_id=position.position_id, exit_price=command.price,
-                pnl=pnl(position.type, position.entry_price, command.price, position.size)))
+            try:
+                realised = pnl(position.type, position.entry_price, command.price, position.size)
+            except ArithmeticError:
+                events.append(CloseRejected(**head, position_id=command.position_id, code=RejectCode.BAD_REQUEST))
+            else:
+                events.append(PositionClosed(**head, position_id=position.position_id, exit_price=command.price,
+                                             pnl=realised))
     else:
-        events.append(_open(state, command, head))
+        try:
+            events.append(_open(state, command, head))
+        except ArithmeticError as exc:
+            events.append(PositionRejected(
+                **head, code=RejectCode.BAD_REQUEST, idempotency_key=command.idempotency_key,
+                request_hash=command.request_hash,
+                details={"reason": f"size, price and leverage give no valid margin ({type(exc).__name__})"}))
     return events
 
 
@@ -214,7 +246,7 @@ def _open(state: AccountState, command: OpenPosition, head: _Head) -> PortfolioE
     if len(state.positions) + 1 > state.max_open_positions:
         return PositionRejected(**head, code=RejectCode.PORT_002, **ident,
                                 details={"limit": "max_open_positions", "max": str(state.max_open_positions)})
-    notional = state.symbol_notional(command.symbol) + command.size * command.price
+    notional = MONEY.add(state.symbol_notional(command.symbol), MONEY.multiply(command.size, command.price))
     if notional > state.max_symbol_notional:
         return PositionRejected(**head, code=RejectCode.PORT_002, **ident,
                                 details={"limit": "max_symbol_notional", "max": _s(state.max_symbol_notional),
@@ -225,4 +257,4 @@ def _open(state: AccountState, command: OpenPosition, head: _Head) -> PortfolioE
 
 
 def _s(value: Decimal) -> str:
-    return format(value.quantize(QUANT), "f")
+    return format(value.quantize(QUANT, context=MONEY), "f")

@@ -9,6 +9,10 @@ Reuse it from any test module (or a conftest.py):
 
 `chdb_server` gives each test its own server and data directory; `chdb_server_module` shares one per
 module. `start_chdb_server` is the plain function underneath, for tests that stop and restart a server.
+
+The URLs carry the server's credential (`http://default:<password>@127.0.0.1:<port>`, read from the
+password file the server writes), so `client_for_url(url)` and settings built on the URL just work;
+`ChdbServerProcess.base_url` is the same address without it.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+
+from infra.store.clickhouse import OWNER_PASSWORD_FILE, OWNER_USER
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60.0
@@ -33,10 +40,17 @@ _READY_LINE = re.compile(r"chdb server ready on (http://[^\s:]+:\d+)")
 
 @dataclass
 class ChdbServerProcess:
-    url: str
+    base_url: str  # http://127.0.0.1:<port>
+    password: str
     path: Path
     log_path: Path
     process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        """The address with the credential in it, as clients and settings take it."""
+        scheme, _, address = self.base_url.partition("://")
+        return f"{scheme}://{OWNER_USER}:{quote(self.password, safe='')}@{address}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -67,11 +81,12 @@ def start_chdb_server(path: Path, log_path: Path | None = None, timeout: float =
     process = launch_chdb_server(path, log_path)
     try:
         url = _wait_until_ready(process, log_path, timeout)
+        password = (path / OWNER_PASSWORD_FILE).read_text(encoding="utf-8")
     except BaseException:
         process.kill()
         process.wait()
         raise
-    return ChdbServerProcess(url=url, path=path, log_path=log_path, process=process)
+    return ChdbServerProcess(base_url=url, password=password, path=path, log_path=log_path, process=process)
 
 
 def _wait_until_ready(process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> str:

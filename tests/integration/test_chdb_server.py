@@ -3,8 +3,14 @@ stock clickhouse-connect HTTP client."""
 
 from __future__ import annotations
 
+import base64
 import gzip
+import http.client
+import io
+import os
 import signal
+import socket
+import stat
 import threading
 import urllib.error
 import urllib.request
@@ -14,6 +20,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal, localcontext
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import lz4.frame
 import pyarrow as pa
@@ -62,6 +69,19 @@ def db(chdb_server_module: str) -> Iterator[Client]:
     client = client_for_url(chdb_server_module, database=name)
     yield client
     client.close()
+
+
+def _split_credential(url: str) -> tuple[str, dict[str, str]]:
+    """The fixture's URL (credential inside) as a bare URL and the basic-auth header curl would send."""
+    parts = urlsplit(url)
+    token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}", {"Authorization": f"Basic {token}"}
+
+
+def _open(url: str, headers: dict[str, str] | None = None, data: bytes | None = None) -> bytes:
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return bytes(response.read())
 
 
 def _fresh_table(client: Client) -> str:
@@ -114,8 +134,8 @@ def test_other_statements_run_as_sql(text: bytes) -> None:
 
 
 def test_ping_and_handshake(chdb_server_module: str) -> None:
-    with urllib.request.urlopen(f"{chdb_server_module}/ping") as response:
-        assert response.read() == b"Ok.\n"
+    base, _ = _split_credential(chdb_server_module)
+    assert _open(f"{base}/ping") == b"Ok.\n"  # a health check needs no credential, as with ClickHouse
     client = client_for_url(chdb_server_module)
     assert client.server_version and client.server_version.split(".")[0].isdigit()
     assert client.command("SELECT 1") == 1
@@ -229,12 +249,16 @@ def test_settings_apply_per_query_and_persist_per_session(chdb_server_module: st
 
 
 def test_get_is_read_only(chdb_server_module: str) -> None:
-    with urllib.request.urlopen(f"{chdb_server_module}/?query=SELECT%2040%2B2") as response:
-        assert response.read() == b"42\n"
+    base, auth = _split_credential(chdb_server_module)
+    assert _open(f"{base}/?query=SELECT%2040%2B2", auth) == b"42\n"
     with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(f"{chdb_server_module}/?query=CREATE%20DATABASE%20nope")
+        _open(f"{base}/?query=CREATE%20DATABASE%20nope", auth)
     assert caught.value.code == 403
     assert caught.value.headers["X-ClickHouse-Exception-Code"] == "164"
+    # A second statement after a read-only one must not slip through (chdb would run both).
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        _open(f"{base}/?query=SELECT%201%3B%20CREATE%20DATABASE%20nope", auth)
+    assert caught.value.headers["X-ClickHouse-Exception-Code"] == "62"
 
 
 def test_concurrent_clients_get_the_right_totals(db: Client, chdb_server_module: str) -> None:
@@ -321,3 +345,293 @@ def test_sigterm_finishes_in_flight_queries(tmp_path: Path) -> None:
     assert outcome.get("rows") == [(0,)] * 5, outcome
     assert return_code == 0
     assert "chdb server stopped" in server.log()
+
+
+# --- who may talk to the server, and what it refuses to run (issue 18, item 2) ------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_length, transfer_encoding",
+    [("-5", None), ("+5", None), ("5_0", None), (" 5", None), ("0x5", None), ("5", "chunked"), (None, "gzip")],
+)
+def test_request_framing_we_cannot_trust_is_refused(content_length: str | None, transfer_encoding: str | None) -> None:
+    with pytest.raises(ValueError):
+        chdb_server._RequestBody(io.BytesIO(b"SELECT 1"), transfer_encoding, content_length)
+
+
+@pytest.mark.parametrize("size_line", [b"-5\r\n", b"0x5\r\n", b"5_0\r\n", b"\r\n"])
+def test_chunk_sizes_must_be_plain_hex(size_line: bytes) -> None:
+    body = chdb_server._RequestBody(io.BytesIO(size_line + b"SELECT 1\r\n0\r\n\r\n"), "chunked", None)
+    with pytest.raises(ConnectionError):
+        body.read_all(1 << 20)
+
+
+def test_bodies_are_bounded_on_the_wire() -> None:
+    with pytest.raises(chdb_server.ClickHouseError, match="TOO_MANY_BYTES"):
+        chdb_server._RequestBody(io.BytesIO(b""), None, "101", max_bytes=100)
+    chunked = b"".join(b"%x\r\n%s\r\n" % (40, b"x" * 40) for _ in range(5)) + b"0\r\n\r\n"
+    body = chdb_server._RequestBody(io.BytesIO(chunked), "chunked", None, max_bytes=100)
+    with pytest.raises(chdb_server.ClickHouseError, match="TOO_MANY_BYTES"):
+        body.read_all(1 << 20)
+    assert body.oversized  # the rest is never drained: the connection closes instead
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "zstd", "lz4"])
+def test_a_decompression_bomb_stops_at_the_limit_in_bounded_pieces(encoding: str) -> None:
+    inflated = 8 * chdb_server._READ_CHUNK + 123
+    compressed = _compress(encoding, b"\0" * inflated)
+    assert len(compressed) < inflated // 100  # a bomb: tiny on the wire
+    pieces = list(chdb_server._decoded(iter([compressed]), encoding, max_bytes=inflated))
+    assert sum(map(len, pieces)) == inflated
+    assert max(map(len, pieces)) <= chdb_server._READ_CHUNK  # never one huge allocation
+    with pytest.raises(chdb_server.ClickHouseError, match="TOO_MANY_BYTES"):
+        b"".join(chdb_server._decoded(iter([compressed]), encoding, max_bytes=inflated - 1))
+
+
+def _compress(encoding: str, data: bytes) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(data)
+    if encoding == "deflate":
+        return zlib.compress(data)
+    if encoding == "zstd":
+        return zstd.compress(data)
+    return bytes(lz4.frame.compress(data))
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM file('/etc/hostname', 'LineAsString')",
+        "SELECT * FROM `file`('/etc/hostname', 'LineAsString')",  # a quoted name is the same function
+        "SELECT * FROM \"FILE\" /* between */ ('x')",
+        "SELECT length(file('x'))",  # the ordinary function file() reads a file too
+        "SELECT * FROM url('http://example.com/x', CSV, 'a String')",
+        "SELECT * FROM s3Cluster('c', 'http://x/y')",
+        "SELECT * FROM remoteSecure('10.0.0.1', system.one)",
+        "SELECT * FROM Python(engine)",  # chdb: this process's own memory
+        "SELECT * FROM bigquery('project', 'dataset')",
+        "CREATE TABLE t (a UInt8) ENGINE = MergeTree ORDER BY a SETTINGS disk = disk(type = s3, endpoint = 'x')",
+        "INSERT INTO FUNCTION file('out.csv', CSV) SELECT 1",
+        "CREATE TABLE t (a UInt8) ENGINE = File(CSV, 'x.csv')",
+        "CREATE TABLE t (a UInt8) ENGINE = URL('http://x/', CSV)",
+        "CREATE DICTIONARY d (a UInt8) PRIMARY KEY a SOURCE(HTTP(url 'http://x/' format 'CSV')) LAYOUT(FLAT())",
+        "SELECT 42 INTO OUTFILE '/tmp/x.txt'",
+        "INSERT INTO t FROM INFILE '/etc/passwd' FORMAT LineAsString",
+        "SYSTEM SHUTDOWN",
+        "BACKUP TABLE t TO Disk('default', 'b.zip')",
+        "/* it's */ SELECT * FROM file('x')",  # a quote in a comment must not hide code
+        "SELECT $$it's$$, file('x')",  # nor one in a heredoc
+    ],
+)
+def test_sql_that_reaches_outside_is_refused(sql: str) -> None:
+    with pytest.raises(chdb_server.ClickHouseError, match="ACCESS_DENIED"):
+        chdb_server.refuse_outside_access(sql.encode())
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1; DROP TABLE t",
+        "SELECT 1 -- a comment ends at the line end\n; DROP TABLE t",
+        "SELECT 'a' ; SELECT 'b'",
+        "SELECT 'it''s'; DROP TABLE t",  # '' inside a literal: still one literal, the ; is code
+    ],
+)
+def test_more_than_one_statement_is_refused(sql: str) -> None:
+    with pytest.raises(chdb_server.ClickHouseError, match="SYNTAX_ERROR"):
+        chdb_server.refuse_outside_access(sql.encode())
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 'file(x)', 'url(y)', 'a;b', $$c;d$$",  # inside literals: data, not code
+        'SELECT `file`, "url" FROM t',  # columns with those names, not called
+        "SELECT 1;",
+        "SELECT 1; -- done\n",
+        "SELECT count() FROM system.processes WHERE query LIKE '%INTO OUTFILE%'",
+        "SELECT 'a\\'; file(x); SELECT '",  # one literal with an escaped quote
+        "INSERT INTO t (id, price) FORMAT Native",
+    ],
+)
+def test_ordinary_sql_passes(sql: str) -> None:
+    chdb_server.refuse_outside_access(sql.encode())
+
+
+def test_every_migration_and_repository_query_passes() -> None:
+    from infra.store import repository
+    from infra.store.migrate import load_migrations
+
+    statements = [s for m in load_migrations() for s in m.statements]
+    statements += [v for k, v in vars(repository).items() if k.endswith("_SQL") and isinstance(v, str)]
+    assert len(statements) > 10
+    for statement in statements:
+        chdb_server.refuse_outside_access(statement.encode())
+
+
+def _raw_request(base: str, request: bytes) -> bytes:
+    """Send bytes as they are (no client library would send these) and read the reply's head."""
+    parts = urlsplit(base)
+    with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=30) as sock:
+        sock.sendall(request)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            data = sock.recv(65536)
+            if not data:
+                break
+            reply += data
+        return reply
+
+
+def _post(base: str, sql: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    parts = urlsplit(base)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+    try:
+        connection.request("POST", "/", body=sql, headers=headers)
+        response = connection.getresponse()
+        return response.status, dict(response.headers), response.read()
+    finally:
+        connection.close()
+
+
+def test_every_query_needs_the_password_whichever_way_clickhouse_takes_it(chdb_server_module: str) -> None:
+    base, auth = _split_credential(chdb_server_module)
+    password = urlsplit(chdb_server_module).password or ""
+    status, headers, _ = _post(base, b"SELECT 1", {})
+    assert (status, headers["X-ClickHouse-Exception-Code"]) == (401, "516")
+    wrong = base64.b64encode(b"default:" + b"x" * len(password)).decode()
+    assert _post(base, b"SELECT 1", {"Authorization": f"Basic {wrong}"})[0] == 401
+    other_user = base64.b64encode(f"admin:{password}".encode()).decode()
+    assert _post(base, b"SELECT 1", {"Authorization": f"Basic {other_user}"})[0] == 401
+    assert _post(base, b"SELECT 1", {"X-ClickHouse-User": "default", "X-ClickHouse-Key": "nope"})[0] == 401
+
+    assert _post(base, b"SELECT 1", auth)[2] == b"1\n"
+    assert _post(base, b"SELECT 2", {"X-ClickHouse-User": "default", "X-ClickHouse-Key": password})[2] == b"2\n"
+    assert _open(f"{base}/?user=default&password={password}&query=SELECT%203") == b"3\n"
+    with pytest.raises(DatabaseError, match="516"):  # the stock client, without the credential
+        client_for_url(base).command("SELECT 1")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"Host": "evil.example:8123"}, {"Host": "10.1.2.3"}, {"Origin": "http://evil.example"}, {"Origin": "null"}],
+)
+def test_requests_from_web_pages_are_refused_even_with_the_password(
+    chdb_server_module: str, extra: dict[str, str]
+) -> None:
+    base, auth = _split_credential(chdb_server_module)
+    status, headers, body = _post(base, b"SELECT 1", {**auth, **extra})
+    assert (status, headers["X-ClickHouse-Exception-Code"]) == (403, "497"), body
+
+
+def test_outside_access_is_refused_through_the_server(chdb_server_module: str, tmp_path: Path) -> None:
+    base, auth = _split_credential(chdb_server_module)
+    status, headers, _ = _post(base, b"SELECT * FROM file('/etc/hostname', 'LineAsString')", auth)
+    assert (status, headers["X-ClickHouse-Exception-Code"]) == (403, "497")
+    target = tmp_path / "out.txt"
+    status, _, _ = _post(base, f"SELECT 42 INTO OUTFILE '{target}'".encode(), auth)
+    assert status == 403 and not target.exists()
+    client = client_for_url(chdb_server_module)
+    with pytest.raises(DatabaseError, match="ACCESS_DENIED"):
+        client.command("INSERT INTO FUNCTION file('x.csv', CSV) SELECT 1")
+    assert client.command("SELECT 1") == 1  # and the server goes on serving
+
+
+def test_a_gzip_bomb_is_refused_without_inflating_it(chdb_server_module: str) -> None:
+    base, auth = _split_credential(chdb_server_module)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b"SELECT 1 -- " + b" " * (1 << 20)
+    bomb = b"".join(compressor.compress(block) for _ in range(chdb_server.MAX_BODY_BYTES // len(block) + 8))
+    bomb += compressor.flush()
+    assert len(bomb) < 2 << 20  # under 2 MiB on the wire, over MAX_BODY_BYTES inflated
+    status, headers, body = _post(base, bomb, {**auth, "Content-Encoding": "gzip"})
+    assert (status, headers["X-ClickHouse-Exception-Code"]) == (413, "307"), body
+    assert client_for_url(chdb_server_module).command("SELECT 1") == 1
+
+
+def test_negative_or_huge_lengths_are_answered_at_once(chdb_server_module: str) -> None:
+    base, _ = _split_credential(chdb_server_module)
+    host = urlsplit(base).netloc
+    negative = _raw_request(base, f"POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: -5\r\n\r\nSELECT 1".encode())
+    assert negative.startswith(b"HTTP/1.1 400")
+    huge = _raw_request(base, f"POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: 999999999999\r\n\r\n".encode())
+    assert huge.startswith(b"HTTP/1.1 413")
+
+
+def test_the_password_file_is_private_and_new_on_every_start(tmp_path: Path) -> None:
+    path = tmp_path / "chdb"
+    first = start_chdb_server(path)
+    try:
+        password_file = path / "http-password"
+        assert stat.S_IMODE(os.stat(password_file).st_mode) == 0o600
+        assert password_file.read_text() == first.password and len(first.password) >= 32
+    finally:
+        assert first.stop() == 0
+    second = start_chdb_server(path)
+    try:
+        assert second.password != first.password
+        with pytest.raises(DatabaseError, match="516"):  # the client's handshake is refused already
+            client_for_url(second.base_url, password=first.password)
+    finally:
+        assert second.stop() == 0
+    assert not (path / "http-password").exists()  # a clean stop takes its password away
+
+
+def test_make_client_finds_the_embedded_owners_password(tmp_path: Path) -> None:
+    from infra.config.settings import ClickHouseSettings, Settings
+    from infra.store.clickhouse import make_client
+
+    server = start_chdb_server(tmp_path / "chdb")  # <data_dir>/chdb, as `entasis db` and `entasis up` use
+    try:
+        section = ClickHouseSettings(url=server.base_url, database="default")  # no password configured
+        settings = Settings(data_dir=tmp_path, clickhouse=section)
+        assert make_client(settings).command("SELECT 1") == 1
+        elsewhere = Settings(data_dir=tmp_path / "other", clickhouse=section)
+        with pytest.raises(DatabaseError, match="516"):
+            make_client(elsewhere)
+    finally:
+        server.stop()
+
+
+# What stays inside the database: generators, views, local storage and table engines over local data.
+def _names(text: str) -> set[str]:
+    return set(text.split())
+
+
+STAYS_INSIDE = {
+    "table_functions": _names(
+        "SQLStandardValues dictionary format fuzzJSON fuzzQuery generateRandom generateSeries generate_series input "
+        "loop merge mergeTreeAnalyzeIndexes mergeTreeAnalyzeIndexesUUID mergeTreeCodecBlockCounts mergeTreeIndex "
+        "mergeTreeProjection mergeTreeTextIndex null numbers numbers_mt primes prometheusQuery prometheusQueryRange "
+        "timeSeriesData timeSeriesMetricFamilies timeSeriesMetrics timeSeriesSamples timeSeriesSelector "
+        "timeSeriesTags values view viewExplain viewIfPermitted zeros zeros_mt"
+    ),
+    "table_engines": _names(
+        "AggregatingMergeTree Alias Buffer CoalescingMergeTree CollapsingMergeTree Dictionary EmbeddedRocksDB "
+        "FuzzJSON FuzzQuery GenerateRandom GraphiteMergeTree Join Log Loop MaterializedView Memory Merge MergeTree "
+        "Null ReplacingMergeTree ReplicatedAggregatingMergeTree ReplicatedCoalescingMergeTree "
+        "ReplicatedCollapsingMergeTree ReplicatedGraphiteMergeTree ReplicatedMergeTree ReplicatedReplacingMergeTree "
+        "ReplicatedSummingMergeTree ReplicatedVersionedCollapsingMergeTree Set StripeLog SummingMergeTree "
+        "TimeSeries TinyLog VersionedCollapsingMergeTree View"
+    ),
+    "database_engines": _names("Atomic Dictionary Memory Ordinary Replicated"),
+}
+
+
+def test_every_table_function_and_engine_is_classified(chdb_server_module: str) -> None:
+    """A chdb upgrade that brings a new table function or engine fails here until it is put on one side."""
+    client = client_for_url(chdb_server_module)
+    unclassified = {}
+    for table, inside in STAYS_INSIDE.items():
+        names = {row[0] for row in client.query(f"SELECT name FROM system.{table}").result_rows}
+        unclassified[table] = sorted(
+            n for n in names if n not in inside and n.lower().encode() not in chdb_server._REACHES_OUTSIDE
+        )
+        assert not inside & {n for n in names if n.lower().encode() in chdb_server._REACHES_OUTSIDE}
+    assert unclassified == {table: [] for table in STAYS_INSIDE}
+
+
+def test_a_table_that_only_starts_like_a_table_function_is_just_a_table(db: Client) -> None:
+    db.command("CREATE TABLE file_events (url String, cluster UInt8) ENGINE = MergeTree ORDER BY url")
+    db.insert("file_events", [("https://example.com", 1)], column_names=["url", "cluster"])
+    assert db.query("SELECT url, cluster FROM file_events").result_rows == [("https://example.com", 1)]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 from decimal import Decimal as D
+from decimal import localcontext
 
 import pytest
+from pydantic import ValidationError
 
 from schemas.portfolio import (
     AccountOpened,
@@ -181,3 +183,76 @@ def test_an_event_of_an_unknown_account_is_refused() -> None:
     with pytest.raises(ValueError):
         Ledger().apply(BalanceSet(account="x", command_id="c", seq=2, ts_ns=1, balance=D(1), max_open_positions=1,
                                   max_symbol_notional=D(1)))
+
+
+# --- abuse: sizes and prices at the edge of what the commands accept (issue 18, item 1) ---------------------
+
+# The largest size the API's schema admits (20 integer digits, 8 decimals) and the largest price the store
+# holds (Decimal(38, 8)): their product has far more than the default context's 28 significant digits.
+HUGE_SIZE = "99999999999999999999.99999999"
+HUGE_PRICE = "9999999999999999999999999999.99999999"
+
+
+def test_margin_and_pnl_are_exact_beyond_28_digits_whatever_the_callers_context() -> None:
+    # Oracle: integer arithmetic on units of 1e-8 (no Decimal context involved).
+    size_units, price_units = 9_999_999_999_999_999_999_999_999_999, 999_999_999_999_999_999_999_999_999_999_999_999
+    product_units = size_units * price_units  # in units of 1e-16
+    ceiling_units = -(-product_units // 10**8)  # margin rounded up to 8 places, leverage 1
+    expected_margin = D(f"{ceiling_units}e-8")  # exact: no context rounds it
+    with localcontext(prec=5):  # a caller's narrow context must not change the money rules
+        margin = required_margin(D(HUGE_SIZE), D(HUGE_PRICE), D("1"))
+        loss = pnl(PositionType.LONG, D(HUGE_PRICE), D("0.00000001"), D(HUGE_SIZE))
+    assert margin == expected_margin
+    loss_units = (1 - price_units) * size_units  # in units of 1e-16, negative
+    assert loss == D(f"{_half_even(loss_units, 10**8)}e-8")
+
+
+def _half_even(numerator: int, divisor: int) -> int:
+    """numerator / divisor rounded half to even, in integers."""
+    sign = -1 if numerator < 0 else 1
+    quotient, remainder = divmod(abs(numerator), divisor)
+    if 2 * remainder > divisor or (2 * remainder == divisor and quotient % 2 == 1):
+        quotient += 1
+    return sign * quotient
+
+
+def test_an_order_far_beyond_the_balance_is_port_001_not_an_exception() -> None:
+    ledger = Ledger()
+    rejected = run(ledger, open_cmd(size="99999999999999999999", price="60000"))[-1]
+    assert isinstance(rejected, PositionRejected) and rejected.code is RejectCode.PORT_001
+    # 99999999999999999999 × 60000, worked by hand
+    assert rejected.details["required_margin"] == "5999999999999999999940000.00000000"
+    # the account still decides the next order normally
+    assert isinstance(run(ledger, open_cmd(size="1", price="100"))[-1], PositionOpened)
+
+
+def test_arithmetic_that_fails_in_a_decision_is_a_rejection_with_a_reason() -> None:
+    ledger = Ledger()
+    # A command no validated model can carry (leverage 0): the decision must still answer, not raise.
+    bad = open_cmd().model_copy(update={"leverage": D(0)})
+    rejected = run(ledger, bad)[-1]
+    assert isinstance(rejected, PositionRejected) and rejected.code is RejectCode.BAD_REQUEST
+    assert "reason" in rejected.details
+    assert isinstance(run(ledger, open_cmd(size="1", price="100"))[-1], PositionOpened)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("size", "100000000000000000000"),  # 1e20: beyond 20 integer digits
+        ("size", "1e400000000"),
+        ("size", "0.000000001"),  # 9 decimals
+        ("price", "1e30"),  # beyond Decimal(38, 8)
+        ("leverage", "101"),
+    ],
+)
+def test_open_commands_refuse_out_of_range_decimals(field: str, value: str) -> None:
+    good = open_cmd().model_dump(mode="json")
+    with pytest.raises(ValidationError):
+        OpenPosition.model_validate({**good, field: value})
+
+
+def test_open_commands_accept_the_largest_values_in_range() -> None:
+    good = open_cmd().model_dump(mode="json")
+    command = OpenPosition.model_validate({**good, "size": HUGE_SIZE, "price": HUGE_PRICE, "leverage": "100"})
+    assert command.size == D(HUGE_SIZE) and command.price == D(HUGE_PRICE)
