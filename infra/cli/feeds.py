@@ -107,20 +107,33 @@ def live_into(settings: Settings, feeds: tuple[Feed, ...], stop: threading.Event
     return tracker.result
 
 
+# A paced run publishes a message per symbol and window for the trades and one for the books. The
+# embedded broker's cost grows with the batches it holds (docs/embedded.md), so a paced run takes
+# 200 ms windows (4x fewer batches than 50 ms; a tick waits at most 200 ms for its message).
+PACED_WINDOW_MS = 200.0
+
+
 def simulate_into(settings: Settings, rate: float, seed: int, stop: threading.Event | None = None,
                   symbols: tuple[str, ...] = DEFAULT_SIM_SYMBOLS, count: int | None = None,
-                  start_ns: int | None = None) -> FeedResult:
-    """Paced at `rate` trades/s per symbol until stopped, or `count` trades as fast as possible.
-    The same seed and `start_ns` give the same trades (None: start at the wall clock)."""
+                  start_ns: int | None = None, book_gaps: float = 0.0) -> FeedResult:
+    """Paced at `rate` trades/s per symbol, with every symbol's order book, until stopped; or
+    `count` trades as fast as possible, without books (a throughput tool: the books cost ten
+    times what the trades do). The same seed and `start_ns` give the same trades and books
+    (None: start at the wall clock). `book_gaps`: the share of book diffs dropped."""
     from streams.ingest.simulated import simulate
 
+    paced = count is None
+    if book_gaps and not paced:
+        raise ValueError("book gaps need the books of a paced simulation (no count)")
     tracker = _tracker(settings, stop)
     started = time.monotonic()
     try:
-        simulate(tracker, list(symbols), seed=seed, start_ns=start_ns, trades_per_s=rate,
-                 namespace=settings.topic_namespace,
-                 n_trades=count, paced=count is None,
-                 should_stop=(lambda: stop.is_set()) if stop is not None else None)
+        summary = simulate(tracker, list(symbols), seed=seed, start_ns=start_ns, trades_per_s=rate,
+                           books=paced, book_gap_rate=book_gaps, namespace=settings.topic_namespace,
+                           n_trades=count, paced=paced, window_ms=PACED_WINDOW_MS if paced else 50.0,
+                           should_stop=(lambda: stop.is_set()) if stop is not None else None)
+        if paced:
+            tracker.result.detail = f"and {summary.book_updates} book updates"
     except FeedStopped:
         tracker.result.detail = "(stopped)"
     finally:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from infra.cli import history as history_cli
 from infra.cli import portfolio as portfolio_cli
 from infra.cli import risk as risk_cli
 from infra.config.settings import Settings, get_settings
@@ -186,13 +187,15 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     from infra.cli.feeds import simulate_into
 
-    print(simulate_into(settings, rate=args.rate, seed=args.seed, symbols=tuple(args.symbols), count=args.count))
+    print(simulate_into(settings, rate=args.rate, seed=args.seed, symbols=tuple(args.symbols), count=args.count,
+                        book_gaps=args.book_gaps))
     return 0
 
 
 BENCHMARKS = {"candles": "bench_candles", "pipeline": "bench_pipeline", "parser": "bench_parser",
               "chdb": "bench_chdb_server", "orderbook": "bench_orderbook", "risk": "bench_risk",
-              "connector": "bench_connector", "predict": "bench_predict", "ws": "bench_ws"}
+              "connector": "bench_connector", "predict": "bench_predict", "ws": "bench_ws", "soak": "bench_soak"}
+SOAKS = {"soak"}  # run for many minutes on purpose: by name only, never by `bench all`
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
@@ -200,7 +203,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     passing the extra arguments to each; reports only, so the exit status is the worst module's."""
     import subprocess
 
-    names = list(BENCHMARKS) if args.which == "all" else [args.which]
+    names = [name for name in BENCHMARKS if name not in SOAKS] if args.which == "all" else [args.which]
     root = Path(__file__).resolve().parents[2]
     worst = 0
     for name in names:
@@ -298,7 +301,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     stack = Stack(settings, data_dir=Path(args.data_dir) if args.data_dir else settings.data_dir)
     return stack.run(replay=Path(args.replay) if args.replay else None, speed=args.speed,
                      exit_after_feed=args.exit_after_feed, sim_rate=args.rate, seed=args.seed,
-                     live=live, endpoint=args.endpoint, double_port=args.exchange_double)
+                     live=live, endpoint=args.endpoint, double_port=args.exchange_double,
+                     book_gaps=args.book_gaps, history_days=args.history_days)
 
 
 def _wait_child(proc: Any) -> int:
@@ -320,6 +324,10 @@ def parser() -> argparse.ArgumentParser:
                     help="replay at this multiple of real time (default: full speed)")
     up.add_argument("--rate", type=float, default=20.0, help="simulated trades per second per symbol")
     up.add_argument("--seed", type=int, default=7, help="seed of the simulated feed")
+    up.add_argument("--book-gaps", type=float, default=0.0, metavar="RATE",
+                    help="simulated feed: drop this share of book diffs (watch book_gap -> book_resync)")
+    up.add_argument("--history-days", type=int, default=90, metavar="DAYS",
+                    help="simulated feed: days of seeded candle history imported first (0: none)")
     up.add_argument("--data-dir", help="where the embedded database lives (default .entasis)")
     up.add_argument("--exit-after-feed", action="store_true",
                     help="stop cleanly once the replay is fully stored (for scripts and benchmarks)")
@@ -416,6 +424,8 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=7)
     sim.add_argument("--count", type=int, default=None, help="publish this many trades as fast as possible, then stop")
     sim.add_argument("--rate", type=float, default=20.0, help="paced: trades per second per symbol")
+    sim.add_argument("--book-gaps", type=float, default=0.0, metavar="RATE",
+                     help="paced: the share of book diffs dropped (e.g. 0.01), to watch book_gap -> book_resync")
     sim.set_defaults(func=cmd_simulate)
 
     bench = sub.add_parser("bench", help="run benchmarks (tests/bench): figures and ratios, never pass/fail")
@@ -424,6 +434,7 @@ def parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
     risk_cli.add_parser(sub)
     portfolio_cli.add_parser(sub)
+    history_cli.add_parser(sub)
     return p
 
 

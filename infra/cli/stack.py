@@ -63,6 +63,11 @@ class Stack:
     tls_cert: Path = Path()
     tls_created: bool = False
 
+    def __post_init__(self) -> None:
+        # This process's own clients (checkpoints, drain) read the database owner's password
+        # under the data directory, so `--data-dir` must reach them as it reaches the children.
+        self.settings = self.settings.model_copy(update={"data_dir": self.data_dir})
+
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.settings.to_env(), ENTASIS_DATA_DIR=str(self.data_dir))
@@ -82,13 +87,11 @@ class Stack:
         return self._spawn(name, [sys.executable, "-m", "infra.cli", *args])
 
     def start_infrastructure(self) -> None:
-        from infra.dev.broker import tansu_binary
+        from infra.dev.broker import tansu_command
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         host, port = self.settings.kafka_bootstrap.rsplit(":", 1)
-        url = f"tcp://{host}:{port}"
-        broker = self._spawn("broker", [tansu_binary(), "broker", "--listener-url", url,
-                                        "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"])
+        broker = self._spawn("broker", tansu_command(host, int(port)))
         self._wait(broker, host, int(port))
         db_url = urlparse(self.settings.clickhouse.url)
         db = self._entasis("db", "db", "--path", str((self.data_dir / "chdb").resolve()))
@@ -149,7 +152,8 @@ class Stack:
         return f"http://127.0.0.1:{port}"
 
     def run(self, replay: Path | None, speed: float | None, exit_after_feed: bool, sim_rate: float, seed: int,
-            live: tuple[Feed, ...] = (), endpoint: str | None = None, double_port: int | None = None) -> int:
+            live: tuple[Feed, ...] = (), endpoint: str | None = None, double_port: int | None = None,
+            book_gaps: float = 0.0, history_days: int = 90) -> int:
         from infra.cli import feeds
 
         started = time.monotonic()
@@ -180,7 +184,17 @@ class Stack:
                     feed_result["summary"] = feeds.replay_into(self.settings, replay, speed=speed, stop=stop)
             else:
                 def feed() -> None:
-                    feed_result["summary"] = feeds.simulate_into(self.settings, rate=sim_rate, seed=seed, stop=stop)
+                    # A warm default: seeded history first (risk and predictions need days of
+                    # candles), through the import path; the live feed continues from its last price.
+                    start_ns = time.time_ns()
+                    if history_days:
+                        from infra.cli.history import simulate_history_into
+
+                        for summary in simulate_history_into(self.settings, end_ns=start_ns, days=history_days,
+                                                             seed=seed):
+                            print(f"warm history: {summary}", flush=True)
+                    feed_result["summary"] = feeds.simulate_into(self.settings, rate=sim_rate, seed=seed, stop=stop,
+                                                                 start_ns=start_ns, book_gaps=book_gaps)
             def feed_then_done() -> None:
                 try:
                     feed()

@@ -7,9 +7,14 @@ the unrounded price up is a buy. Time advances in windows of `window_ms`; each w
 each symbol its trades as batches of at most `max_batch`, so batches come out ordered by
 the end of their window, and by event time within one symbol.
 
+With `books=True` each symbol also gets an L2 order book that agrees with its trades
+(`streams.core.simulated_book`): `next_market_window` gives the window's trade batches and, per
+symbol, its book updates (diffs, and a whole snapshot every second).
+
 Determinism: the same symbols, seed and start give the same trades, hence byte-identical
 wire batches (one numpy PCG64 stream, drawn in a fixed order; decimal strings from Python's
-correctly rounded float formatting).
+correctly rounded float formatting). The books draw from streams of their own, so they leave
+the trades as they are without books.
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 
-from schemas.events import Side, Trade
+from schemas.events import BookDelta, BookSnapshot, Side, Trade
 from schemas.symbols import normalize_symbol
 from streams.core.batching import TradeBatch
+from streams.core.simulated_book import SimulatedBook
 from streams.core.trusted import trusted
 
 SIM_VENUE: Final = "sim"
@@ -64,11 +70,25 @@ def default_symbol(symbol: str, trades_per_s: float = 20.0) -> SimSymbol:
     return SimSymbol(name, Decimal(_START_PRICES.get(name, "100.00")), trades_per_s)
 
 
+class BookBatch(NamedTuple):
+    """One symbol's book updates of one window, in order: a `book_batch.v1` message."""
+
+    venue: str
+    symbol: str
+    updates: list[BookDelta | BookSnapshot]
+
+
+class MarketWindow(NamedTuple):
+    trades: list[TradeBatch]
+    books: list[BookBatch]  # empty without books, or for symbols whose book did not change
+
+
 @dataclass
 class _State:
     spec: SimSymbol
     log_price: float  # unrounded, so rounding to the tick never accumulates
     next_id: int
+    book: SimulatedBook | None = None
 
 
 class TradeSimulator:
@@ -83,7 +103,11 @@ class TradeSimulator:
         venue: str = SIM_VENUE,
         window_ms: float = 50.0,
         max_batch: int = 100,
+        books: bool = False,
+        book_gap_rate: float = 0.0,
     ) -> None:
+        """`books`: simulate each symbol's order book too; `book_gap_rate`: the share of book
+        diffs dropped (see `streams.core.simulated_book`)."""
         if not symbols:
             raise ValueError("at least one symbol")
         if len({s.symbol for s in symbols}) != len(symbols):
@@ -98,28 +122,55 @@ class TradeSimulator:
         self.now_ns = start_ns  # end of what has been generated
         self._rng = np.random.Generator(np.random.PCG64(seed))
         self._states = [_State(s, math.log(float(s.start_price)), 1) for s in symbols]
+        if book_gap_rate and not books:
+            raise ValueError("book gaps need books")
+        if books:
+            # streams of their own: the trades stay what they are without books
+            book_rng = np.random.Generator(np.random.PCG64([seed, 1]))
+            gap_rng = np.random.Generator(np.random.PCG64([seed, 2]))
+            for state in self._states:
+                spec = state.spec
+                state.book = SimulatedBook(
+                    venue,
+                    spec.symbol,
+                    start_price_ticks=int(spec.start_price.scaleb(-_TICK_EXP)),
+                    median_trade_lots=spec.median_size / _LOT,
+                    start_ns=start_ns,
+                    rng=book_rng,
+                    gap_rng=gap_rng,
+                    gap_rate=book_gap_rate,
+                    tick_exp=_TICK_EXP,
+                    lot_exp=_LOT_EXP,
+                )
 
     def next_window(self) -> list[TradeBatch]:
-        """The batches of the next `window_ms`, symbol by symbol in the order given."""
+        """The trade batches of the next `window_ms`, symbol by symbol in the order given."""
+        return self.next_market_window().trades
+
+    def next_market_window(self) -> MarketWindow:
+        """The trade batches and book updates of the next `window_ms`, symbol by symbol."""
         start = self.now_ns
         self.now_ns += self.window_ns
         batches: list[TradeBatch] = []
+        books: list[BookBatch] = []
         for state in self._states:
-            trades = self._window_trades(state, start)
+            trades, updates = self._window_trades(state, start)
             for first in range(0, len(trades), self.max_batch):
                 batches.append(TradeBatch(self.venue, state.spec.symbol, trades[first : first + self.max_batch]))
-        return batches
+            if updates:
+                books.append(BookBatch(self.venue, state.spec.symbol, updates))
+        return MarketWindow(batches, books)
 
     def batches(self) -> Iterator[TradeBatch]:
         """Endless: every window's batches, in order."""
         while True:
             yield from self.next_window()
 
-    def _window_trades(self, state: _State, start_ns: int) -> list[Trade]:
-        spec, rng = state.spec, self._rng
+    def _window_trades(self, state: _State, start_ns: int) -> tuple[list[Trade], list[BookDelta | BookSnapshot]]:
+        spec, rng, book = state.spec, self._rng, state.book
         count = int(rng.poisson(spec.trades_per_s * self.window_ns / 1e9))
         if count == 0:
-            return []
+            return [], book.window(start_ns, (), (), (), ()) if book is not None else []
         # Given their number, Poisson arrivals are uniform over the window.
         times = start_ns + np.sort(rng.integers(0, self.window_ns, size=count))
         gaps_s = np.diff(times, prepend=start_ns) / 1e9
@@ -133,10 +184,12 @@ class TradeSimulator:
         ups = (shocks >= 0).tolist()
         first_id = state.next_id
         state.next_id += count
-        return [
+        ts = times.tolist()
+        trades = [
             _trade(self.venue, spec.symbol, first_id + i, t, tick, lot, up)
-            for i, (t, tick, lot, up) in enumerate(zip(times.tolist(), ticks, lots, ups, strict=True))
+            for i, (t, tick, lot, up) in enumerate(zip(ts, ticks, lots, ups, strict=True))
         ]
+        return trades, book.window(start_ns, ts, ticks, lots, ups) if book is not None else []
 
 
 def _trade(venue: str, symbol: str, trade_id: int, ts_ns: int, ticks: int, lots: int, up: bool) -> Trade:

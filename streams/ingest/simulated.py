@@ -1,4 +1,7 @@
-"""Publish the synthetic feed of `streams.core.simulation` onto the raw trades topic.
+"""Publish the synthetic feed of `streams.core.simulation` onto the raw trades topic and, with
+`books=True`, each symbol's simulated order book onto the raw book topic: one `book_batch.v1`
+message per symbol and window (its diffs, and a whole snapshot every second), keyed like the
+trades, encoded by the book topic's codec as a venue's connector does.
 
 Two modes:
 - as fast as possible, for benchmarks and tests: stops after `n_trades` (exactly) or
@@ -16,11 +19,12 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from schemas.codecs import trades
+from schemas.codecs.book import encode_book_batch
 from schemas.symbols import stream_key
-from schemas.topics import TRADES
-from schemas.wire import encode_trade_batch
+from schemas.topics import BOOK, TRADES
 from streams.core.batching import TradeBatch
-from streams.core.simulation import SIM_VENUE, SimSymbol, TradeSimulator, default_symbol
+from streams.core.simulation import SIM_VENUE, BookBatch, SimSymbol, TradeSimulator, default_symbol
 from streams.ingest.publisher import Publisher
 
 WallNs = Callable[[], int]
@@ -30,7 +34,9 @@ Sleep = Callable[[float], None]
 @dataclass
 class SimSummary:
     trades: int = 0
-    messages: int = 0
+    messages: int = 0  # trade messages
+    book_messages: int = 0
+    book_updates: int = 0  # diffs and snapshots
     first_event_ns: int | None = None
     last_event_ns: int | None = None
     last_trade_ids: dict[str, str] = field(default_factory=dict)  # by `venue:symbol`
@@ -62,15 +68,19 @@ def run_simulator(
     if n_trades is not None and n_trades < 0:
         raise ValueError("n_trades must not be negative")
     topic = TRADES.full_name(namespace)
+    book_topic = BOOK.full_name(namespace)
     end_ns = simulator.now_ns + int(duration_s * 1e9) if duration_s is not None else None
     summary = SimSummary()
     started = clock()
     with tqdm(unit=" trades", disable=not progress, mininterval=0.5, desc="simulated") as bar:
         while not _done(summary, simulator, n_trades, end_ns, should_stop):
-            batches = simulator.next_window()
+            window = simulator.next_market_window()
             if paced:
                 _wait_until(simulator.now_ns, wall_ns, sleep)
-            for batch in _limit(batches, n_trades, summary.trades):
+            # a window's books first: the quotes a trade hits are published before the trade
+            for book in window.books:
+                _publish_book(publisher, book_topic, book, summary)
+            for batch in _limit(window.trades, n_trades, summary.trades):
                 _publish(publisher, topic, batch, summary)
                 bar.update(len(batch.trades))
     publisher.flush()
@@ -88,6 +98,8 @@ def simulate(
     venue: str = SIM_VENUE,
     window_ms: float = 50.0,
     max_batch: int = 100,
+    books: bool = False,
+    book_gap_rate: float = 0.0,
     namespace: str = "",
     n_trades: int | None = None,
     duration_s: float | None = None,
@@ -99,7 +111,9 @@ def simulate(
     clock: Callable[[], float] = time.monotonic,
 ) -> SimSummary:
     """Build a simulator for `symbols` (names get `default_symbol` at `trades_per_s`) and run
-    it. `start_ns=None` starts at the wall clock, which a paced run needs."""
+    it. `start_ns=None` starts at the wall clock, which a paced run needs. `books`: publish the
+    order books too; `book_gap_rate`: the share of book diffs dropped, to exercise a consumer's
+    gap detection."""
     specs = [s if isinstance(s, SimSymbol) else default_symbol(s, trades_per_s) for s in symbols]
     simulator = TradeSimulator(
         specs,
@@ -108,6 +122,8 @@ def simulate(
         venue=venue,
         window_ms=window_ms,
         max_batch=max_batch,
+        books=books,
+        book_gap_rate=book_gap_rate,
     )
     return run_simulator(
         simulator,
@@ -162,7 +178,7 @@ def _limit(batches: list[TradeBatch], n_trades: int | None, published: int) -> l
 
 def _publish(publisher: Publisher, topic: str, batch: TradeBatch, summary: SimSummary) -> None:
     key = stream_key(batch.venue, batch.symbol)
-    publisher.publish(topic, key.encode(), encode_trade_batch(batch.venue, batch.symbol, batch.trades))
+    publisher.publish(topic, key.encode(), trades.encode(batch.venue, batch.symbol, batch.trades))
     summary.messages += 1
     summary.trades += len(batch.trades)
     summary.last_trade_ids[key] = batch.trades[-1].trade_id
@@ -170,3 +186,10 @@ def _publish(publisher: Publisher, topic: str, batch: TradeBatch, summary: SimSu
     first, last = batch.trades[0].event_ts_ns, batch.trades[-1].event_ts_ns
     summary.first_event_ns = first if summary.first_event_ns is None else min(summary.first_event_ns, first)
     summary.last_event_ns = last if summary.last_event_ns is None else max(summary.last_event_ns, last)
+
+
+def _publish_book(publisher: Publisher, topic: str, book: BookBatch, summary: SimSummary) -> None:
+    key = stream_key(book.venue, book.symbol)
+    publisher.publish(topic, key.encode(), encode_book_batch(book.venue, book.symbol, book.updates))
+    summary.book_messages += 1
+    summary.book_updates += len(book.updates)

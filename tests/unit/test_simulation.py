@@ -10,8 +10,9 @@ from statistics import median
 
 import pytest
 
-from schemas.events import Trade
-from schemas.topics import TRADES
+from schemas.codecs.book import decode_book_batch
+from schemas.events import BookSnapshot, Trade
+from schemas.topics import BOOK, TRADES
 from schemas.wire import decode_trade_batch, encode_trade_batch, trades_from_batch
 from streams.core.simulation import SimSymbol, TradeSimulator, default_symbol
 from streams.ingest.publisher import ListPublisher
@@ -100,6 +101,27 @@ def test_n_trades_is_exact_and_fast_runs_need_a_limit() -> None:
     assert all(len(decode_trade_batch(m.value)[2]) <= 100 for m in publisher.messages)
     with pytest.raises(ValueError, match="n_trades or duration_s"):
         simulate(ListPublisher(), ["BTC-USDT"], seed=1, start_ns=START_NS)
+
+
+def test_with_books_the_runner_publishes_each_symbols_book_on_the_book_topic_before_its_trades() -> None:
+    publisher = ListPublisher()
+    summary = simulate(publisher, ["BTC-USDT", "ETH-USDT"], seed=4, start_ns=START_NS, books=True,
+                       namespace="sim-2.", duration_s=3.0)
+    books = publisher.on_topic(BOOK.full_name("sim-2."))
+    assert summary.book_messages == len(books) > 0
+    decoded = [decode_book_batch(m.value) for m in books]
+    assert {m.key for m in books} == {b"sim:BTC-USDT", b"sim:ETH-USDT"}
+    assert all(m.key == f"{venue}:{symbol}".encode() for m, (venue, symbol, _) in zip(books, decoded, strict=True))
+    assert summary.book_updates == sum(len(updates) for _, _, updates in decoded)
+    # three seconds: a whole snapshot at 0, 1 and 2 s per symbol, diffs in between
+    snapshots = [u for _, _, updates in decoded for u in updates if isinstance(u, BookSnapshot)]
+    assert len(snapshots) == 6 and all(len(s.bids) >= 100 and len(s.asks) >= 100 for s in snapshots)
+    first_trade = next(i for i, m in enumerate(publisher.messages) if m.topic == TRADES.full_name("sim-2."))
+    assert publisher.messages[0].topic == BOOK.full_name("sim-2.") and first_trade > 0
+    # without books (the default: the as-fast-as-possible mode), the trades alone, unchanged
+    alone = ListPublisher()
+    simulate(alone, ["BTC-USDT", "ETH-USDT"], seed=4, start_ns=START_NS, namespace="sim-2.", duration_s=3.0)
+    assert alone.messages == publisher.on_topic(TRADES.full_name("sim-2."))
 
 
 def test_duration_limits_event_time() -> None:
