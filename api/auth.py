@@ -2,7 +2,7 @@
 (`X-API-Key`), into one `Principal`. Plain classes, no FastAPI: the HTTP middleware
 (api/security.py) and a WebSocket endpoint call the same `Authenticator.authenticate`.
 
-JWT rules (SPEC.md, "Security" and "Decisions"): the one configured algorithm only (HS256 or
+JWT rules (docs/decisions.md, "Credentials and limits"): the one configured algorithm only (HS256 or
 RS256; `alg: none` and every other algorithm are refused, so an RS256 public key can never be
 used as an HMAC secret); `exp` and `sub` required; `nbf` and `iat` in the future refused; the
 configured leeway applies to all three; `aud` and `iss` checked when configured (when no audience

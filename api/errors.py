@@ -62,7 +62,7 @@ class ErrorSpec:
         return self.ko if language == "ko" else self.en
 
 
-# SPEC.md, "Errors": the texts are the contract, word for word.
+# docs/decisions.md, "Errors": the texts are the contract, word for word.
 ERRORS: dict[ErrorCode, ErrorSpec] = {
     spec.code: spec
     for spec in (

@@ -1,4 +1,4 @@
-"""Who a request acts for, and the scopes of the contract (SPEC.md, "Security")."""
+"""Who a request acts for, and the scopes of the contract (docs/decisions.md, "Credentials and limits")."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ unreachable, requests are counted in this process's memory until it answers agai
 few seconds, logged): each process then still enforces the limit on its own, rather than letting
 everything through or refusing everything.
 
-Headers (SPEC.md, "Decisions"): `X-RateLimit-Limit`, `X-RateLimit-Remaining` (after this
+Headers (docs/decisions.md, "Credentials and limits"): `X-RateLimit-Limit`, `X-RateLimit-Remaining` (after this
 request), `X-RateLimit-Reset` (whole seconds until the window frees a request, i.e. until the
 oldest counted request leaves it), and on 429 `Retry-After` (the same wait, at least 1 and at most
 60 seconds).

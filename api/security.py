@@ -137,7 +137,7 @@ class SecurityGate:
         )
 
 
-# WebSocket close codes for the gate's refusals (SPEC: an unauthenticated socket is closed 4401).
+# WebSocket close codes for the gate's refusals (docs/decisions.md, "WebSocket": unauthenticated is 4401).
 _WEBSOCKET_CLOSE = {
     ErrorCode.AUTH_FAILED: 4401,
     ErrorCode.FORBIDDEN: 4403,

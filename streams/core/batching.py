@@ -1,6 +1,6 @@
 """Group one stream's trades into raw-topic batches. Pure: the caller supplies the clock.
 
-Faust costs ~66 µs per message, so a raw message must carry many trades (DESIGN.md); but a
+Faust costs ~66 µs per message, so a raw message must carry many trades (docs/architecture.md, "Measured facts"); but a
 trade must never wait long for company. The rule, per stream (venue, symbol):
 
 1. trades join the stream's open batch in arrival order;

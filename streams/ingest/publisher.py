@@ -56,7 +56,7 @@ DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
     "batch.num.messages": 10_000,
     "queue.buffering.max.messages": 200_000,
     "acks": "all",
-    # Tansu, the embedded broker, has no idempotent producer (DESIGN.md); replays and the
+    # Tansu, the embedded broker, has no idempotent producer (docs/architecture.md, "Deployments"); replays and the
     # idempotent sink make duplicates from retries harmless instead.
     "enable.idempotence": False,
     # Only failures produce a report, so the Python callback costs nothing on success.

@@ -1,6 +1,6 @@
 """Candle core throughput: `python -m tests.bench.bench_candles [--repeat 3] [--trades 1000000]`.
 
-Two paths, on two data sets, against the DESIGN.md targets:
+Two paths, on two data sets, against the targets (docs/architecture.md, "Performance targets"):
 - decoded: `CandleBuilder.update` over `TradeRow` batches already in memory (target ≥ 1M trades/s);
 - raw: `decode_trade_batch` + `CandleBuilder.update` from `trade_batch.v1` bytes, as the candles
   agent does per Kafka message (target ≥ 400k trades/s).
@@ -9,7 +9,7 @@ time and trade id, so windows keep closing as in a live feed) until there are `-
 simulated feed with the pipeline benchmark's batching (~100 trades a message).
 
 Decode alone and `orjson.loads` alone are printed too, so a miss shows where the time goes.
-Every figure is the best of `--repeat` runs. Reported, never asserted (DESIGN.md).
+Every figure is the best of `--repeat` runs. Reported, never asserted (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def candles_from_raw(stream: Stream) -> Callable[[], int]:
 
 def candle_stream_from_raw(stream: Stream) -> Callable[[], int]:
     """What the candles agent runs per message: every interval (1m, 5m, 1h, 1d) plus duplicate
-    detection, from raw bytes. Not a DESIGN target; shows what the agent pays beyond 1m."""
+    detection, from raw bytes. Not one of the performance targets; shows what the agent pays beyond 1m."""
 
     def work() -> int:
         streams: dict[tuple[str, str], CandleStream] = {}

@@ -2,7 +2,7 @@
 
 Lines are decompressed and sorted by channel before timing, so the figures are the parser's
 alone (orjson decode included); `orjson.loads` on the same lines is the baseline. Reported,
-never asserted (DESIGN.md: no test asserts a time).
+never asserted (docs/decisions.md, "Benchmarks report, tests never time").
 """
 
 from __future__ import annotations

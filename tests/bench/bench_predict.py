@@ -20,7 +20,7 @@ Then: learning cost per candle per model (mean wall time of `update`, one torch 
 the memory of a predictor after one day of 1m candles and later (checkpoint bytes, and Python
 heap held by the predictor via tracemalloc; torch's own tensor storage is outside Python's heap
 but inside the checkpoint).
-Reported, never asserted (DESIGN.md).
+Reported, never asserted (docs/decisions.md, "Benchmarks report, tests never time").
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ warm-up of one window (untimed), so every timed candle has a full window:
 GARCH's cost is split: its refit (arch, once per UTC day) and the recursion between refits; the
 per-candle figure is the amortised total. "all" is every method on one state, as the agent runs.
 The agent's full path (decode the candle.v1 JSON, fold, build and encode every `RiskEstimate`)
-is timed too. Every figure is the best of `--repeat` runs. Reported, never asserted (DESIGN.md).
+is timed too. Every figure is the best of `--repeat` runs. Reported, never asserted (docs/decisions.md).
 """
 
 from __future__ import annotations

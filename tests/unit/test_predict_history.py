@@ -1,4 +1,4 @@
-"""`confidence` on recorded data (SPEC: "calibrated ... checked by a test on recorded data"):
+"""`confidence` on recorded data (docs/decisions.md, "Risk and predictions": one calibrated meaning):
 the Bitstamp BTC/USD hourly history in ../shared/data/history, replayed candle by candle
 through the engine exactly as the agent folds them. BTC hourly returns leave a linear model
 little to find, so the honest outcome is: no skill claimed (the served forecast stays within a
