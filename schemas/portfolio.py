@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
@@ -63,8 +63,17 @@ class _Message(BaseModel):
 
 # --- commands ------------------------------------------------------------------------------
 
+# The envelope key every other format carries. A default, not a required field: pf.events.v1 is
+# kept forever and holds events written before the key existed.
+COMMAND_FORMAT: Final = "portfolio_command.v1"
+EVENT_FORMAT: Final = "portfolio_event.v1"
 
-class OpenPosition(_Message):
+
+class _Command(_Message):
+    schema_version: Literal["portfolio_command.v1"] = COMMAND_FORMAT
+
+
+class OpenPosition(_Command):
     """`price` is the latest trade price the API looked up when it accepted the request (see
     streams/agents/portfolio.py for why the price travels in the command)."""
 
@@ -80,7 +89,7 @@ class OpenPosition(_Message):
     issued_ts_ns: NanoTime
 
 
-class ClosePosition(_Message):
+class ClosePosition(_Command):
     kind: Literal["close_position"] = "close_position"
     position_id: Id
     price: Price  # the latest trade price of the position's symbol
@@ -88,7 +97,7 @@ class ClosePosition(_Message):
     issued_ts_ns: NanoTime
 
 
-class SetBalance(_Message):
+class SetBalance(_Command):
     """Set an account's cash balance (and, when given, its limits): `entasis portfolio set-balance`."""
 
     kind: Literal["set_balance"] = "set_balance"
@@ -106,6 +115,7 @@ COMMAND_ADAPTER: TypeAdapter[OpenPosition | ClosePosition | SetBalance] = TypeAd
 
 
 class _Event(_Message):
+    schema_version: Literal["portfolio_event.v1"] = EVENT_FORMAT
     seq: Annotated[int, Field(ge=1)]  # the account's event number
     ts_ns: NanoTime
 

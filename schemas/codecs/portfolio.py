@@ -1,9 +1,9 @@
 """`pf.commands.v1` and `pf.events.v1`: one portfolio command or event per message, the model's
 JSON, told apart by its `kind` (schemas/portfolio.py).
 
-These two formats do not name themselves under `schema_version` yet: `PORTFOLIO_COMMAND` and
-`PORTFOLIO_EVENT` name them here only. `pf.events.v1` is kept forever, so when the models gain
-the key its decoder must keep accepting events without it.
+Both carry `schema_version` like every other format. `pf.events.v1` is kept forever and holds
+events written before the key existed, so a message without it still decodes (the models'
+default).
 """
 
 from __future__ import annotations
@@ -14,10 +14,19 @@ import orjson
 import pyarrow as pa
 
 from schemas.codecs.envelope import TS, WireError
-from schemas.portfolio import COMMAND_ADAPTER, EVENT_ADAPTER, ClosePosition, OpenPosition, PortfolioEvent, SetBalance
+from schemas.portfolio import (
+    COMMAND_ADAPTER,
+    COMMAND_FORMAT,
+    EVENT_ADAPTER,
+    EVENT_FORMAT,
+    ClosePosition,
+    OpenPosition,
+    PortfolioEvent,
+    SetBalance,
+)
 
-PORTFOLIO_COMMAND = "portfolio_command.v1"
-PORTFOLIO_EVENT = "portfolio_event.v1"
+PORTFOLIO_COMMAND = COMMAND_FORMAT
+PORTFOLIO_EVENT = EVENT_FORMAT
 
 PortfolioCommand = OpenPosition | ClosePosition | SetBalance
 

@@ -171,9 +171,14 @@ def test_portfolio_codec_round_trips_commands_and_events() -> None:
     assert command == OpenPosition(account="alice", command_id="c1", symbol="ETH-USDT", type=PositionType.LONG,
                                    size=D("0.5"), leverage=D("10"), price=D("2689.99"), price_ts_ns=1,
                                    issued_ts_ns=2)
-    assert orjson.loads(portfolio.encode_command(command)) == OPEN
+    # written before the envelope key existed (pf.events.v1 keeps such events forever): still read;
+    # written now: with the key, like every other format
+    assert orjson.loads(portfolio.encode_command(command)) == {**OPEN, "schema_version": "portfolio_command.v1"}
     event = portfolio.decode_event(orjson.dumps(OPENED))
-    assert orjson.loads(portfolio.encode_event(event)) == OPENED
+    assert orjson.loads(portfolio.encode_event(event)) == {**OPENED, "schema_version": "portfolio_event.v1"}
+    assert portfolio.decode_event(portfolio.encode_event(event)) == event
+    with pytest.raises(WireError):  # a command's key on an event
+        portfolio.decode_event(orjson.dumps({**OPENED, "schema_version": "portfolio_command.v1"}))
     for bad in (b"{garbage", orjson.dumps({**OPEN, "kind": "nope"}), orjson.dumps(OPEN)):
         with pytest.raises(WireError):
             portfolio.decode_event(bad)
