@@ -366,7 +366,7 @@ class VenueConnector:
         for state in self.states.values():
             if state.book is None or state.book_broken:
                 continue
-            version = _book_version(state.book)
+            version = _book_version(state.book, self.config.book_depth)
             if version != state.book_published:
                 state.book_published = version
                 self._publish_book(state)
@@ -473,12 +473,14 @@ class VenueConnector:
         return {s.feed.key: s.stats for s in self.states.values()}
 
 
-def _book_version(book: Any) -> tuple[Any, ...]:
-    """Changes whenever ccxt applied an update: ccxt mutates its book in place, also between
-    two wake-ups of the book loop, so the flusher compares versions rather than flags."""
+def _book_version(book: Any, depth: int) -> tuple[Any, ...]:
+    """Changes whenever ccxt applied an update within the published depth: ccxt mutates its book
+    in place, also between two wake-ups of the book loop, so the flusher compares versions rather
+    than flags. The levels themselves are part of it: a venue without a nonce (Kraken) can change
+    a deeper level within the same millisecond, which nonce, time and the best levels miss."""
     bids, asks = book["bids"], book["asks"]
     return (book.get("nonce"), book.get("timestamp"), len(bids), len(asks),
-            tuple(bids[0]) if len(bids) else None, tuple(asks[0]) if len(asks) else None)
+            hash(tuple(map(tuple, bids[:depth]))), hash(tuple(map(tuple, asks[:depth]))))
 
 
 def _trade_order(t: dict[str, Any]) -> tuple[int, int, str]:
