@@ -2,9 +2,11 @@
 portfolio bus (the routes reach them through api/deps.py). Tests pass their own repositories (and
 settings, and bus) through `create_app`; a served app builds them from settings when it starts.
 
-Middleware, outermost first: RequestContextMiddleware (request id, headers on every response,
-the 500 envelope) -> SecurityMiddleware (address, allowlist, credentials, rate limit; see
-api/security.py) -> FastAPI's routing and exception handlers."""
+Middleware, outermost first: MetricsMiddleware (api/metrics.py) -> RequestContextMiddleware (request
+id, headers on every response, the 500 envelope) -> OperatorEndpointsMiddleware (`/healthz`,
+`/readyz`, `/metrics` behind the allowlist only; api/health.py) -> SecurityMiddleware (address,
+allowlist, credentials, rate limit; see api/security.py) -> FastAPI's routing and exception
+handlers."""
 
 from __future__ import annotations
 
@@ -21,9 +23,11 @@ from starlette.responses import JSONResponse
 
 from api.auth import Authenticator, JwtVerifier
 from api.errors import ErrorCode, error_response, install_error_handlers
+from api.health import OPERATOR_PATHS, OperatorEndpointsMiddleware, Readiness
 from api.key_repository import ApiKeyRepository
 from api.keys import ApiKeyRecord, ApiKeyVerifier
 from api.market_memory import MemoryMarket
+from api.metrics import MetricsMiddleware, build_metrics
 from api.portfolio_repository import KafkaPortfolioBus
 from api.portfolio_service import PortfolioBus
 from api.ratelimit import RateLimiter, build_rate_limiter
@@ -204,9 +208,11 @@ def create_app(
             app.state.repository.memory = MemoryMarket(read_model, app.state.repository)
             feed = MarketFeed(db_settings, app.state.market_hub, model=read_model)
             await feed.start()
+        app.state.market_feed = feed  # read by /readyz and the metrics
         try:
             yield
         finally:
+            app.state.market_feed = None
             if feed is not None:
                 await feed.stop()
             if built_bus is not None:
@@ -232,6 +238,7 @@ def create_app(
     app.state.repository = repository
     app.state.key_repository = key_repository
     app.state.portfolio_bus = portfolio_bus
+    app.state.market_feed = None
 
     async def lookup_key(key_id: str) -> ApiKeyRecord | None:
         keys: ApiKeyRepository | None = app.state.key_repository
@@ -247,7 +254,24 @@ def create_app(
     app.state.gate = SecurityGate(options, authenticator, limiter)
     # Added before the error handlers' RequestContextMiddleware, so that one wraps this one.
     app.add_middleware(SecurityMiddleware, gate=app.state.gate, public_docs=options.public_docs)
+    # Health and metrics: outside the gate (no credentials, no rate limit), behind its allowlist.
+    app.state.metrics = build_metrics(app.state)
+    app.add_middleware(
+        OperatorEndpointsMiddleware,
+        resolver=app.state.gate.resolver,
+        allowlist=app.state.gate.allowlist,
+        readiness=Readiness(app.state, feed_expected=start_feed),
+        metrics=app.state.metrics,
+    )
     install_error_handlers(app)
+    # Added last, so outermost: it sees the status the client gets, the 500 envelope included.
+    app.add_middleware(
+        MetricsMiddleware,
+        metrics=app.state.metrics,
+        fixed_paths=OPERATOR_PATHS,
+        router_prefixes=(API_PREFIX, ALIAS_PREFIX),
+        router=app.router,
+    )
 
     async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
         logger.warning("market data store unreachable: %s", exc)

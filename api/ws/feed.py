@@ -93,6 +93,15 @@ class MarketFeed:
         self.assigned = asyncio.Event()  # set once every partition is assigned and at its end
         self.bad_messages = 0
 
+    @property
+    def state(self) -> str:
+        """`stopped` (not started, stopped, or its task ended), `connecting` (connecting, waiting
+        for topics, or retrying after an error) or `consuming` (every partition assigned and
+        read); read by `/readyz` and the metrics."""
+        if self._task is None or self._task.done():
+            return "stopped"
+        return "consuming" if self.assigned.is_set() else "connecting"
+
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="market-feed")
