@@ -26,6 +26,7 @@ from api.errors import ErrorCode, error_response, install_error_handlers
 from api.health import OPERATOR_PATHS, OperatorEndpointsMiddleware, Readiness
 from api.key_repository import ApiKeyRepository
 from api.keys import ApiKeyRecord, ApiKeyVerifier
+from api.market_lane import MarketFastLane
 from api.market_memory import MemoryMarket
 from api.metrics import MetricsMiddleware, build_metrics
 from api.portfolio_repository import KafkaPortfolioBus
@@ -253,6 +254,9 @@ def create_app(
     limiter = rate_limiter if rate_limiter is not None else build_rate_limiter(options.rate_limit, options.redis_url)
     app.state.gate = SecurityGate(options, authenticator, limiter)
     # Added before the error handlers' RequestContextMiddleware, so that one wraps this one.
+    # Innermost: the price and history reads memory covers, answered after the gate without
+    # FastAPI's routing (api/market_lane.py); everything else falls through to the routes.
+    app.add_middleware(MarketFastLane)
     app.add_middleware(SecurityMiddleware, gate=app.state.gate, public_docs=options.public_docs)
     # Health and metrics: outside the gate (no credentials, no rate limit), behind its allowlist.
     app.state.metrics = build_metrics(app.state)

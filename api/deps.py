@@ -27,21 +27,21 @@ from schemas.events import Interval
 # --- Providers of the lifespan's state -----------------------------------------------------------
 
 
-def get_market_repository(request: Request) -> MarketRepository:
+async def get_market_repository(request: Request) -> MarketRepository:
     repository: MarketRepository | None = getattr(request.app.state, "repository", None)
     if repository is None:  # the app was not started (lifespan not run) or is shutting down
         raise ApiError(ErrorCode.UNAVAILABLE, {"reason": "market data store not ready"})
     return repository
 
 
-def get_risk_repository(request: Request) -> RiskRepository:
+async def get_risk_repository(request: Request) -> RiskRepository:
     repository = getattr(request.app.state, "repository", None)
     if not isinstance(repository, RiskRepository):  # not started, shutting down, or not wired with risk
         raise ApiError(ErrorCode.UNAVAILABLE, {"reason": "risk store not ready"})
     return repository
 
 
-def get_prediction_repository(request: Request) -> PredictionRepository:
+async def get_prediction_repository(request: Request) -> PredictionRepository:
     market = getattr(request.app.state, "repository", None)
     if not isinstance(market, MarketRepository):  # not started, or shutting down
         raise ApiError(ErrorCode.UNAVAILABLE, {"reason": "prediction store not ready"})
@@ -99,7 +99,10 @@ RiskIntervalQuery = Annotated[
 ]
 IdempotencyHeader = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", pattern=r"^[\x21-\x7e]{1,128}$",
-           description="Makes retries safe: a repeat with the same key returns the first response and opens "
-                       "nothing new (also across API restarts); the same key with another body is 409."),
+    Header(
+        alias="Idempotency-Key",
+        pattern=r"^[\x21-\x7e]{1,128}$",
+        description="Makes retries safe: a repeat with the same key returns the first response and opens "
+        "nothing new (also across API restarts); the same key with another body is 409.",
+    ),
 ]

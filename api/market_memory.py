@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 from api.read_model import RETAIN_CANDLES, MemTrade, NotCovered, ReadModel, VersionedCandle
 from infra.store.repository import DAY_NS, CandleRow, FeedState, LastTrade, MarketRepository
@@ -24,7 +24,6 @@ from schemas.events import INTERVAL_NS, Interval
 
 logger = logging.getLogger("api.market_memory")
 
-_R = TypeVar("_R")
 _RETRY_WARM_S = 1.0  # a series the store has not caught up with is tried again after this
 
 
@@ -41,6 +40,12 @@ class MemoryMarket:
         self._store_only: dict[str, dict[str, LastTrade]] = {}
         self.hits = 0  # answers from memory (statistics, tests)
         self.misses = 0
+        self.only = MemoryOnly(self)
+
+    def store_only(self, symbol: str) -> list[LastTrade]:
+        """The latest stored trade of each venue the store knew for `symbol`, when it was warmed,
+        and memory had not seen trade."""
+        return list(self._store_only.get(symbol, {}).values())
 
     # --- warming -----------------------------------------------------------------------------
 
@@ -85,6 +90,21 @@ class MemoryMarket:
 
     # --- MarketRepository's reads -----------------------------------------------------------
 
+    def _answer(self, symbol: str, name: str, *args: Any) -> Any:
+        """Memory if it covers the read; else warm the symbol (the store, once) and try again;
+        else the store."""
+        try:
+            value = getattr(self.only, name)(*args)
+        except NotCovered:
+            self.ensure_warm(symbol)
+            try:
+                value = getattr(self.only, name)(*args)
+            except NotCovered:
+                self.misses += 1
+                return getattr(self.repository, name)(*args)
+        self.hits += 1
+        return value
+
     def knows(self, symbol: str) -> bool:
         return self.model.has_symbol(symbol) or self.repository.knows(symbol)
 
@@ -92,51 +112,71 @@ class MemoryMarket:
         return self.repository.known_symbols()
 
     def last_price(self, symbol: str, venue: str | None = None) -> LastTrade | None:
-        self.ensure_warm(symbol)
-        try:
-            trade = self.model.last_trade(symbol, venue)
-        except NotCovered:
-            return self._miss(self.repository.last_price, symbol, venue)
-        if venue is None:
-            for other in self._store_only.get(symbol, {}).values():
-                if other.venue not in self.model.venues(symbol) and other.event_ns >= trade.event_ns:
-                    return self._miss(self.repository.last_price, symbol, venue)
-        self.hits += 1
+        trade: LastTrade | None = self._answer(symbol, "last_price", symbol, venue)
         return trade
 
     def volume_24h(self, symbol: str, venue: str, until_ns: int) -> Decimal:
-        try:
-            volume = self.model.volume_24h(symbol, venue, until_ns)
-        except NotCovered:
-            return self._miss(self.repository.volume_24h, symbol, venue, until_ns)
-        self.hits += 1
+        volume: Decimal = self._answer(symbol, "volume_24h", symbol, venue, until_ns)
         return volume
 
     def feed_state(self, symbol: str, venue: str) -> FeedState | None:
-        try:
-            state = self.model.feed_state(symbol, venue)
-        except NotCovered:
-            return self._miss(self.repository.feed_state, symbol, venue)
-        self.hits += 1
+        state: FeedState | None = self._answer(symbol, "feed_state", symbol, venue)
         return state
 
     def candles(
         self, symbol: str, interval: Interval | str, start_ns: int, end_ns: int, venue: str | None = None
     ) -> list[CandleRow]:
-        interval = Interval(interval)
         if venue is None:
             last = self.last_price(symbol)
             if last is None:
                 return []
             venue = last.venue
-        self.ensure_warm(symbol)
-        try:
-            rows = self.model.candles(symbol, interval.value, start_ns, end_ns, venue)
-        except NotCovered:
-            return self._miss(self.repository.candles, symbol, interval, start_ns, end_ns, venue)
-        self.hits += 1
+        rows: list[CandleRow] = self._answer(symbol, "candles", symbol, Interval(interval), start_ns, end_ns, venue)
         return rows
 
-    def _miss(self, read: Callable[..., _R], *args: Any) -> _R:
-        self.misses += 1
-        return read(*args)
+
+class MemoryOnly:
+    """The read model alone, as the market endpoints read it: `NotCovered` wherever MemoryMarket
+    would ask the store (or warm a series from it). No I/O, so the async routes call it on the
+    event loop and go to the threadpool, through MemoryMarket, only when it raises."""
+
+    def __init__(self, market: MemoryMarket) -> None:
+        self._market = market
+        self.model = market.model
+
+    def knows(self, symbol: str) -> bool:
+        if self.model.has_symbol(symbol):
+            return True
+        raise NotCovered(f"{symbol} not in memory")
+
+    def last_price(self, symbol: str, venue: str | None = None) -> LastTrade:
+        if self.model.cold_series(symbol):
+            raise NotCovered(f"{symbol} not warm")
+        trade = self.model.last_trade(symbol, venue)
+        if venue is None:
+            # A venue the store knows and memory has not seen trade since it started may have
+            # traded last: only the store can pick the default venue then.
+            seen = self.model.venues(symbol)
+            for other in self._market.store_only(symbol):
+                if other.venue not in seen and other.event_ns >= trade.event_ns:
+                    raise NotCovered(f"{other.venue}:{symbol} only in the store")
+        return trade
+
+    def volume_24h(self, symbol: str, venue: str, until_ns: int) -> Decimal:
+        return self.model.volume_24h(symbol, venue, until_ns)
+
+    def feed_state(self, symbol: str, venue: str) -> FeedState | None:
+        return self.model.feed_state(symbol, venue)
+
+    def candles(
+        self, symbol: str, interval: Interval | str, start_ns: int, end_ns: int, venue: str | None = None
+    ) -> list[CandleRow]:
+        if venue is None:
+            venue = self.last_price(symbol).venue
+        return self.model.candles(symbol, Interval(interval).value, start_ns, end_ns, venue)
+
+    def candle_fragments(
+        self, symbol: str, interval: Interval | str, start_ns: int, end_ns: int, venue: str
+    ) -> list[bytes]:
+        """`candles`, each already rendered as its JSON object (api/models.py `candle_json`)."""
+        return self.model.candle_fragments(symbol, Interval(interval).value, start_ns, end_ns, venue)

@@ -3,11 +3,24 @@ venue resolution, the feed-staleness rule, history ranges and gap filling. No SQ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+import anyio.to_thread
 
 from api.errors import ApiError, ErrorCode
-from api.models import Candle, HistoryResponse, PriceResponse, format_timestamp, ns_to_datetime
+from api.market_memory import MemoryMarket, MemoryOnly
+from api.models import (
+    Candle,
+    HistoryResponse,
+    PriceResponse,
+    candle_json,
+    format_timestamp,
+    history_json,
+    ns_to_datetime,
+)
+from api.read_model import NotCovered
 from infra.store.repository import FEED_DOWN_KINDS, CandleRow, FeedState, LastTrade, MarketRepository
 from schemas.events import INTERVAL_NS, Interval
 
@@ -31,6 +44,8 @@ def reads(repository: MarketRepository | MarketReads) -> MarketReads:
     memory: MarketReads | None = getattr(repository, "memory", None)
     return memory if memory is not None else repository
 
+
+_R = TypeVar("_R")
 
 MAX_CANDLES = 5000  # per call, counted over the requested range (SPEC, "History")
 DEFAULT_CANDLES = 500  # a missing bound is this many intervals away from the other
@@ -133,6 +148,46 @@ def fill_gaps(rows: list[CandleRow], step: int) -> list[CandleRow]:
                 filled.append(CandleRow(open_ns, close, close, close, close, Decimal(0)))
         filled.append(row)
     return filled
+
+
+def history_body(
+    repository: MarketRepository | MarketReads,
+    symbol: str,
+    interval: Interval,
+    start_ns: int | None,
+    end_ns: int | None,
+    exchange: str | None,
+    fill: bool,
+) -> bytes:
+    """`history`'s JSON, byte for byte, rendered without models: from memory alone (`MemoryOnly`)
+    the held candles come already rendered, so a day of 1m candles is a join of bytes."""
+    check_range(interval, start_ns, end_ns)
+    repository = reads(repository)
+    trade = last_trade(repository, symbol, exchange)
+    start_ns, end_ns = resolve_range(interval, start_ns, end_ns, trade.event_ns)
+    if isinstance(repository, MemoryOnly) and not fill:
+        return history_json(symbol, repository.candle_fragments(symbol, interval, start_ns, end_ns, trade.venue))
+    rows = repository.candles(symbol, interval, start_ns, end_ns, trade.venue)
+    if fill:
+        rows = fill_gaps(rows, INTERVAL_NS[interval.value])
+    return history_json(symbol, [candle_json(row) for row in rows])
+
+
+def price_body(repository: MarketRepository | MarketReads, symbol: str, exchange: str | None) -> bytes:
+    return price(repository, symbol, exchange).model_dump_json().encode()
+
+
+async def answer(repository: MarketRepository, read: Callable[[MarketReads], _R]) -> _R:
+    """`read` from memory alone, on the event loop, when the app has a read model that covers it
+    (no I/O, microseconds: a thread hop would cost more than the answer); otherwise in the
+    threadpool, where the store's blocking clients live and memory may warm from the store."""
+    memory = getattr(repository, "memory", None)
+    if isinstance(memory, MemoryMarket):
+        try:
+            return read(memory.only)
+        except NotCovered:
+            pass
+    return await anyio.to_thread.run_sync(read, repository)
 
 
 def history(

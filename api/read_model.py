@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import NamedTuple
 
+from api.models import candle_json
 from infra.store.repository import DAY_NS, FEED_STATE_KINDS, CandleRow, FeedState, LastTrade
 from schemas.events import INTERVAL_NS
 
@@ -72,6 +73,8 @@ class Series:
     first_candle_ns: dict[str, int | None] = field(default_factory=lambda: dict.fromkeys(INTERVAL_NS))
     feed_state: FeedState | None = None
     warm: bool = False
+    # open time -> the held candle's JSON (`candle_json`), dropped whenever that candle changes
+    rendered: dict[str, dict[int, bytes]] = field(default_factory=lambda: {i: {} for i in INTERVAL_NS})
 
     @property
     def last(self) -> MemTrade | None:
@@ -115,9 +118,16 @@ class Series:
         current = held.get(candle.row.open_ns)
         if current is None or candle.version >= current.version:
             held[candle.row.open_ns] = candle
-        if len(held) > RETAIN_CANDLES[interval]:
+            self.rendered[interval].pop(candle.row.open_ns, None)
+        self.trim(interval)
+
+    def trim(self, interval: str) -> None:
+        """Keep RETAIN_CANDLES of the interval: memory then covers from the oldest kept on."""
+        held = self.candles[interval]
+        while len(held) > RETAIN_CANDLES[interval]:
             oldest = min(held)
             del held[oldest]
+            self.rendered[interval].pop(oldest, None)
             self.candles_from[interval] = oldest + INTERVAL_NS[interval]
 
     def trades_since(self, from_ns: int, until_ns: int) -> list[MemTrade]:
@@ -234,11 +244,9 @@ class ReadModel:
                     current = held.get(candle.row.open_ns)
                     if current is None or candle.version > current.version:
                         held[candle.row.open_ns] = candle
+                        series.rendered[interval].pop(candle.row.open_ns, None)
                 series.candles_from[interval] = from_ns
-                while len(held) > RETAIN_CANDLES[interval]:
-                    oldest = min(held)
-                    del held[oldest]
-                    series.candles_from[interval] = oldest + INTERVAL_NS[interval]
+                series.trim(interval)
             held_state = series.feed_state
             if feed_state is not None and (held_state is None or feed_state.event_ns > held_state.event_ns):
                 series.feed_state = feed_state
@@ -299,28 +307,50 @@ class ReadModel:
         with self._lock:
             return self._warm_series(symbol, venue).feed_state
 
+    def _select(
+        self, symbol: str, interval: str, start_ns: int, end_ns: int, venue: str
+    ) -> tuple[Series, list[VersionedCandle], list[MemTrade]]:
+        """Under the lock: the held candles in [start, end) by open time, and the trades of the
+        buckets after the last held candle. NotCovered when memory lacks any part of the range."""
+        step = INTERVAL_NS[interval]
+        series = self._warm_series(symbol, venue)
+        held = series.candles[interval]
+        covered_from = series.candles_from[interval]
+        if covered_from is None or start_ns < covered_from:
+            raise NotCovered(f"{interval} candles before memory's first")
+        stored = sorted((c for o, c in held.items() if start_ns <= o < end_ns), key=lambda c: c.row.open_ns)
+        after_stored = (max(held) + step) if held else 0
+        first_bucket = max(_ceil_to(start_ns, step), after_stored)
+        end_bucket = _ceil_to(end_ns, step)
+        if first_bucket >= end_bucket:
+            return series, stored, []
+        # memory holds every trade in (latest - 24 h, latest]
+        if first_bucket <= series.trades[-1].event_ns - DAY_NS:
+            raise NotCovered("open buckets older than the trades memory holds")
+        return series, stored, series.trades_since(first_bucket, end_bucket)
+
     def candles(self, symbol: str, interval: str, start_ns: int, end_ns: int, venue: str) -> list[CandleRow]:
         """The store's answer (infra/store/repository.py `candles`) from memory: held candles in
         [start, end), then buckets aggregated from trades after the last held candle."""
-        step = INTERVAL_NS[interval]
         with self._lock:
-            series = self._warm_series(symbol, venue)
-            held = series.candles[interval]
-            covered_from = series.candles_from[interval]
-            if covered_from is None or start_ns < covered_from:
-                raise NotCovered(f"{interval} candles before memory's first")
-            stored = sorted((c.row for o, c in held.items() if start_ns <= o < end_ns), key=lambda r: r.open_ns)
-            after_stored = (max(held) + step) if held else 0
-            first_bucket = max(_ceil_to(start_ns, step), after_stored)
-            end_bucket = _ceil_to(end_ns, step)
-            if first_bucket < end_bucket:
-                # memory holds every trade in (latest - 24 h, latest]
-                if first_bucket <= series.trades[-1].event_ns - DAY_NS:
-                    raise NotCovered("open buckets older than the trades memory holds")
-                trades = series.trades_since(first_bucket, end_bucket)
-            else:
-                trades = []
-        return stored + aggregate_buckets(trades, step)
+            _, stored, trades = self._select(symbol, interval, start_ns, end_ns, venue)
+        return [c.row for c in stored] + aggregate_buckets(trades, INTERVAL_NS[interval])
+
+    def candle_fragments(self, symbol: str, interval: str, start_ns: int, end_ns: int, venue: str) -> list[bytes]:
+        """`candles`, each rendered as its JSON object by `candle_json`. A held candle is rendered
+        once per revision and kept beside it, so a history request joins bytes instead of
+        formatting decimals (the buckets still open are rendered each time)."""
+        with self._lock:
+            series, stored, trades = self._select(symbol, interval, start_ns, end_ns, venue)
+            rendered = series.rendered[interval]
+            fragments = []
+            for candle in stored:
+                fragment = rendered.get(candle.row.open_ns)
+                if fragment is None:
+                    fragment = rendered[candle.row.open_ns] = candle_json(candle.row)
+                fragments.append(fragment)
+        fragments.extend(candle_json(row) for row in aggregate_buckets(trades, INTERVAL_NS[interval]))
+        return fragments
 
 
 def _desc(venue: str) -> tuple[int, ...]:

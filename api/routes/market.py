@@ -1,12 +1,15 @@
-"""`/market/price/{symbol}` and `/market/history/{symbol}`: parse, ask the service, return the
-model. Plain `def` routes on purpose: FastAPI runs them in its threadpool, where the
-repository's per-thread database clients live (see infra/store/repository.py)."""
+"""`/market/price/{symbol}` and `/market/history/{symbol}`: parse, ask the service, return its
+JSON. Async routes: what the read model covers is answered on the event loop, the rest in the
+threadpool where the store's per-thread clients live (`market_service.answer`). The bodies are
+rendered by the service, so FastAPI neither validates nor re-serialises them; `response_model`
+still documents them."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import Response
 
 from api import market_service
 from api.deps import MARKET_READER, ExchangeQuery, MarketRepositoryDep, SymbolPath
@@ -15,6 +18,11 @@ from api.models import HistoryResponse, PriceResponse
 from api.params import parse_exchange, parse_symbol, parse_time
 from api.security import SECURITY_ERRORS
 from schemas.events import Interval
+
+
+class JsonBody(Response):
+    media_type = "application/json"
+
 
 router = APIRouter(prefix="/market", tags=["market"], dependencies=[MARKET_READER])
 
@@ -69,8 +77,10 @@ requested range: `(end - start) / interval > 5000` is 400, exactly 5000 is allow
         }
     ),
 )
-def get_price(repository: MarketRepositoryDep, symbol: SymbolPath, exchange: ExchangeQuery = None) -> PriceResponse:
-    return market_service.price(repository, parse_symbol(symbol), parse_exchange(exchange))
+async def get_price(repository: MarketRepositoryDep, symbol: SymbolPath, exchange: ExchangeQuery = None) -> Response:
+    name, venue = parse_symbol(symbol), parse_exchange(exchange)
+    body = await market_service.answer(repository, lambda reads: market_service.price_body(reads, name, venue))
+    return JsonBody(body)
 
 
 @router.get(
@@ -88,7 +98,7 @@ def get_price(repository: MarketRepositoryDep, symbol: SymbolPath, exchange: Exc
         }
     ),
 )
-def get_history(
+async def get_history(
     repository: MarketRepositoryDep,
     symbol: SymbolPath,
     interval: Annotated[Interval, Query(description="Candle interval.")] = Interval.M1,
@@ -112,13 +122,11 @@ def get_history(
         bool, Query(description="Fill empty buckets between the first and last candle with the previous close.")
     ] = False,
     exchange: ExchangeQuery = None,
-) -> HistoryResponse:
-    return market_service.history(
+) -> Response:
+    name, venue = parse_symbol(symbol), parse_exchange(exchange)
+    start_ns, end_ns = parse_time("start", start), parse_time("end", end)
+    body = await market_service.answer(
         repository,
-        parse_symbol(symbol),
-        interval,
-        parse_time("start", start),
-        parse_time("end", end),
-        parse_exchange(exchange),
-        fill,
+        lambda reads: market_service.history_body(reads, name, interval, start_ns, end_ns, venue, fill),
     )
+    return JsonBody(body)

@@ -6,10 +6,12 @@ the same answer computed from ClickHouse alone."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -18,7 +20,7 @@ from api import market_service
 from api.errors import ApiError
 from api.market_memory import MemoryMarket
 from api.models import datetime_to_ns
-from api.read_model import ReadModel
+from api.read_model import NotCovered, ReadModel
 from api.ws.feed import MarketFeed
 from api.ws.hub import MarketHub
 from infra.cli.feeds import replay_into, wait_until_stored
@@ -73,6 +75,13 @@ def _answer(call: Callable[[], BaseModel]) -> str:
         return f"{exc.code} {exc.details}"
 
 
+def _body(call: Callable[[], bytes]) -> str:
+    try:
+        return call().decode()
+    except ApiError as exc:
+        return f"{exc.code} {exc.details}"
+
+
 def test_every_market_answer_from_memory_equals_the_store(
     following: tuple[Settings, ReadModel], tmp_path: Path
 ) -> None:
@@ -108,13 +117,20 @@ def test_every_market_answer_from_memory_equals_the_store(
         compared = answered_from_memory = 0
         missed: list[tuple[object, ...]] = []
 
-        def same(answer: Callable[..., BaseModel], *args: object) -> None:
+        def same(answer: Callable[..., BaseModel], *args: Any) -> None:
             """`answer` (a market_service function) from memory and from the store alone."""
             nonlocal compared, answered_from_memory
             misses = memory.misses
             got = _answer(lambda: answer(memory, *args))
             want = _answer(lambda: answer(store, *args))
             assert got == want, args
+            if answer is market_service.history:
+                # The bytes the routes send: from the store, and from memory alone (the fast
+                # lane's path, held candles already rendered) whenever memory covers the range.
+                body = _body(lambda: market_service.history_body(store, *args))
+                assert _body(lambda: market_service.history_body(memory, *args)) == body, args
+                with contextlib.suppress(NotCovered):
+                    assert _body(lambda: market_service.history_body(memory.only, *args)) == body, args
             compared += 1
             answered_from_memory += memory.misses == misses
             if memory.misses != misses:

@@ -1,0 +1,170 @@
+"""The fast lane (api/market_lane.py) answers exactly what the FastAPI routes answer, and leaves
+everything else to them.
+
+Oracle: the same app with the lane taken out of its middleware, asked the same request. The
+lane's answers must be byte-equal (status, body, every header but the request id); the cases it
+must not answer must come from the routes (proved by the routes being the only way to a reply
+when `market_service.answer` is made to fail)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from api import market_service
+from api.app import create_app
+from api.market_lane import MarketFastLane
+from api.market_memory import MemoryMarket
+from api.models import Candle, candle_json, ns_to_datetime
+from api.read_model import MemTrade, ReadModel, VersionedCandle
+from infra.store.repository import CandleRow
+from schemas.events import Interval
+from tests.api.conftest import bearer, test_api_settings, token_for
+
+S = 10**9
+MIN = 60 * S
+T0 = 1_723_161_600 * S  # 2024-08-09T00:00:00Z
+
+
+class NoStore:
+    """Memory must answer every lane case: the store fails the test if asked."""
+
+    memory: MemoryMarket | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the store was asked: {name}")
+
+
+class NoKeys:
+    def get(self, key_id: str) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def _model() -> ReadModel:
+    model = ReadModel()
+    trades = [MemTrade(T0 + i * 7 * S, str(i), Decimal(100 + i % 9) / 4, Decimal(i % 5 + 1) / 8) for i in range(400)]
+    for venue in ("alpha", "beta"):
+        model.apply_trades(venue, "AAA-USDT", trades if venue == "alpha" else trades[:-3])
+        for minute in range(40):
+            bucket = [t for t in trades if T0 + minute * MIN <= t.event_ns < T0 + (minute + 1) * MIN]
+            prices = [t.price for t in bucket]
+            volume = sum((t.size for t in bucket), Decimal(0))
+            row = CandleRow(T0 + minute * MIN, prices[0], max(prices), min(prices), prices[-1], volume)
+            model.apply_candle(venue, "AAA-USDT", "1m", VersionedCandle(1, row))
+        model.warm(venue, "AAA-USDT", [], {i.value: (0, []) for i in Interval}, None)  # covers all before
+    return model
+
+
+def _app(lane: bool) -> FastAPI:
+    store = NoStore()
+    store.memory = MemoryMarket(_model(), store)  # type: ignore[arg-type]
+    settings = test_api_settings(rate_limit="100000/minute")
+    app = create_app(repository=store, api_settings=settings, key_repository=NoKeys())  # type: ignore[arg-type]
+    if not lane:
+        app.user_middleware = [m for m in app.user_middleware if m.cls is not MarketFastLane]
+    return app
+
+
+@pytest.fixture
+def clients() -> Iterator[tuple[TestClient, TestClient]]:
+    with TestClient(_app(True)) as with_lane, TestClient(_app(False)) as without:
+        yield with_lane, without
+
+
+def _comparable(response: Any) -> tuple[int, bytes, list[tuple[str, str]]]:
+    headers = sorted((k, v) for k, v in response.headers.items() if k not in ("x-request-id",))
+    return response.status_code, response.content, headers
+
+
+LANE_CASES = [
+    "/api/v1/market/price/AAA-USDT",
+    "/api/v1/market/price/aaa-usdt?exchange=BETA",
+    "/v1/market/price/AAA-USDT?exchange=alpha",
+    "/api/v1/market/history/AAA-USDT",
+    "/api/v1/market/history/AAA-USDT?interval=5m&exchange=beta&start=2024-08-09T00:00:00Z",
+    "/api/v1/market/history/AAA-USDT?interval=1m&start=2024-08-09T00:10:00Z&end=2024-08-09T00:20:00Z",
+    "/api/v1/market/history/AAA-USDT?interval=1h&start=2024-08-09",
+]
+
+
+@pytest.mark.parametrize("path", LANE_CASES)
+def test_the_lane_answers_byte_for_byte_what_the_route_answers(
+    clients: tuple[TestClient, TestClient], path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_lane, without = clients
+    headers = bearer(token_for("lane"))
+    want = without.get(path, headers=headers)
+    assert want.status_code == 200, want.text
+
+    async def routed(*args: object) -> object:
+        raise AssertionError("the route ran: the lane should have answered")
+
+    monkeypatch.setattr(market_service, "answer", routed)
+    got = with_lane.get(path, headers=headers)
+    assert _comparable(got) == _comparable(want)
+
+
+FALL_THROUGH = [
+    ("/api/v1/market/history/AAA-USDT?fill=true", None),  # a parameter the lane leaves to FastAPI
+    ("/api/v1/market/price/AAA-USDT?exchange=alpha&exchange=beta", None),  # repeated
+    ("/api/v1/market/price/AAA-USDT?exchange=", None),  # 400 from the route
+    ("/api/v1/market/price/AAA$USDT", None),  # 400 MARKET_001
+    ("/api/v1/market/price/ZZZ-USDT", None),  # not in memory: the route asks the store
+    ("/api/v1/market/history/AAA-USDT?interval=2m", None),  # 400
+    ("/api/v1/market/price/AAA-USDT", "analysis:read"),  # 403: the scope is missing
+]
+
+
+@pytest.mark.parametrize(("path", "scope"), FALL_THROUGH)
+def test_everything_else_is_left_to_the_routes(
+    clients: tuple[TestClient, TestClient], path: str, scope: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_lane, without = clients
+    token = token_for("lane", (scope,)) if scope else token_for("lane")
+    called: list[str] = []
+    real = market_service.answer
+
+    async def counted(*args: Any) -> Any:
+        called.append("route")
+        return await real(*args)
+
+    monkeypatch.setattr(market_service, "answer", counted)
+    try:
+        got = with_lane.get(path, headers=bearer(token))
+    except AssertionError as exc:  # NoStore: the route went to the store, as it must for an unknown symbol
+        assert "ZZZ" in path, exc
+        return
+    want = without.get(path, headers=bearer(token))
+    assert got.status_code == want.status_code
+    if got.status_code != 200:
+        assert {**got.json()["error"], "request_id": None} == {**want.json()["error"], "request_id": None}
+    else:
+        assert called, "a 200 the lane did not answer must come from the route"
+
+
+def test_a_rendered_candle_is_what_the_response_model_writes() -> None:
+    rows = [
+        CandleRow(T0, Decimal("65000"), Decimal("65100.5"), Decimal("64900.123456789"), Decimal("0.00000001"),
+                  Decimal("123456789012345678901234.5")),
+        CandleRow(T0 + 123_456_789, Decimal("1E+3"), Decimal("2.5E-7"), Decimal("0"), Decimal("-0"), Decimal("7")),
+    ]  # fmt: skip
+    for row in rows:
+        model = Candle(timestamp=ns_to_datetime(row.open_ns), open=row.open, high=row.high, low=row.low,
+                       close=row.close, volume=row.volume)  # fmt: skip
+        assert candle_json(row) == model.model_dump_json().encode()
+
+
+def test_a_lane_answer_is_counted_under_its_route_template(clients: tuple[TestClient, TestClient]) -> None:
+    with_lane, _ = clients
+    for _ in range(3):
+        assert with_lane.get("/v1/market/price/AAA-USDT", headers=bearer(token_for("lane"))).status_code == 200
+    metrics = with_lane.get("/metrics").text
+    assert 'entasis_api_requests_total{method="GET",route="/v1/market/price/{symbol}",status="200"} 3.0' in metrics
