@@ -23,6 +23,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 
 from api.errors import ApiError, ErrorCode
-from api.keys import ApiKeyRecord, ApiKeyVerifier, KeyRejected
+from api.keys import ApiKeyRecord, ApiKeyVerifier, BeforeLookup, KeyRejected
 from api.network import IPAddress
 from api.principal import KNOWN_SCOPES, Principal, valid_account
 from infra.config.api import DEV_JWT_SECRET, ApiSettings
@@ -156,18 +157,23 @@ class JwtVerifier:
         self._cache_size = cache_size
 
     def verify(self, token: str) -> Principal:
+        return self.verify_until(token)[0]
+
+    def verify_until(self, token: str) -> tuple[Principal, float]:
+        """The token's Principal and the moment (epoch seconds, `exp` plus the leeway) from which
+        this verifier refuses it: a WebSocket opened with it is closed then."""
         cached = self._cache.get(token)
         if cached is not None:
             exp, principal = cached
             if time.time() < exp + self._leeway:  # nbf and iat only get more true with time
-                return principal
+                return principal, exp + self._leeway
             del self._cache[token]
             raise auth_failed("token expired", token_error=True)
         principal, exp = self._decode(token)
         self._cache[token] = (exp, principal)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return principal
+        return principal, exp + self._leeway
 
     def _decode(self, token: str) -> tuple[Principal, float]:
         if self._key is None:
@@ -217,9 +223,19 @@ class JwtVerifier:
 # --- both together -----------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What `Authenticator.check` found: the Principal (None when nothing was sent) and, when a
+    token was among the credentials, the moment it stops being accepted (epoch seconds)."""
+
+    principal: Principal | None
+    token_valid_until: float | None = None
+
+
 class Authenticator:
     """`authenticate` turns whatever credentials a request carries into a Principal, or None when
-    it carries none; invalid credentials raise `ApiError` (401, or 403 for a key's allowlist)."""
+    it carries none; invalid credentials raise `ApiError` (401, or 403 for a key's allowlist).
+    `check` does the same and also says until when a token is valid."""
 
     def __init__(self, jwt_verifier: JwtVerifier, keys: ApiKeyVerifier | None) -> None:
         self.jwt = jwt_verifier
@@ -232,38 +248,61 @@ class Authenticator:
         api_key: str | None,
         client_ip: IPAddress | None,
         query_token: str | None = None,
+        before_key_lookup: BeforeLookup | None = None,
     ) -> Principal | None:
+        checked = await self.check(
+            authorization=authorization,
+            api_key=api_key,
+            client_ip=client_ip,
+            query_token=query_token,
+            before_key_lookup=before_key_lookup,
+        )
+        return checked.principal
+
+    async def check(
+        self,
+        *,
+        authorization: str | None,
+        api_key: str | None,
+        client_ip: IPAddress | None,
+        query_token: str | None = None,
+        before_key_lookup: BeforeLookup | None = None,
+    ) -> Credentials:
+        """`before_key_lookup`: awaited before an API key costs a store query (a cached key costs
+        none); what it raises propagates, and no query is made."""
         token_principal: Principal | None = None
+        valid_until: float | None = None
         if authorization is not None:
             scheme, _, token = authorization.strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise auth_failed("Authorization must be 'Bearer <token>'")
-            token_principal = self.jwt.verify(token.strip())
+            token_principal, valid_until = self.jwt.verify_until(token.strip())
         elif query_token is not None:
-            token_principal = self.jwt.verify(query_token.strip())
+            token_principal, valid_until = self.jwt.verify_until(query_token.strip())
 
         key_principal: Principal | None = None
         if api_key is not None:
-            record = await self._key_record(api_key)
+            record = await self._key_record(api_key, before_key_lookup)
             if not record.allows_address(client_ip):
                 raise address_forbidden(client_ip, "client address not allowed for this API key")
             key_principal = Principal(record.account, frozenset(record.scopes), ("api_key",), record.key_id)
 
         if token_principal is None or key_principal is None:
-            return token_principal or key_principal
+            return Credentials(token_principal or key_principal, valid_until)
         if token_principal.account != key_principal.account:
             raise auth_failed("API key and token belong to different accounts")
-        return Principal(
+        principal = Principal(
             token_principal.account,
             token_principal.scopes & key_principal.scopes,
             ("jwt", "api_key"),
             key_principal.key_id,
         )
+        return Credentials(principal, valid_until)
 
-    async def _key_record(self, presented: str) -> ApiKeyRecord:
+    async def _key_record(self, presented: str, before_lookup: BeforeLookup | None) -> ApiKeyRecord:
         if self.keys is None:
             raise ApiError(ErrorCode.UNAVAILABLE, {"reason": "API key store not ready"})
         try:
-            return await self.keys.verify(presented)
+            return await self.keys.verify(presented, before_lookup)
         except KeyRejected as exc:
             raise auth_failed(exc.reason) from None

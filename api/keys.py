@@ -17,11 +17,16 @@ the MAC stops a row's hash from being copied onto another id; comparison is cons
 
 Revocation: a row is read from the database at most every `api_key_cache_seconds` (default 2 s)
 per API process, so a revoked key stops working everywhere within that time. Unknown ids are
-cached too (bounded), so random ids cannot turn every request into a database query.
+cached too, so a repeated id costs no query; the cache is bounded and evicts unknown ids first,
+so a flood of random ids can only push out other unknown ids, never a real key's row. Concurrent
+checks of one uncached id share a single query (singleflight). Random ids still cost a query
+each: the security gate charges every such query to the client address's rate limit before it
+runs (api/security.py), so an address over its limit gets no query at all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -109,11 +114,17 @@ class KeyRejected(Exception):
 
 
 Lookup = Callable[[str], Awaitable[ApiKeyRecord | None]]
+# Called before a store query is started (not for a cache hit, nor for a query already in flight);
+# it may raise to refuse the query, e.g. when the caller's address is over its rate limit.
+BeforeLookup = Callable[[], Awaitable[None]]
 
 
 class ApiKeyVerifier:
     """Checks presented keys against rows fetched by `lookup` (async, so the database query runs
-    off the event loop), caching each row, or its absence, for `ttl_s`."""
+    off the event loop), caching each row, or its absence, for `ttl_s`.
+
+    At most `max_entries` ids are cached; absences are evicted before rows (oldest first), so
+    only real keys compete for room among themselves."""
 
     def __init__(
         self,
@@ -128,28 +139,78 @@ class ApiKeyVerifier:
         self._max_entries = max_entries
         self._clock = clock
         self._cache: OrderedDict[str, tuple[float, ApiKeyRecord | None]] = OrderedDict()
+        self._absent: OrderedDict[str, None] = OrderedDict()  # the ids in _cache with no row, oldest first
+        self._inflight: dict[str, asyncio.Task[ApiKeyRecord | None]] = {}
 
-    async def record(self, key_id: str) -> ApiKeyRecord | None:
-        now = self._clock()
-        cached = self._cache.get(key_id)
-        if cached is not None and now - cached[0] < self._ttl_s:
-            self._cache.move_to_end(key_id)
-            return cached[1]
-        found = await self._lookup(key_id)
+    def cached(self, key_id: str) -> tuple[bool, ApiKeyRecord | None]:
+        """(True, row or None) when the cache answers for `key_id` now; (False, None) otherwise."""
+        entry = self._cache.get(key_id)
+        if entry is None or self._clock() - entry[0] >= self._ttl_s:
+            return False, None
+        self._cache.move_to_end(key_id)
+        if entry[1] is None:
+            self._absent.move_to_end(key_id)
+        return True, entry[1]
+
+    def _store(self, key_id: str, found: ApiKeyRecord | None) -> None:
         self._cache[key_id] = (self._clock(), found)
         self._cache.move_to_end(key_id)
+        if found is None:
+            self._absent[key_id] = None
+            self._absent.move_to_end(key_id)
+        else:
+            self._absent.pop(key_id, None)
         while len(self._cache) > self._max_entries:
-            self._cache.popitem(last=False)
-        return found
+            if self._absent:
+                oldest_absent, _ = self._absent.popitem(last=False)
+                del self._cache[oldest_absent]
+            else:
+                self._cache.popitem(last=False)
 
-    async def verify(self, presented: str) -> ApiKeyRecord:
+    async def _fetch(self, key_id: str) -> ApiKeyRecord | None:
+        try:
+            found = await self._lookup(key_id)
+            self._store(key_id, found)
+            return found
+        finally:
+            if self._inflight.get(key_id) is asyncio.current_task():  # not a newer one for the same id
+                del self._inflight[key_id]
+
+    def _inflight_task(self, key_id: str) -> asyncio.Task[ApiKeyRecord | None] | None:
+        task = self._inflight.get(key_id)
+        # A task left by another event loop (a test client's, closed mid-query) cannot be awaited here.
+        if task is not None and task.get_loop() is not asyncio.get_running_loop():
+            return None
+        return task
+
+    async def record(self, key_id: str, before_lookup: BeforeLookup | None = None) -> ApiKeyRecord | None:
+        hit, found = self.cached(key_id)
+        if hit:
+            return found
+        task = self._inflight_task(key_id)
+        if task is None:
+            if before_lookup is not None:
+                await before_lookup()
+            task = self._inflight_task(key_id)  # another caller may have started it meanwhile
+        if task is None:
+            # A task of its own, so that one caller going away (a client disconnecting) does not
+            # cancel the query the others wait for; each waits through `shield` for that reason.
+            task = asyncio.ensure_future(self._fetch(key_id))
+            # Every waiter may be gone when it fails: its exception is then read here, not logged
+            # as "never retrieved".
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._inflight[key_id] = task
+        return await asyncio.shield(task)
+
+    async def verify(self, presented: str, before_lookup: BeforeLookup | None = None) -> ApiKeyRecord:
         """The key's row; KeyRejected when the key is malformed, unknown, wrong or revoked.
-        "revoked" is said only to a caller that holds the real secret."""
+        "revoked" is said only to a caller that holds the real secret. `before_lookup`: see
+        BeforeLookup; what it raises propagates."""
         parts = split_key(presented.strip())
         if parts is None:
             raise KeyRejected("malformed API key")
         key_id, secret = parts
-        record = await self.record(key_id)
+        record = await self.record(key_id, before_lookup)
         if record is None or not verify_secret(record.key_hash, key_id, secret):
             raise KeyRejected("invalid API key")
         if record.revoked:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, collapse_addresses, ip_address
 
 IPAddress = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
@@ -46,6 +46,18 @@ def parse_address(text: str) -> IPAddress | None:
 
 def is_wildcard(network: Network) -> bool:
     return network.prefixlen == 0
+
+
+def covers_a_whole_family(networks: Iterable[Network]) -> bool:
+    """Whether these networks together hold every IPv4 or every IPv6 address: a wildcard in
+    effect, however it is spelled (`0.0.0.0/0`, or `0.0.0.0/1, 128.0.0.0/1`, or 256 /8s)."""
+    networks = tuple(networks)
+    v4 = [n for n in networks if isinstance(n, IPv4Network)]
+    v6 = [n for n in networks if isinstance(n, IPv6Network)]
+    # collapse_addresses merges adjacent and nested ranges, so full coverage collapses to /0.
+    return any(n.prefixlen == 0 for n in collapse_addresses(v4)) or any(
+        n.prefixlen == 0 for n in collapse_addresses(v6)
+    )
 
 
 class AddressSet:

@@ -6,12 +6,23 @@ Order, for every HTTP request (and, through `SecurityGate.admit`, for a WebSocke
    (api/network.py); a trusted proxy that forwards garbage gets 400 `BAD_REQUEST`;
 2. deployment allowlist: an address outside it gets 403 `FORBIDDEN` (when no allowlist is
    configured, which only a `--dev` server accepts, every address passes);
-3. credentials: whatever is sent is verified (api/auth.py), on every path, public ones included;
-   invalid credentials get 401 `AUTH_FAILED`, a key used outside its own allowlist 403;
-4. rate limit (api/ratelimit.py): counted per account once authenticated, per client address
+3. address budget (`ENTASIS_API_ADDRESS_BUDGET`, default 6000/minute): a cheap flood cap counted
+   in this process for every request of the address, authenticated or not, before anything
+   else costs work; over it, 429 `RATE_LIMITED` at once, credentials unread;
+4. credentials: whatever is sent is verified (api/auth.py), on every path, public ones included;
+   invalid credentials get 401 `AUTH_FAILED`, a key used outside its own allowlist 403. Tokens
+   cost CPU only (and a valid one is cached). An API key the cache cannot answer for costs a
+   store query, so that query is paid first from the address's rate limit (step 5): an address
+   over its limit gets 429 without a query, whatever keys it sends, and concurrent requests
+   for one key id share one query (api/keys.py);
+5. rate limit (api/ratelimit.py): counted per account once authenticated, per client address
    otherwise, so failed and unauthenticated attempts spend the address's budget, never the
-   account's; over the limit, 429 `RATE_LIMITED` whatever else was wrong;
-5. routing; a route that needs a scope (`require_scope`) answers 401 when the request carried no
+   account's (a request whose key lookup the address already paid for is not counted against
+   the address twice); over the limit, 429 `RATE_LIMITED` whatever else was wrong;
+6. request body (HTTP): a body over `ENTASIS_API_MAX_BODY_BYTES` (64 KiB) gets 413, one that does
+   not arrive within `ENTASIS_API_RECEIVE_TIMEOUT_SECONDS` 408, both `BAD_REQUEST` and before
+   the route runs; the body is read here only after the gate admitted the request;
+7. routing; a route that needs a scope (`require_scope`) answers 401 when the request carried no
    credentials and 403 when they lack the scope.
 
 Every response, errors included (even a 500), carries `X-RateLimit-Limit`, `-Remaining`, `-Reset`
@@ -27,7 +38,11 @@ makes them require valid credentials (any scope). Unknown paths and wrong method
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -35,11 +50,13 @@ from urllib.parse import parse_qs
 
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from limits import parse as parse_limit
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import Authenticator, address_forbidden, auth_failed, insufficient_scope
+from api.auth import Authenticator, Credentials, address_forbidden, auth_failed, insufficient_scope
 from api.errors import ApiError, ErrorCode, error_response, response_headers
+from api.keys import BeforeLookup
 from api.network import AddressSet, ClientAddressResolver, IPAddress, MalformedForwardedFor
 from api.principal import Principal
 from api.ratelimit import RateDecision, RateLimiter
@@ -60,12 +77,60 @@ HSTS = "max-age=31536000; includeSubDomains"
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """The gate's verdict on one request or WebSocket handshake."""
+    """The gate's verdict on one request or WebSocket handshake. `token_valid_until`: when a token
+    was among the credentials, the moment (epoch seconds) it stops being accepted."""
 
     principal: Principal | None
     client_ip: IPAddress | None
     rate: RateDecision
     error: ApiError | None
+    token_valid_until: float | None = None
+
+
+class AddressBudget:
+    """Requests per client address per fixed window, counted in this process: a flood cap that
+    costs a dictionary lookup, checked before the shared limiter (which may be a Redis round trip)
+    and before any credential. Fixed windows may let twice the amount through across a window
+    boundary, which is fine for a cap meant to stop floods, not to meter use.
+
+    At most `max_addresses` addresses are tracked; beyond that the least recently seen one is
+    forgotten (an attacker would need that many addresses at once to reset a counter this way)."""
+
+    def __init__(
+        self, limit: str, *, clock: Callable[[], float] = time.monotonic, max_addresses: int = 100_000
+    ) -> None:
+        item = parse_limit(limit)
+        self.amount = item.amount
+        self.window_s = float(item.get_expiry())
+        self._clock = clock
+        self._max_addresses = max_addresses
+        self._counts: OrderedDict[str, tuple[float, int]] = OrderedDict()  # address -> (window start, count)
+
+    def spend(self, address: str) -> RateDecision:
+        now = self._clock()
+        start, count = self._counts.get(address, (now, 0))
+        if now - start >= self.window_s:
+            start, count = now, 0
+        count += 1
+        self._counts[address] = (start, count)
+        self._counts.move_to_end(address)
+        while len(self._counts) > self._max_addresses:
+            self._counts.popitem(last=False)
+        reset_s = max(1, math.ceil(start + self.window_s - now))
+        allowed = count <= self.amount
+        return RateDecision(allowed, self.amount, max(0, self.amount - count), reset_s)
+
+
+class _LookupRefused(Exception):
+    """The address could not pay for an API key lookup: over its rate limit."""
+
+    def __init__(self, rate: RateDecision) -> None:
+        super().__init__("rate limited")
+        self.rate = rate
+
+
+def _rate_limited(rate: RateDecision) -> ApiError:
+    return ApiError(ErrorCode.RATE_LIMITED, {"limit": rate.limit, "retry_after_seconds": rate.reset_s})
 
 
 class SecurityGate:
@@ -78,11 +143,15 @@ class SecurityGate:
         settings: ApiSettings,
         authenticator: Authenticator,
         limiter: RateLimiter,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.settings = settings
         self.resolver = ClientAddressResolver(settings.trusted_proxies)
         self.allowlist = AddressSet(settings.allowlist)
         self.authenticator = authenticator
         self.limiter = limiter
+        self.address_budget = AddressBudget(settings.address_budget, clock=clock)
 
     async def admit(self, scope: Scope, *, allow_query_token: bool = False) -> Admission:
         headers = Headers(scope=scope)
@@ -96,11 +165,30 @@ class SecurityGate:
             error = ApiError(ErrorCode.BAD_REQUEST, {"reason": "malformed X-Forwarded-For from a trusted proxy"})
         if error is None and self.allowlist and client_ip not in self.allowlist:
             error = address_forbidden(client_ip, "client address not allowed")
+        address_identity = f"ip:{client_ip or peer_host or 'unknown'}"
+
+        if error is None:
+            budget = self.address_budget.spend(address_identity)
+            if not budget.allowed:
+                return Admission(None, client_ip, budget, _rate_limited(budget))
+
+        # Set when this request paid for an API key lookup from the address's rate limit.
+        address_rate: RateDecision | None = None
+
+        async def pay_for_key_lookup() -> None:
+            nonlocal address_rate
+            address_rate = await self.limiter.hit(address_identity)
+            if not address_rate.allowed:
+                raise _LookupRefused(address_rate)
 
         principal: Principal | None = None
+        valid_until: float | None = None
         if error is None:
             try:
-                principal = await self._authenticate(scope, headers, client_ip, allow_query_token)
+                credentials = await self._authenticate(scope, headers, client_ip, allow_query_token, pay_for_key_lookup)
+                principal, valid_until = credentials.principal, credentials.token_valid_until
+            except _LookupRefused as refused:
+                return Admission(None, client_ip, refused.rate, _rate_limited(refused.rate))
             except ApiError as exc:
                 error = exc
             except StoreUnavailable:
@@ -110,15 +198,24 @@ class SecurityGate:
                 logger.exception("credential check failed request_id=%s", scope.get("state", {}).get("request_id"))
                 error = ApiError(ErrorCode.INTERNAL)
 
-        identity = f"account:{principal.account}" if principal else f"ip:{client_ip or peer_host or 'unknown'}"
-        rate = await self.limiter.hit(identity)
+        if principal is not None:
+            rate = await self.limiter.hit(f"account:{principal.account}")
+        elif address_rate is not None:
+            rate = address_rate  # already counted against the address for its key lookup
+        else:
+            rate = await self.limiter.hit(address_identity)
         if not rate.allowed:
-            error = ApiError(ErrorCode.RATE_LIMITED, {"limit": rate.limit, "retry_after_seconds": rate.reset_s})
-        return Admission(principal, client_ip, rate, error)
+            error = _rate_limited(rate)
+        return Admission(principal, client_ip, rate, error, valid_until)
 
     async def _authenticate(
-        self, scope: Scope, headers: Headers, client_ip: IPAddress | None, allow_query_token: bool
-    ) -> Principal | None:
+        self,
+        scope: Scope,
+        headers: Headers,
+        client_ip: IPAddress | None,
+        allow_query_token: bool,
+        before_key_lookup: BeforeLookup,
+    ) -> Credentials:
         authorization = headers.getlist("authorization")
         api_key = headers.getlist("x-api-key")
         if len(authorization) > 1 or len(api_key) > 1:
@@ -129,11 +226,12 @@ class SecurityGate:
             if len(tokens) > 1:
                 raise auth_failed("send the token once")
             query_token = tokens[0] if tokens else None
-        return await self.authenticator.authenticate(
+        return await self.authenticator.check(
             authorization=authorization[0] if authorization else None,
             api_key=api_key[0] if api_key else None,
             client_ip=client_ip,
             query_token=query_token,
+            before_key_lookup=before_key_lookup,
         )
 
 
@@ -153,14 +251,17 @@ def websocket_close_code(error: ApiError) -> int:
 
 
 class SecurityMiddleware:
-    """Runs the gate for every HTTP request (plain ASGI: no per-request task or body buffering).
-    Must sit inside RequestContextMiddleware, which stamps the headers collected here on every
-    response, its own 500 included."""
+    """Runs the gate for every HTTP request (plain ASGI: no per-request task). Must sit inside
+    RequestContextMiddleware, which stamps the headers collected here on every response, its own
+    500 included. A request with a body that the gate admitted has its body read here first, at
+    most `max_body_bytes` of it and within `receive_timeout_seconds`, and replayed to the app."""
 
     def __init__(self, app: ASGIApp, gate: SecurityGate, public_docs: bool = True) -> None:
         self.app = app
         self.gate = gate
         self.public_docs = public_docs
+        self.max_body_bytes = gate.settings.max_body_bytes
+        self.receive_timeout_s = gate.settings.receive_timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -177,10 +278,59 @@ class SecurityMiddleware:
         error = admission.error
         if error is None and not self.public_docs and admission.principal is None and scope["path"] in DOCS_PATHS:
             error = auth_failed("credentials required")
+        if error is None:
+            error, receive = await self._read_body(scope, receive)
         if error is not None:
             await error_response(scope, error.code, error.details, error.status, error.headers)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[ApiError | None, Receive]:
+        """(error, receive): the body read whole and replayed by the new `receive`, or what is
+        wrong with it. Bodies are small here (orders), so holding one costs at most the cap."""
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
+        if declared is None and "transfer-encoding" not in headers:
+            return None, receive  # HTTP/1.1: no body at all
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.max_body_bytes:
+            return self._too_large(), receive  # refused before a byte of it is read
+        messages: list[Message] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.receive_timeout_s):
+                while True:
+                    message = await receive()
+                    messages.append(message)
+                    if message["type"] != "http.request":
+                        break  # the client went away: the app sees the disconnect
+                    size += len(message.get("body", b""))
+                    if size > self.max_body_bytes:  # chunked, or a Content-Length that lied
+                        return self._too_large(), receive
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            error = ApiError(
+                ErrorCode.BAD_REQUEST,
+                {"reason": f"request body not received within {self.receive_timeout_s:g} seconds"},
+                status=408,
+                headers={"Connection": "close"},
+            )
+            return error, receive
+        pending = iter(messages)
+
+        async def replay() -> Message:
+            message = next(pending, None)
+            return message if message is not None else await receive()
+
+        return None, replay
+
+    def _too_large(self) -> ApiError:
+        return ApiError(
+            ErrorCode.BAD_REQUEST,
+            {"reason": f"request body larger than {self.max_body_bytes} bytes"},
+            status=413,
+            headers={"Connection": "close"},
+        )
 
 
 # --- routes ------------------------------------------------------------------------------

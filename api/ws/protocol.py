@@ -5,6 +5,7 @@ Client -> server:
     {"action": "subscribe"|"unsubscribe", "channel": "market", "symbols": ["BTC-USDT", ...]}
     {"action": "subscribe", "channel": "orderbook", "symbol": "BTC-USDT", "depth": 10}
     {"action": "unsubscribe", "channel": "orderbook", "symbol": "BTC-USDT"}   (depth ignored)
+    {"action": "ping"} (or {"type": "ping"})   answered {"type": "pong"}: keeps an idle socket open
 Server -> client: data messages with exactly the specification's fields, acknowledgements
 `{"type": "subscribed"|"unsubscribed", "channel", ...}` and errors `{"type": "error", "code",
 "message"}` (the message is the error table's text, in the socket's language)."""
@@ -70,9 +71,16 @@ def _symbol(value: Any) -> str:
         raise ProtocolError(ErrorCode.MARKET_001, f"malformed symbol {value[:40]!r}") from None
 
 
-def parse_command(raw: str | bytes) -> Command:
-    """Parse one client frame; raises ProtocolError (BAD_REQUEST or MARKET_001 for a malformed
-    symbol). Whether a well-formed symbol is served is the caller's check (it needs the store)."""
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A client's application-level keep-alive (browsers cannot send protocol pings)."""
+
+
+PING: Final = Ping()
+PONG_MESSAGE: Final = '{"type":"pong"}'
+
+
+def _load(raw: str | bytes) -> dict[str, Any]:
     if len(raw) > MAX_CLIENT_MESSAGE_BYTES:
         raise _bad("message too large")
     try:
@@ -81,6 +89,25 @@ def parse_command(raw: str | bytes) -> Command:
         raise _bad("invalid JSON") from None
     if not isinstance(msg, dict):
         raise _bad("message must be a JSON object")
+    return msg
+
+
+def parse_message(raw: str | bytes) -> Command | Ping:
+    """Parse one client frame: a Command, or PING for `{"action": "ping"}` / `{"type": "ping"}`;
+    raises ProtocolError as `parse_command` does."""
+    msg = _load(raw)
+    if msg.get("action") == "ping" or (msg.get("type") == "ping" and "action" not in msg):
+        return PING
+    return _command(msg)
+
+
+def parse_command(raw: str | bytes) -> Command:
+    """Parse one client frame; raises ProtocolError (BAD_REQUEST or MARKET_001 for a malformed
+    symbol). Whether a well-formed symbol is served is the caller's check (it needs the store)."""
+    return _command(_load(raw))
+
+
+def _command(msg: dict[str, Any]) -> Command:
     action = msg.get("action")
     if action not in ("subscribe", "unsubscribe"):
         raise _bad("unknown action")

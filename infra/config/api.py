@@ -70,9 +70,36 @@ class ApiSettings(BaseModel):
     # ENTASIS_API_REDIS_URL, or the conventional REDIS_URL when that is not set.
     redis_url: str | None = None
 
+    # A cheap flood cap per client address, counted in this process before any credential check
+    # (and before the shared limiter above): beyond it a request costs one dictionary lookup. Every
+    # request counts, authenticated or not, so it sits well above one account's limit to leave
+    # room for several accounts behind one address (a NAT, an office).
+    address_budget: str = "6000/minute"
+
     # --- API keys ------------------------------------------------------------------------
     # A key's row is reused this long: a revocation takes effect in every API process within it.
     api_key_cache_seconds: float = Field(default=2.0, ge=0, le=60)
+
+    # --- connections and requests --------------------------------------------------------
+    # Open connections (WebSockets included) beyond which uvicorn answers 503 at once.
+    limit_concurrency: int = Field(default=4096, ge=1)
+    # An idle keep-alive connection is closed after this long.
+    keep_alive_seconds: int = Field(default=5, ge=1, le=300)
+    # A request's line and headers, and then its body, must each arrive within this long: a client
+    # that trickles bytes (slowloris) cannot hold a connection open for ever.
+    receive_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Request line plus headers, in bytes, and the number of header fields: beyond them, 400.
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    max_header_count: int = Field(default=100, ge=8, le=1000)
+    # Request bodies (orders are a few hundred bytes): larger ones get 413 before the route runs.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+    # --- WebSocket -----------------------------------------------------------------------
+    # Open /ws/market sockets per account and in this process; the next one is closed at once.
+    ws_max_sockets_per_account: int = Field(default=10, ge=1)
+    ws_max_sockets: int = Field(default=2000, ge=1)
+    # A socket whose client sent nothing (not even `{"action": "ping"}`) for this long is closed.
+    ws_idle_seconds: float = Field(default=600.0, gt=0)
 
     # --- TLS and docs --------------------------------------------------------------------
     tls_cert: Path | None = None
@@ -82,7 +109,7 @@ class ApiSettings(BaseModel):
 
     _split_networks = field_validator("allowlist", "trusted_proxies", mode="before")(_networks)
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "address_budget")
     @classmethod
     def _valid_rate_limit(cls, value: str) -> str:
         try:
