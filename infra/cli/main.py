@@ -6,7 +6,8 @@
     entasis token | keys create|list|revoke   credentials for the API
 
 Every sub-command reads the same ENTASIS_* settings (infra/config/settings.py); `up` passes the
-addresses of what it started to its children through those variables.
+addresses of what it started to its children through those variables. `--run-id NAME` (replay,
+worker, api, up) isolates a run: its settings are derived once, by `infra.config.run.for_run`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Any
 
 from infra.cli import history as history_cli
 from infra.cli import portfolio as portfolio_cli
+from infra.cli import replay as replay_cli
 from infra.cli import risk as risk_cli
+from infra.config.run import BadRunId, for_run, is_run
 from infra.config.settings import Settings, get_settings
 
 log = logging.getLogger("entasis")
@@ -74,6 +77,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     from streams.app import build_worker
 
+    if is_run(settings):
+        replay_cli.prepare_run(settings)  # a run's worker may start before anything else of the run
     worker = build_worker(settings)
     faust.Worker(worker.app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
     return 0
@@ -175,13 +180,6 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
         raise
     finally:
         repo.close()
-
-
-def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from infra.cli.feeds import replay_into
-
-    print(replay_into(settings, Path(args.path), speed=args.speed, progress=not args.quiet))
-    return 0
 
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
@@ -296,8 +294,11 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         print("--venues and --replay exclude each other: live feeds or a recording", file=sys.stderr)
         return 2
     if args.replay:
-        # a replay has no live feed that could go stale: MARKET_002 would only hide the data
-        settings = settings.model_copy(update={"stale_feed_seconds": 0.0})
+        # a replay has no live feed that could go stale (MARKET_002 would only hide the data), and
+        # decides time by event time only: a wall-clock idle close would depend on the pace
+        settings = settings.model_copy(update={
+            "stale_feed_seconds": 0.0,
+            "candle": settings.candle.model_copy(update={"idle_timeout_s": float("inf")})})
     stack = Stack(settings, data_dir=Path(args.data_dir) if args.data_dir else settings.data_dir)
     return stack.run(replay=Path(args.replay) if args.replay else None, speed=args.speed,
                      exit_after_feed=args.exit_after_feed, sim_rate=args.rate, seed=args.seed,
@@ -312,6 +313,12 @@ def _wait_child(proc: Any) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     return int(proc.wait())
+
+
+def _add_run_id(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--run-id", metavar="NAME",
+                         help="an isolated run: topics run-NAME.*, database entasis_run_NAME, consumer group "
+                              "entasis-run-NAME, event time only (see infra/config/run.py)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -340,6 +347,7 @@ def parser() -> argparse.ArgumentParser:
                          "and connect the live feeds to it; --speed paces its playback")
     up.add_argument("--dry-run", action="store_true",
                     help="check the configured venues and symbols (as `entasis venues check`) and exit")
+    _add_run_id(up)
     up.set_defaults(func=cmd_up)
 
     venues = sub.add_parser("venues", help="live venues")
@@ -378,6 +386,7 @@ def parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run the Faust worker (candles and sinks)")
     worker.add_argument("--loglevel", default="warning")
+    _add_run_id(worker)
     worker.set_defaults(func=cmd_worker)
 
     api = sub.add_parser("api", help="serve the REST API (HTTPS; refuses unsafe settings unless --dev)")
@@ -387,6 +396,7 @@ def parser() -> argparse.ArgumentParser:
     api.add_argument("--tls-key", type=Path, help="PEM private key (or ENTASIS_API_TLS_KEY)")
     api.add_argument("--dev", action="store_true",
                      help="development only: allow plain HTTP, the development JWT secret and every client address")
+    _add_run_id(api)
     api.set_defaults(func=cmd_api)
 
     token = sub.add_parser("token", help="print a JWT for development and scripts")
@@ -414,10 +424,8 @@ def parser() -> argparse.ArgumentParser:
     revoke.set_defaults(func=cmd_keys)
 
     replay = sub.add_parser("replay", help="publish recorded captures to the raw topics")
-    replay.add_argument("path")
-    replay.add_argument("--speed", type=float, default=None)
-    replay.add_argument("--quiet", action="store_true")
-    replay.set_defaults(func=cmd_replay)
+    replay_cli.add_arguments(replay)
+    _add_run_id(replay)
 
     sim = sub.add_parser("simulate", help="publish a seeded simulated feed")
     sim.add_argument("--symbols", nargs="+", default=["BTC-USDT", "ETH-USDT"])
@@ -447,6 +455,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # UnknownSettings, or a pydantic ValidationError (a ValueError too)
         print(f"entasis {args.command}: invalid settings: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "run_id", None) is not None:
+        # one derivation for every command of a run, so they all meet in the same topics and database
+        args.live_settings = settings  # what a run reads from (`replay --from clickhouse`)
+        try:
+            settings = for_run(settings, args.run_id)
+        except BadRunId as exc:
+            print(f"entasis {args.command}: {exc}", file=sys.stderr)
+            return 2
     code = int(args.func(settings, args))
     log.debug("%s finished in %.1fs", args.command, time.monotonic() - started)
     return code

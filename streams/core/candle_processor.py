@@ -18,7 +18,9 @@ class CandleConfig:
     intervals: tuple[str, ...] = INTERVALS
     lateness_ns: int = 0
     grace_ns: int = 0
-    idle_timeout_s: float = 10.0  # a quiet stream's windows close this long after its last trade
+    # A quiet stream's windows close this long (wall time) after its last trade. Infinite in a
+    # replay run: there only event time closes windows, so the pace cannot change the output.
+    idle_timeout_s: float = 10.0
     checkpoint_every_s: float = 1.0
 
 
