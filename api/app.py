@@ -33,7 +33,7 @@ from api.portfolio_repository import KafkaPortfolioBus
 from api.portfolio_service import PortfolioBus
 from api.ratelimit import RateLimiter, build_rate_limiter
 from api.read_model import ReadModel
-from api.routes import market, portfolio, prediction, risk
+from api.routes import market, portfolio, prediction, records, risk
 from api.security import SecurityGate, SecurityMiddleware
 from api.ws import MarketFeed, MarketHub, install_market_websocket
 from infra.config.api import ApiSettings
@@ -197,8 +197,9 @@ def create_app(
             app.state.key_repository = ApiKeyRepository(lambda: make_client(db_settings))
         built_bus = None
         if owns_repository and app.state.portfolio_bus is None:
-            built_bus = KafkaPortfolioBus(db_settings.kafka_bootstrap, db_settings.topic_namespace,
-                                          AccountDefaults.from_settings(db_settings))
+            built_bus = KafkaPortfolioBus(
+                db_settings.kafka_bootstrap, db_settings.topic_namespace, AccountDefaults.from_settings(db_settings)
+            )
             built_bus.start_in_background()  # its replay of pf.events must not hold up the app's start
             app.state.portfolio_bus = built_bus
         feed = None
@@ -283,7 +284,7 @@ def create_app(
 
     app.add_exception_handler(StoreUnavailable, _store_unavailable)
 
-    for router in (market.router, risk.router, prediction.router, portfolio.router):
+    for router in (market.router, records.router, risk.router, prediction.router, portfolio.router):
         app.include_router(router, prefix=API_PREFIX)
         app.include_router(router, prefix=ALIAS_PREFIX, include_in_schema=False)
     install_market_websocket(app, market_hub)

@@ -162,6 +162,56 @@ class HistoryResponse(_Model):
     data: list[Candle] = Field(description="Ordered by time; the still-open candle, if in range, is last.")
 
 
+class FeedStateModel(_Model):
+    state: str = Field(description="`feed_connected`, `feed_disconnected`, `feed_stale` or `stale_feed`.")
+    since: UtcTimestamp = Field(description="Event time of the quality event that set it.")
+
+
+class SymbolInfo(_Model):
+    symbol: str = Field(examples=["BTC-USDT"])
+    exchange: str = Field(examples=["binance"])
+    first_trade: UtcTimestamp = Field(description="Event time of the oldest stored trade.")
+    last_trade: UtcTimestamp = Field(description="Event time of the newest stored trade.")
+    trades: int = Field(description="Stored trades (a re-delivered trade may count twice until merged).")
+    feed: FeedStateModel | None = Field(description="The latest feed state, null when none was recorded.")
+
+
+class SymbolsResponse(_Model):
+    data: list[SymbolInfo] = Field(description="Every venue's symbol with a stored trade, by symbol then venue.")
+
+
+class TradeItem(_Model):
+    trade_id: str
+    price: DecimalString
+    size: DecimalString
+    side: str = Field(description="`buy`, `sell` (the taker's side) or `unknown`.")
+    timestamp: UtcTimestamp = Field(description="Exchange event time.")
+
+
+class TradesResponse(_Model):
+    symbol: str = Field(examples=["BTC-USDT"])
+    exchange: str = Field(examples=["binance"])
+    data: list[TradeItem] = Field(description="Ordered by (event time, trade id).")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` with the same query for the next page; null on the last page."
+    )
+
+
+class QualityItem(_Model):
+    exchange: str
+    kind: str = Field(description="`book_gap`, `book_resync`, `late_trade`, `trade_gap`, `feed_*`, ...")
+    timestamp: UtcTimestamp = Field(description="Event time.")
+    detail: dict[str, Any] = Field(description="What the quality monitor recorded with it.")
+
+
+class QualityResponse(_Model):
+    symbol: str = Field(examples=["BTC-USDT"])
+    data: list[QualityItem] = Field(description="Ordered by (event time, event id).")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` with the same query for the next page; null on the last page."
+    )
+
+
 class ErrorBody(_Model):
     code: str = Field(description="Stable machine-readable code from the error table.", examples=["MARKET_001"])
     message: str = Field(

@@ -22,6 +22,7 @@ def test_openapi_documents_market_routes_and_hides_alias(api: TestClient) -> Non
     assert schema["info"]["version"]
     paths = schema["paths"]
     assert set(paths) == {"/api/v1/market/price/{symbol}", "/api/v1/market/history/{symbol}",
+                          "/api/v1/market/symbols", "/api/v1/market/trades/{symbol}", "/api/v1/market/quality/{symbol}",
                           "/api/v1/analysis/risk/{symbol}", "/api/v1/analysis/risk/{symbol}/backtest",
                           "/api/v1/portfolio/positions", "/api/v1/portfolio/positions/{position_id}",
                           "/api/v1/portfolio/balance", "/api/v1/analysis/prediction/{symbol}",
