@@ -108,13 +108,18 @@ def serve(mode: str, port: int, url: str, database: str, cert: str, key: str) ->
     from tests.api.conftest import test_api_settings
 
     settings = test_api_settings(
-        rate_limit="100000000/minute", tls_cert=Path(cert), tls_key=Path(key), symbols_cache_seconds=5.0
+        rate_limit="100000000/minute",
+        address_budget="100000000/minute",
+        tls_cert=Path(cert),
+        tls_key=Path(key),
+        symbols_cache_seconds=5.0,
     )
     if mode == "hello":
         app = FastAPI()
 
+        # FastAPI's own hello world: an async route, answered on the event loop.
         @app.get("/hello")
-        def hello() -> dict[str, str]:
+        async def hello() -> dict[str, str]:
             return {"hello": "world"}
     else:
         from api.app import create_app
@@ -217,8 +222,10 @@ def main() -> None:
     try:
         load_store(db.url, "bench")
         token = token_for("bench-rest")
-        history = ("/api/v1/market/history/BENCH-USDT?interval=1m&exchange=benchx"
-                   "&start=2024-08-08T00:00:00Z&end=2024-08-09T00:00:00Z")
+        history = (
+            "/api/v1/market/history/BENCH-USDT?interval=1m&exchange=benchx"
+            "&start=2024-08-08T00:00:00Z&end=2024-08-09T00:00:00Z"
+        )
         price = "/api/v1/market/price/BENCH-USDT"
         results: dict[str, dict[str, dict[str, float]]] = {}
         for mode in args.modes.split(","):
