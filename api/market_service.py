@@ -19,6 +19,7 @@ from api.models import (
     format_timestamp,
     history_json,
     ns_to_datetime,
+    price_json,
 )
 from api.read_model import NotCovered
 from infra.store.repository import FEED_DOWN_KINDS, CandleRow, FeedState, LastTrade, MarketRepository
@@ -174,7 +175,11 @@ def history_body(
 
 
 def price_body(repository: MarketRepository | MarketReads, symbol: str, exchange: str | None) -> bytes:
-    return price(repository, symbol, exchange).model_dump_json().encode()
+    """`price`'s JSON, byte for byte, rendered without the model."""
+    repository = reads(repository)
+    trade = live_trade(repository, symbol, exchange)
+    volume = repository.volume_24h(symbol, trade.venue, trade.event_ns)
+    return price_json(symbol, trade.price, trade.event_ns, volume, trade.venue)
 
 
 async def answer(repository: MarketRepository, read: Callable[[MarketReads], _R]) -> _R:

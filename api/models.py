@@ -131,6 +131,19 @@ def candle_json(row: CandleRow) -> bytes:
     ).encode()
 
 
+def price_json(symbol: str, price: Decimal, event_ns: int, volume: Decimal, exchange: str) -> bytes:
+    """A PriceResponse's JSON, byte for byte what its `model_dump_json()` writes (tested), without
+    building and validating the model on the hot path (api/market_service.py `price_body`)."""
+    return (
+        b'{"symbol":'
+        + orjson.dumps(symbol)
+        + f',"price":"{format_decimal(price)}","timestamp":'
+        f'"{format_timestamp(ns_to_datetime(event_ns))}","volume":"{format_decimal(volume)}","exchange":'.encode()
+        + orjson.dumps(exchange)
+        + b"}"
+    )
+
+
 def history_json(symbol: str, fragments: list[bytes]) -> bytes:
     """A HistoryResponse's JSON from rendered candles (`candle_json`)."""
     return b'{"symbol":' + orjson.dumps(symbol) + b',"data":[' + b",".join(fragments) + b"]}"

@@ -20,7 +20,7 @@ from api import market_service
 from api.app import create_app
 from api.market_lane import MarketFastLane
 from api.market_memory import MemoryMarket
-from api.models import Candle, candle_json, ns_to_datetime
+from api.models import Candle, PriceResponse, candle_json, ns_to_datetime, price_json
 from api.read_model import MemTrade, ReadModel, VersionedCandle
 from infra.store.repository import CandleRow
 from schemas.events import Interval
@@ -150,7 +150,7 @@ def test_everything_else_is_left_to_the_routes(
         assert called, "a 200 the lane did not answer must come from the route"
 
 
-def test_a_rendered_candle_is_what_the_response_model_writes() -> None:
+def test_rendered_candles_and_prices_are_what_the_response_models_write() -> None:
     rows = [
         CandleRow(T0, Decimal("65000"), Decimal("65100.5"), Decimal("64900.123456789"), Decimal("0.00000001"),
                   Decimal("123456789012345678901234.5")),
@@ -160,6 +160,10 @@ def test_a_rendered_candle_is_what_the_response_model_writes() -> None:
         model = Candle(timestamp=ns_to_datetime(row.open_ns), open=row.open, high=row.high, low=row.low,
                        close=row.close, volume=row.volume)  # fmt: skip
         assert candle_json(row) == model.model_dump_json().encode()
+        for symbol, venue in (("AAA-USDT", "alpha"), ("B1-C2", "x-y")):
+            price = PriceResponse(symbol=symbol, price=row.high, timestamp=ns_to_datetime(row.open_ns),
+                                  volume=row.volume, exchange=venue)  # fmt: skip
+            assert price_json(symbol, row.high, row.open_ns, row.volume, venue) == price.model_dump_json().encode()
 
 
 def test_a_lane_answer_is_counted_under_its_route_template(clients: tuple[TestClient, TestClient]) -> None:

@@ -2,7 +2,8 @@
 
 Three HTTPS servers, one at a time, each one uvicorn worker (uvloop, httptools) configured by
 `api.main.uvicorn_config` with the same self-signed certificate:
-- `hello`: a FastAPI hello-world (the anchor);
+- `hello`: FastAPI's hello world, an async route (the anchor; measured first and last, the faster
+  run counts);
 - `store`: the API answering from ClickHouse only (the embedded database owner over HTTP), as
   before the read model;
 - `memory`: the same API with its read model (api/read_model.py) in front of the store, filled
@@ -10,7 +11,8 @@ Three HTTPS servers, one at a time, each one uvicorn worker (uvloop, httptools) 
 
 Data: one day of synthetic trades (one a second) and its 1m candles for BENCH-USDT on one venue.
 Requests: `/market/price/BENCH-USDT` and `/market/history/BENCH-USDT?interval=1m` over the day
-(1440 candles, the last one still open). A JWT on every request, as a client sends it.
+(1440 candles, the last one still open). A JWT on every request, as a client sends it, rotating
+over 600 accounts so the rate limit runs at its default of 1000 a minute per account.
 
 Load: `wrk` (Debian package `wrk`) on loopback, bounded in time: first closed-loop at
 `--connections` for the maximum rate (req/s, p50, p99), then paced (a Lua `delay` per connection)
@@ -108,8 +110,8 @@ def serve(mode: str, port: int, url: str, database: str, cert: str, key: str) ->
     from tests.api.conftest import test_api_settings
 
     settings = test_api_settings(
-        rate_limit="100000000/minute",
-        address_budget="100000000/minute",
+        rate_limit="1000/minute",  # the default, per account: the load spreads over ACCOUNTS
+        address_budget="100000000/minute",  # one load generator on one address: its flood cap lifted
         tls_cert=Path(cert),
         tls_key=Path(key),
         symbols_cache_seconds=5.0,
@@ -151,22 +153,33 @@ def serve(mode: str, port: int, url: str, database: str, cert: str, key: str) ->
 
 # --- driver ----------------------------------------------------------------------------------
 
-_PACE_LUA = """
+# Each request carries the next of many accounts' tokens, so the rate limit runs at its default
+# (1000 a minute per account) as it does in service, instead of one account at millions a minute.
+_WRK_LUA = """
+local tokens = {}
+for line in io.lines(os.getenv("BENCH_TOKENS")) do tokens[#tokens + 1] = line end
+local i = 0
+request = function()
+  i = i % #tokens + 1
+  wrk.headers["Authorization"] = "Bearer " .. tokens[i]
+  return wrk.format(nil)
+end
 local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS"))
-function delay() return delay_ms end
+if delay_ms then function delay() return delay_ms end end
 """
+PACED_CONNECTIONS = 20  # each waits `delay` between requests: 20 x 1000 / rate ms apart
+ACCOUNTS = 600  # enough that no account passes 1000 requests a minute in any run here
 
 
 def wrk(
-    url: str, token: str, seconds: float, connections: int, pace_ms: float | None, workdir: Path
+    url: str, tokens: Path, seconds: float, connections: int, pace_ms: float | None, workdir: Path
 ) -> dict[str, float]:
+    script = workdir / "bench.lua"
+    script.write_text(_WRK_LUA)
     cmd = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency", "--timeout", "5s",
-           "-H", f"Authorization: Bearer {token}"]  # fmt: skip
-    env = dict(os.environ)
+           "-s", str(script)]  # fmt: skip
+    env = dict(os.environ, BENCH_TOKENS=str(tokens))
     if pace_ms is not None:
-        script = workdir / "pace.lua"
-        script.write_text(_PACE_LUA)
-        cmd += ["-s", str(script)]
         env["BENCH_DELAY_MS"] = f"{pace_ms:g}"
     out = subprocess.run([*cmd, url], capture_output=True, text=True, env=env, timeout=seconds + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -203,7 +216,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--modes", default="hello,store,memory")
+    # The anchor runs first and last: the store's background merges after loading can slow the first
+    # server measured, so each ratio is taken against the faster of the two hello runs.
+    parser.add_argument("--modes", default="hello,store,memory,hello")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
@@ -222,6 +237,8 @@ def main() -> None:
     try:
         load_store(db.url, "bench")
         token = token_for("bench-rest")
+        tokens = work / "tokens.txt"
+        tokens.write_text("\n".join(token_for(f"bench-rest-{i}") for i in range(ACCOUNTS)) + "\n")
         history = (
             "/api/v1/market/history/BENCH-USDT?interval=1m&exchange=benchx"
             "&start=2024-08-08T00:00:00Z&end=2024-08-09T00:00:00Z"
@@ -242,11 +259,15 @@ def main() -> None:
                     assert check.status_code == 200, check.text[:300]
                     if name == "history":
                         assert len(check.json()["data"]) == 1440
-                    wrk(base + path, token, 2, args.connections, None, work)  # warm-up
-                    figures[f"{name}_max"] = wrk(base + path, token, args.seconds, args.connections, None, work)
-                    # paced: 10 connections, each waiting `delay` between requests
+                    wrk(base + path, tokens, 2, args.connections, None, work)  # warm-up
+                    figures[f"{name}_max"] = wrk(base + path, tokens, args.seconds, args.connections, None, work)
+                    # paced: PACED_CONNECTIONS connections, each waiting `delay` between requests
                     target = 200 if name == "history" else 1000
-                    figures[f"{name}_at_{target}"] = wrk(base + path, token, args.seconds, 10, 10_000 / target, work)
+                    figures[f"{name}_at_{target}"] = wrk(
+                        base + path, tokens, args.seconds, PACED_CONNECTIONS, PACED_CONNECTIONS * 1000 / target, work
+                    )
+                if mode == "hello" and mode in results:
+                    figures = max(results[mode], figures, key=lambda f: f["hello_max"]["req_s"])
                 results[mode] = figures
                 print(json.dumps({mode: figures}), flush=True)
             finally:
