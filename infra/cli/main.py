@@ -192,30 +192,36 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 BENCHMARKS = {"candles": "bench_candles", "pipeline": "bench_pipeline", "parser": "bench_parser",
               "chdb": "bench_chdb_server", "orderbook": "bench_orderbook", "risk": "bench_risk",
-              "connector": "bench_connector", "predict": "bench_predict", "ws": "bench_ws", "soak": "bench_soak"}
+              "connector": "bench_connector", "predict": "bench_predict", "ws": "bench_ws", "rest": "bench_rest",
+              "soak": "bench_soak"}
 SOAKS = {"soak"}  # run for many minutes on purpose: by name only, never by `bench all`
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     """Run tests/bench modules with this interpreter, from the repository root (they import `tests`),
-    passing the extra arguments to each; reports only, so the exit status is the worst module's."""
+    passing the extra arguments to each; reports only, so the exit status is the worst module's.
+    Through tests/bench/suite.py, which prints every headline figure beside its anchor in one table
+    at the end (and with `--readme` writes it into README.md)."""
     import subprocess
 
     names = [name for name in BENCHMARKS if name not in SOAKS] if args.which == "all" else [args.which]
     root = Path(__file__).resolve().parents[2]
-    worst = 0
-    for name in names:
-        command = [sys.executable, "-m", f"tests.bench.{BENCHMARKS[name]}", *args.bench_args]
-        print(f"$ {' '.join(command)}", flush=True)
-        proc = subprocess.Popen(command, cwd=root)
-        try:
-            code = proc.wait()
-        except KeyboardInterrupt:
-            # Ctrl-C reached the benchmark too (same process group): let it stop what it started.
-            # (subprocess.call would SIGKILL it here and orphan its broker, database and worker.)
-            return proc.wait() or 130
-        worst = max(worst, code)
-    return worst
+    # `bench all --readme`: argparse hands everything after the benchmark's name to bench_args.
+    extra = [arg for arg in args.bench_args if arg != "--readme"]
+    extra = extra[1:] if extra[:1] == ["--"] else extra
+    command = [sys.executable, "-m", "tests.bench.suite"]
+    if args.readme or "--readme" in args.bench_args:
+        command += ["--readme", str(root / "README.md")]
+    command += [BENCHMARKS[name] for name in names]
+    if extra:
+        command += ["--", *extra]
+    proc = subprocess.Popen(command, cwd=root)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reached the suite and the benchmark too (same process group): let them stop what
+        # they started (subprocess.call would SIGKILL here and orphan a broker, database or worker).
+        return proc.wait() or 130
 
 
 def _venue_items(settings: Settings, args: argparse.Namespace) -> list[str]:
@@ -303,7 +309,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     return stack.run(replay=Path(args.replay) if args.replay else None, speed=args.speed,
                      exit_after_feed=args.exit_after_feed, sim_rate=args.rate, seed=args.seed,
                      live=live, endpoint=args.endpoint, double_port=args.exchange_double,
-                     book_gaps=args.book_gaps, history_days=args.history_days)
+                     book_gaps=args.book_gaps, history_days=args.history_days,
+                     ready_timeout_s=args.ready_timeout)
 
 
 def _wait_child(proc: Any) -> int:
@@ -336,6 +343,8 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--history-days", type=int, default=90, metavar="DAYS",
                     help="simulated feed: days of seeded candle history imported first (0: none)")
     up.add_argument("--data-dir", help="where the embedded database lives (default .entasis)")
+    up.add_argument("--ready-timeout", type=float, default=180.0, metavar="SECONDS",
+                    help="how long to wait for /readyz and the feed's symbols before giving up (default 180)")
     up.add_argument("--exit-after-feed", action="store_true",
                     help="stop cleanly once the replay is fully stored (for scripts and benchmarks)")
     up.add_argument("--venues", help="live feeds, comma-separated venue:SYMBOL (default ENTASIS_VENUES), "
@@ -438,6 +447,8 @@ def parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="run benchmarks (tests/bench): figures and ratios, never pass/fail")
     bench.add_argument("which", nargs="?", default="all", choices=[*BENCHMARKS, "all"])
+    bench.add_argument("--readme", action="store_true",
+                       help="write the table of figures, anchors and ratios into README.md")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to each benchmark, e.g. --trades 100000")
     bench.set_defaults(func=cmd_bench)
     risk_cli.add_parser(sub)

@@ -27,6 +27,7 @@ from schemas.wire import TRADE_BATCH, TradeRow, decode_trade_batch, encode_trade
 from streams.core.candle_stream import CandleStream
 from streams.core.candles import CandleBuilder
 from streams.core.simulation import TradeSimulator, default_symbol
+from tests.bench.report import report
 from tests.shared_data import raw_spot_trades
 
 DECODED_TARGET = 1_000_000
@@ -192,6 +193,8 @@ def bench(stream: Stream, repeat: int) -> dict[str, float]:
     per_trade_ns = 1e9 / raw
     print(f"  per trade: {per_trade_ns:,.0f} ns = decode {1e9 / decode:,.0f} ns (orjson {1e9 / loads:,.0f} ns) "
           f"+ update {1e9 / decoded:,.0f} ns")
+    report("candles", f"{stream.name}: candles from raw messages", raw, "trades/s",
+           anchor="orjson.loads alone", anchor_value=loads, target=f">= {RAW_TARGET:,}")
     return {"trades": n, "messages": len(stream.raws), "candles": candles, "decoded_trades_per_s": decoded,
             "raw_trades_per_s": raw, "decode_only_trades_per_s": decode, "orjson_only_trades_per_s": loads,
             "candle_stream_raw_trades_per_s": stream_raw,

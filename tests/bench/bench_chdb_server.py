@@ -22,6 +22,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from infra.store.clickhouse import client_for_url
+from tests.bench.report import report
 from tests.integration.chdb_fixture import start_chdb_server
 
 DDL = """
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
         for label, (p50, p90, p99) in figures:
             print(f"  {name:<10} {label:<10} : {p50:7.3f} / {p90:7.3f} / {p99:7.3f}")
         print(f"  {name:<10} HTTP / in-process p50: {figures[0][1][0] / figures[1][1][0]:.2f}")
+        report("chdb owner", f"point query `{name}` p50 over HTTP", figures[0][1][0], "ms",
+               anchor="chdb in process", anchor_value=figures[1][1][0], target="< 2 ms", higher_is_better=False)
 
 
 if __name__ == "__main__":

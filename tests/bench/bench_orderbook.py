@@ -37,6 +37,7 @@ from schemas.wire import encode_book_batch
 from schemas.wire_book import decode_book_message
 from streams.core.orderbook import SequencedBook, rules_for_venue
 from streams.core.venues.binance import Market, parse_line
+from tests.bench.report import report
 from tests.shared_data import BINANCE
 
 DECODED_TARGET = 30_000
@@ -285,6 +286,11 @@ def bench(s: DepthStream, repeat: int) -> dict[str, float]:
         if key in anchors:
             tail += f" {rate / figures[anchors[key]]:8.2f}"
         print(f"  {label:48} {rate:10,.0f}{tail}")
+    report("orderbook", f"{s.market}: decoded update + best()", figures["decoded_best"], "updates/s",
+           anchor="one SortedDict per side", anchor_value=figures["anchor_decoded_best"],
+           target=f">= 2x anchor, >= {DECODED_TARGET:,}/s")
+    report("orderbook", f"{s.market}: raw JSON + update + best()", figures["raw_best"], "updates/s",
+           anchor="SortedDict from raw JSON", anchor_value=figures["anchor_raw_best"], target=f">= {RAW_TARGET:,}/s")
     figures.update(updates=n, applied=applied, levels_per_diff=s.levels_per_diff,
                    decoded_ratio=figures["decoded_best"] / DECODED_TARGET, raw_ratio=figures["raw_best"] / RAW_TARGET,
                    decoded_vs_anchor=figures["decoded_best"] / figures["anchor_decoded_best"],

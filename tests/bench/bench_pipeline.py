@@ -61,6 +61,7 @@ from schemas.wire import decode_trade_batch
 from streams.core.candle_stream import CandleStream
 from streams.ingest.publisher import ListPublisher, Published, producer_config
 from streams.ingest.simulated import simulate
+from tests.bench.report import report as report_figure
 from tests.integration.chdb_fixture import start_chdb_server
 from tests.integration.conftest import child_env
 from tests.integration.pipeline import prepare
@@ -464,6 +465,14 @@ def report(feed: Feed, raw: Baseline, run: PipelineRun, import_s: float) -> dict
     print(row("pipeline: worker spawn -> trades + candles", e2e_all))
     print(row("pipeline: steady, after first insert", steady))
     print(f"start-up: raw consumer to first message {raw.consume_startup_s:.2f} s (assigned, no group join)")
+    report_figure("pipeline", f"{n:,} trades, worker spawn -> trades + candles stored", e2e_all["trades_per_s"],
+                  "trades/s", anchor="raw confluent-kafka produce + consume", anchor_value=both["trades_per_s"],
+                  target=">= 200k trades/s, >= 0.10 of raw")
+    report_figure("pipeline", "steady, after the first insert", steady["trades_per_s"], "trades/s",
+                  anchor="raw produce + consume", anchor_value=both["trades_per_s"])
+    report_figure("pipeline", "feed publish (simulate_into)", figures["publish_simulate_into"]["trades_per_s"],
+                  "trades/s", anchor="raw produce", anchor_value=figures["raw_produce"]["trades_per_s"],
+                  target=">= 1M trades/s")
     m = run.startup
     phases = [("process start + imports + build", None, "faust_starting"),
               ("Faust services until the join request", "faust_starting", "joining_group"),

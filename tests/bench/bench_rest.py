@@ -35,6 +35,8 @@ from decimal import Decimal
 from pathlib import Path
 from random import Random
 
+from tests.bench.report import report
+
 SYMBOL = "BENCH-USDT"
 VENUE = "benchx"
 NS = 10**9
@@ -274,6 +276,35 @@ def main() -> None:
                 server.terminate()
                 server.wait(timeout=30)
         hello = results.get("hello", {}).get("hello_max", {}).get("req_s")
+        memory = results.get("memory")
+        if memory:
+            report(
+                "rest",
+                "GET /market/price, closed loop, 32 connections",
+                memory["price_max"]["req_s"],
+                "req/s",
+                anchor="FastAPI hello, same TLS",
+                anchor_value=hello,
+                target=">= 0.6 of hello",
+            )
+            report(
+                "rest",
+                "GET /market/price p99 at ~1,000 req/s",
+                memory["price_at_1000"]["p99_ms"],
+                "ms",
+                anchor="hello p99",
+                anchor_value=results.get("hello", {}).get("hello_at_1000", {}).get("p99_ms"),
+                target="< 5 ms",
+                higher_is_better=False,
+            )
+            report(
+                "rest",
+                "GET /market/history (1 day of 1m) p99 at 200 req/s",
+                memory["history_at_200"]["p99_ms"],
+                "ms",
+                target="< 30 ms",
+                higher_is_better=False,
+            )
         if hello:
             for mode in ("store", "memory"):
                 if mode in results:

@@ -32,6 +32,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from tests.bench.report import report
+
 NS = "bench-ws."
 SYMBOL_FMT = "BW{}-USDT"
 
@@ -333,7 +335,7 @@ async def drive_one(args: argparse.Namespace, label: str, mode: str) -> list[dic
     run = argparse.Namespace(**{**vars(args), "direct": mode in ("direct", "plain")})
     results: list[dict[str, Any]] = []
 
-    def report(result: dict[str, Any]) -> None:
+    def record(result: dict[str, Any]) -> None:
         result = {"server": label, **result}
         print(json.dumps(result), flush=True)
         results.append(result)
@@ -347,12 +349,12 @@ async def drive_one(args: argparse.Namespace, label: str, mode: str) -> list[dic
         await ticks(run, server, 1000, 0.1)
         await asyncio.sleep(1.0)
         for rate in (1000.0, 5000.0):
-            report(await measure(run, server, port, 1, rate, token))
-        report(await measure(run, server, port, 100, 1000.0, token))  # the target: 1k ticks/s to 100 clients
+            record(await measure(run, server, port, 1, rate, token))
+        record(await measure(run, server, port, 100, 1000.0, token))  # the target: 1k ticks/s to 100 clients
         clients = 200
         while clients <= args.max_clients:
             result = await measure(run, server, port, clients, 1000.0, token)
-            report(result)
+            record(result)
             if result["p99_ms"] > 100:
                 break
             clients *= 2
@@ -373,6 +375,37 @@ async def drive(args: argparse.Namespace) -> None:
         return
     anchor = await drive_one(args, "plain-anchor", "plain")
     by_clients = {(r["clients"], r["ticks_per_s"]): r for r in anchor}
+    target = next((r for r in api if r["clients"] == 100), None)
+    if target is not None:
+        plain = by_clients.get((100, target["ticks_per_s"]), {})
+        report(
+            "ws",
+            "market channel, 1k ticks/s to 100 clients: deliveries",
+            target["deliveries_per_s"],
+            "/s",
+            anchor="plain uvicorn fan-out",
+            anchor_value=plain.get("deliveries_per_s"),
+            target="every update, >= 100k/s per process",
+        )
+        report(
+            "ws",
+            "same: p99 raw topic -> client",
+            target["p99_ms"],
+            "ms",
+            anchor="plain fan-out (in-process)",
+            anchor_value=plain.get("p99_ms"),
+            target="< 15 ms",
+            higher_is_better=False,
+        )
+    peak = max(api, key=lambda r: r["deliveries_per_s"])
+    report(
+        "ws",
+        f"peak deliveries (1k ticks/s, {peak['clients']} clients)",
+        peak["deliveries_per_s"],
+        "/s",
+        anchor="plain fan-out peak",
+        anchor_value=max(r["deliveries_per_s"] for r in anchor),
+    )
     for row in api:
         other = by_clients.get((row["clients"], row["ticks_per_s"]))
         if other is not None:
