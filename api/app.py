@@ -33,7 +33,7 @@ from api.portfolio_repository import KafkaPortfolioBus
 from api.portfolio_service import PortfolioBus
 from api.ratelimit import RateLimiter, build_rate_limiter
 from api.read_model import ReadModel
-from api.routes import market, portfolio, prediction, records, risk
+from api.routes import market, orderbook, portfolio, prediction, records, risk
 from api.security import SecurityGate, SecurityMiddleware
 from api.ws import MarketFeed, MarketHub, install_market_websocket
 from infra.config.api import ApiSettings
@@ -287,7 +287,7 @@ def create_app(
 
     app.add_exception_handler(StoreUnavailable, _store_unavailable)
 
-    for router in (market.router, records.router, risk.router, prediction.router, portfolio.router):
+    for router in (market.router, orderbook.router, records.router, risk.router, prediction.router, portfolio.router):
         app.include_router(router, prefix=API_PREFIX)
         app.include_router(router, prefix=ALIAS_PREFIX, include_in_schema=False)
     install_market_websocket(app, market_hub)

@@ -255,3 +255,37 @@ class ErrorResponse(_Model):
     )
 
     error: ErrorBody
+
+
+# `[price, size]`: a list of two rather than a tuple, whose JSON Schema (`prefixItems`) FastAPI
+# renders as an `items` array that OpenAPI 3.1 does not allow.
+PriceSizePair = Annotated[list[DecimalString], Field(min_length=2, max_length=2)]
+
+
+class OrderBookResponse(_Model):
+    """`GET /market/orderbook/{symbol}`: the live book's top levels of one venue."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "symbol": "BTC-USDT",
+                    "exchange": "binance",
+                    "bids": [["65432.10000000", "0.50000000"], ["65432.00000000", "1.20000000"]],
+                    "asks": [["65432.20000000", "0.30000000"], ["65432.50000000", "2.00000000"]],
+                    "timestamp": "2024-03-21T09:30:00.123Z",
+                }
+            ]
+        },
+    )
+
+    symbol: str = Field(description="`BASE-QUOTE`, upper case.", examples=["BTC-USDT"])
+    exchange: str = Field(description="Venue of the book.", examples=["binance"])
+    bids: list[PriceSizePair] = Field(
+        description="`[price, size]` decimal strings, best (highest) first, at most `depth` levels."
+    )
+    asks: list[PriceSizePair] = Field(
+        description="`[price, size]` decimal strings, best (lowest) first, at most `depth` levels."
+    )
+    timestamp: UtcTimestamp = Field(description="Exchange event time of the book's last update (UTC, milliseconds).")

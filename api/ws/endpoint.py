@@ -8,7 +8,8 @@ forbidden or lacking `market:read`, 4429 over the rate limit), because a handsha
 Rate limit: the handshake counts one request of the account's 1000/minute, and so does every
 frame the client sends (subscribe, unsubscribe or ping, valid or not); data the server pushes is
 free. Over the limit, the frame gets a RATE_LIMITED error and is not applied; the socket stays open.
-A socket holds at most `MarketHub.max_subscriptions` subscriptions (each (channel, symbol) one).
+A socket holds at most `MarketHub.max_subscriptions` subscriptions (each (channel, venue, symbol,
+interval) one). Which venue a subscription without `exchange` binds to: `_Connection._venues`.
 
 Limits (docs/decisions.md, "WebSocket"; settings in docs/configuration.md):
 - frames over 16 KiB are refused by uvicorn's WebSocket protocol itself (`ws_max_size`, close 1009);
@@ -45,9 +46,8 @@ from api.keys import ApiKeyVerifier
 from api.principal import MARKET_READ, Principal
 from api.ratelimit import RateLimiter
 from api.security import SecurityGate, websocket_close_code
-from api.ws.hub import CLOSE_TRY_AGAIN_LATER, MarketHub, Session
+from api.ws.hub import CLOSE_TRY_AGAIN_LATER, PENDING, MarketHub, Session, sub_key
 from api.ws.protocol import (
-    MARKET,
     PONG_MESSAGE,
     Command,
     Ping,
@@ -318,37 +318,75 @@ class _Connection:
 
     async def _apply(self, command: Command) -> None:
         hub, session = self.hub, self.session
-        if command.action == "subscribe":
-            unknown = await self._unknown(command.symbols)
+        if command.action == "unsubscribe":
+            self._reply(ack_message(command))
+            for symbol in command.symbols:
+                hub.unsubscribe(session, command.channel, symbol, command.exchange, command.interval)
+            return
+        venues = await self._venues(command.channel, command.symbols, command.exchange)
+        keys = [sub_key(command.channel, venues[s], s, command.interval) for s in command.symbols]
+        added = hub.new_subscriptions(session, keys)
+        if session.subscription_count + added > hub.max_subscriptions:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"at most {hub.max_subscriptions} subscriptions a socket")
+        # The acknowledgement goes first; the snapshot the hub queues right after follows it.
+        self._reply(ack_message(command, {s: venues[s] or None for s in command.symbols}))
+        for key in keys:
+            hub.subscribe(session, key, command.depth or 0)
+
+    async def _venues(self, channel: str, symbols: tuple[str, ...], exchange: str | None) -> dict[str, str]:
+        """The venue each subscription binds to, fixed now: `exchange` when given (it must carry
+        the symbol), else the REST default, the venue with the most recent trade (the hub's;
+        with no trade in the hub, the venue that last published on the channel, else the store's
+        latest trade), else `PENDING` (the first venue that publishes on the channel). Symbols (or
+        the venue) neither seen on the feed nor stored (the REST routes' `known_symbols`) are
+        refused with MARKET_001."""
+        hub = self.hub
+        venues: dict[str, str] = {}
+        ask_store: list[str] = []
+        for symbol in symbols:
+            if exchange is not None:
+                if hub.seen(symbol, exchange):
+                    venues[symbol] = exchange
+                    continue
+            else:
+                default = hub.venue_for(channel, symbol)
+                if default is not None:
+                    venues[symbol] = default
+                    continue
+            ask_store.append(symbol)
+        if ask_store:
+            stored = await self._stored_venues(ask_store, exchange)
+            unknown = [s for s in ask_store if s not in stored and not (exchange is None and hub.seen(s))]
             if unknown:
                 raise ProtocolError(ErrorCode.MARKET_001, f"not served: {', '.join(unknown)}")
-            added = hub.new_subscriptions(session, command.channel, command.symbols)
-            if session.subscription_count + added > hub.max_subscriptions:
-                raise ProtocolError(ErrorCode.BAD_REQUEST, f"at most {hub.max_subscriptions} subscriptions a socket")
-        # The acknowledgement goes first; the snapshot the hub queues right after follows it.
-        self._reply(ack_message(command))
-        if command.channel == MARKET:
-            if command.action == "subscribe":
-                hub.subscribe_market(session, command.symbols)
-            else:
-                hub.unsubscribe_market(session, command.symbols)
-        elif command.action == "subscribe":
-            assert command.depth is not None
-            hub.subscribe_book(session, command.symbols[0], command.depth)
-        else:
-            hub.unsubscribe_book(session, command.symbols[0])
+            for symbol in ask_store:
+                venues[symbol] = stored.get(symbol) or PENDING
+        return venues
 
-    async def _unknown(self, symbols: tuple[str, ...]) -> list[str]:
-        """Symbols neither seen on the feed nor stored (the REST routes' `known_symbols`)."""
-        missing = [s for s in symbols if not self.hub.seen(s)]
-        if not missing:
-            return []
+    async def _stored_venues(self, symbols: list[str], exchange: str | None) -> dict[str, str | None]:
+        """Symbol -> the venue of its latest stored trade (on `exchange` when given), for the
+        symbols the store holds (None: known, no venue found). Blocking queries: off the event
+        loop. A store that is down answers nothing: the feed's symbols still work."""
         repository = getattr(self.websocket.app.state, "repository", None)
-        stored: frozenset[str] = frozenset()
-        if repository is not None:
-            try:
-                # A blocking query (cached for `symbols_cache_seconds`): off the event loop.
-                stored = await anyio.to_thread.run_sync(repository.known_symbols)
-            except Exception as exc:  # store down: the feed's symbols still work
-                logger.warning("known symbols unavailable: %s", exc)
-        return [s for s in missing if s not in stored]
+        if repository is None:
+            return {}
+
+        def read() -> dict[str, str | None]:
+            known = repository.known_symbols()  # cached for `symbols_cache_seconds`
+            out: dict[str, str | None] = {}
+            for symbol in symbols:
+                if symbol not in known:
+                    continue
+                trade = repository.last_price(symbol, exchange)
+                if trade is not None:
+                    out[symbol] = trade.venue
+                elif exchange is None:
+                    out[symbol] = None
+            return out
+
+        try:
+            found: dict[str, str | None] = await anyio.to_thread.run_sync(read)
+        except Exception as exc:
+            logger.warning("known symbols unavailable: %s", exc)
+            return {}
+        return found

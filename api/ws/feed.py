@@ -1,6 +1,7 @@
-"""The one Kafka consumer of an API process: reads the raw trades topic and the book-top topic
-and hands every update to the hub, which fans it out; with a read model (api/read_model.py) it
-also reads the candle topics and md.quality.v1 and keeps the model current. One per process
+"""The one Kafka consumer of an API process: reads the raw trades topic, the book-top topic, the
+candle topics and md.quality.v1 and hands every update to the hub, which fans it out (candles on
+the `candles` channel; quality events decide whether a venue's book is live, for
+`GET /market/orderbook`); with a read model (api/read_model.py) it also keeps the model current. One per process
 (not one per client), so the broker's load does not grow with sockets.
 
 No consumer group: every API process wants every partition, and a group would split them. All
@@ -21,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from api.read_model import MemTrade, ReadModel, VersionedCandle, candle_version
 from api.ws.hub import MarketHub
-from api.ws.protocol import MAX_DEPTH, format_levels
+from api.ws.protocol import MAX_DEPTH, CandleBar, format_levels
 from infra.config.settings import Settings
 from infra.store.repository import CandleRow
 from schemas import topics
@@ -42,27 +43,41 @@ def apply_trade_batch(hub: MarketHub, raw: bytes, model: ReadModel | None = None
         model.apply_trades(venue, symbol, [MemTrade(r.event_ts_ns, r.trade_id, r.price, r.size) for r in rows])
     last = rows[-1]
     volume = sum((row.size for row in rows), Decimal(0))
-    hub.publish_trades(symbol, last.price, last.event_ts_ns, volume)
+    hub.publish_trades(venue, symbol, last.price, last.event_ts_ns, volume)
 
 
-def apply_candle(model: ReadModel, raw: bytes) -> None:
-    """A `candle.v1` message (one candle, the model's JSON)."""
+def apply_candle(model: ReadModel | None, raw: bytes, hub: MarketHub | None = None) -> None:
+    """A `candle.v1` message (one candle revision, the model's JSON): to the read model, and to
+    the hub's `candles` channel."""
     c = candles.decode(raw)
-    row = CandleRow(c.open_ts_ns, c.open, c.high, c.low, c.close, c.volume)
-    version = candle_version(c.revision, c.is_final)
-    model.apply_candle(c.venue, c.symbol, c.interval.value, VersionedCandle(version, row))
+    if model is not None:
+        row = CandleRow(c.open_ts_ns, c.open, c.high, c.low, c.close, c.volume)
+        version = candle_version(c.revision, c.is_final)
+        model.apply_candle(c.venue, c.symbol, c.interval.value, VersionedCandle(version, row))
+    if hub is not None:
+        bar = CandleBar(c.open_ts_ns, c.open, c.high, c.low, c.close, c.volume, c.is_final)
+        hub.publish_candle(c.venue, c.symbol, c.interval.value, bar)
 
 
-def apply_quality(model: ReadModel, raw: bytes) -> None:
-    """A `quality.v1` message; the model keeps the feed-state kinds only."""
+def apply_quality(model: ReadModel | None, raw: bytes, hub: MarketHub | None = None) -> None:
+    """A `quality.v1` message; the model keeps the feed-state kinds only, the hub the kinds that
+    invalidate a book."""
     e = quality.decode(raw)
-    model.apply_quality(e.venue, e.symbol, e.kind.value, e.event_ts_ns)
+    if model is not None:
+        model.apply_quality(e.venue, e.symbol, e.kind.value, e.event_ts_ns)
+    if hub is not None:
+        hub.publish_quality(e.venue, e.symbol, e.kind.value, e.event_ts_ns)
 
 
 def apply_book_snapshot(hub: MarketHub, raw: bytes) -> None:
     snap = book_top.decode(raw)
-    hub.publish_book(snap.venue, snap.symbol, format_levels(snap.bids[:MAX_DEPTH]),
-                     format_levels(snap.asks[:MAX_DEPTH]), snap.event_ts_ns)
+    hub.publish_book(
+        snap.venue,
+        snap.symbol,
+        format_levels(snap.bids[:MAX_DEPTH]),
+        format_levels(snap.asks[:MAX_DEPTH]),
+        snap.event_ts_ns,
+    )
 
 
 class MarketFeed:
@@ -84,11 +99,9 @@ class MarketFeed:
         ns = settings.topic_namespace
         self.trades_topic = topics.TRADES.full_name(ns)
         self.book_topic = topics.BOOK_TOP.full_name(ns)
-        self.candle_topics = {spec.full_name(ns) for spec in topics.CANDLES.values()} if model is not None else set()
-        self.quality_topic = topics.QUALITY.full_name(ns) if model is not None else None
-        self.topics = [self.trades_topic, self.book_topic, *sorted(self.candle_topics)]
-        if self.quality_topic is not None:
-            self.topics.append(self.quality_topic)
+        self.candle_topics = {spec.full_name(ns) for spec in topics.CANDLES.values()}
+        self.quality_topic = topics.QUALITY.full_name(ns)
+        self.topics = [self.trades_topic, self.book_topic, *sorted(self.candle_topics), self.quality_topic]
         self._task: asyncio.Task[None] | None = None
         self.assigned = asyncio.Event()  # set once every partition is assigned and at its end
         self.bad_messages = 0
@@ -174,10 +187,9 @@ class MarketFeed:
             return lambda raw: apply_trade_batch(hub, raw, model)
         if topic == self.book_topic:
             return lambda raw: apply_book_snapshot(hub, raw)
-        assert model is not None  # candle and quality topics are consumed only for a model
         if topic == self.quality_topic:
-            return lambda raw: apply_quality(model, raw)
-        return lambda raw: apply_candle(model, raw)
+            return lambda raw: apply_quality(model, raw, hub)
+        return lambda raw: apply_candle(model, raw, hub)
 
     def _apply(self, topic: str, values: Iterable[Any]) -> None:
         apply = self._handler(topic)

@@ -8,7 +8,12 @@ client sees every update. When more than `max_backlog` are waiting, the client i
 folds into a dict keyed by (channel, symbol) holding only the newest (a market update merges
 into the pending one so its `volume` still counts everything traded since the last message the
 client got), bounded by `max_keys`, until the sender has taken everything. The sender takes
-control first, then all data (in arrival order, or the order the keys first became pending)."""
+control first, then all data (in arrival order, or the order the keys first became pending).
+
+Each data update comes with its subscription's `seq` (1, 2, 3, ... per key, given by the hub); a
+merge keeps the newest one, so the message a client gets after a conflation shows the gap. The
+seq is spliced into the shared rendering when the sender takes it (protocol `with_seq`); 0 means
+"no seq" (unit tests of the queue alone)."""
 
 from __future__ import annotations
 
@@ -18,7 +23,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-Key = tuple[str, str]  # (channel, symbol)
+from api.ws.protocol import with_seq
+
+Key = tuple[str, ...]  # a subscription: (channel, venue, symbol) or (channel, venue, symbol, interval)
 
 
 class Update(Protocol):
@@ -47,8 +54,8 @@ class ConflatingQueue:
         self.max_backlog = max_backlog
         self._clock = clock
         self._control: deque[str] = deque()
-        self._backlog: list[tuple[Key, Update]] = []  # every update, in order, while keeping up
-        self._data: dict[Key, Update] = {}  # the newest per key, once behind
+        self._backlog: list[tuple[Key, Update, int]] = []  # every update, in order, while keeping up
+        self._data: dict[Key, tuple[Update, int]] = {}  # the newest per key (and its seq), once behind
         self._behind = max_backlog <= 0
         # The sender parked in `get`, if any: a bare future is the cheapest wake-up there is,
         # and the hub wakes every subscriber's sender on every update.
@@ -58,32 +65,32 @@ class ConflatingQueue:
         self._since: float | None = None
         self.conflated = 0  # updates replaced before they were sent (statistics, tests)
 
-    def put(self, key: Key, update: Update) -> None:
+    def put(self, key: Key, update: Update, seq: int = 0) -> None:
         if not self._behind:
-            self._backlog.append((key, update))
+            self._backlog.append((key, update, seq))
             if len(self._backlog) > self.max_backlog:
                 self._fall_behind()
             if self._since is None:
                 self._since = self._clock()
             self._wake()
             return
-        self._conflate(key, update)
+        self._conflate(key, update, seq)
 
     def _fall_behind(self) -> None:
         backlog, self._backlog = self._backlog, []
         self._behind = True
-        for key, update in backlog:
-            self._conflate(key, update)
+        for key, update, seq in backlog:
+            self._conflate(key, update, seq)
 
-    def _conflate(self, key: Key, update: Update) -> None:
+    def _conflate(self, key: Key, update: Update, seq: int) -> None:
         pending = self._data.get(key)
         if pending is not None:
-            self._data[key] = pending.merge(update)
+            self._data[key] = (pending[0].merge(update), seq)
             self.conflated += 1
             return
         if len(self._data) >= self.max_keys:
             raise QueueOverflow(f"more than {self.max_keys} pending keys")
-        self._data[key] = update
+        self._data[key] = (update, seq)
         if self._since is None:
             self._since = self._clock()
         self._wake()
@@ -105,7 +112,7 @@ class ConflatingQueue:
         """Drop a pending update (after an unsubscribe nothing more of it may arrive)."""
         self._data.pop(key, None)
         if self._backlog:
-            self._backlog = [(k, u) for k, u in self._backlog if k != key]
+            self._backlog = [item for item in self._backlog if item[0] != key]
         if not self._data and not self._backlog:
             self._since = None
 
@@ -121,10 +128,10 @@ class ConflatingQueue:
         out = list(self._control)
         self._control.clear()
         if self._backlog:
-            out.extend(update.render() for _, update in self._backlog)
+            out.extend(_text(update, seq) for _, update, seq in self._backlog)
             self._backlog = []
         if self._data:
-            out.extend(update.render() for update in self._data.values())
+            out.extend(_text(update, seq) for update, seq in self._data.values())
             self._data.clear()
         self._behind = self.max_backlog <= 0
         self._since = None
@@ -135,3 +142,8 @@ class ConflatingQueue:
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
         return self.take()
+
+
+def _text(update: Update, seq: int) -> str:
+    text = update.render()
+    return with_seq(text, seq) if seq else text

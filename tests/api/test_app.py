@@ -26,7 +26,7 @@ def test_openapi_documents_market_routes_and_hides_alias(api: TestClient) -> Non
                           "/api/v1/analysis/risk/{symbol}", "/api/v1/analysis/risk/{symbol}/backtest",
                           "/api/v1/portfolio/positions", "/api/v1/portfolio/positions/{position_id}",
                           "/api/v1/portfolio/balance", "/api/v1/analysis/prediction/{symbol}",
-                          "/api/v1/analysis/prediction/{symbol}/metrics"}
+                          "/api/v1/analysis/prediction/{symbol}/metrics", "/api/v1/market/orderbook/{symbol}"}
     assert not any(p.startswith("/v1") for p in paths)
 
     price = paths["/api/v1/market/price/{symbol}"]["get"]

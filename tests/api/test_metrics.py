@@ -168,7 +168,7 @@ async def test_websocket_sessions_and_hub_updates(app: FastAPI) -> None:
             return samples["entasis_api_websocket_sessions"], samples["entasis_api_websocket_updates_total"]
 
         assert await sessions_and_updates() == (0, 0)
-        served.hub.publish_trades("MX-USDT", Decimal("100"), 1_711_013_400_123_000_000, Decimal("1"))
+        served.hub.publish_trades("binance", "MX-USDT", Decimal("100"), 1_711_013_400_123_000_000, Decimal("1"))
         async with served.connect(token_for(new_account())) as ws:
             await send_json(ws, {"action": "subscribe", "channel": "market", "symbols": ["MX-USDT"]})
             assert (await recv_json(ws))["type"] == "subscribed"

@@ -24,6 +24,7 @@ from api.key_repository import ApiKeyRepository
 from api.keys import ApiKeyRecord, generate_key
 from api.portfolio_service import LocalPortfolioBus
 from api.principal import KNOWN_SCOPES
+from api.ws.protocol import format_levels
 from infra.store.repository import MarketRepository
 from infra.store.risk_repository import RiskRepository
 from schemas.codecs.predictions import outcomes_table, predictions_table
@@ -148,6 +149,13 @@ def _attach_database(repository: MarketRepository, key_repository: ApiKeyReposit
         repository_client.insert_arrow("predictions", predictions_table(at_venue))
         scored = [o.model_copy(update={"venue": venue}) for o in outs]
         repository_client.insert_arrow("prediction_outcomes", outcomes_table(scored))
+    # ...and a live book of each, as the feed would have published it, so the order-book route
+    # answers 200 rather than its documented 503 `no_book`
+    hub = fuzz_app.state.market_hub
+    for symbol in ("BTC-USDT", "ETH-USDT"):
+        for venue in ("binance", "okx"):
+            bids, asks = format_levels([["100", "1"], ["99.5", "2"]]), format_levels([["101", "1"], ["101.5", "3"]])
+            hub.publish_book(venue, symbol, bids, asks, T0 + 5 * HOUR)
 
 
 # docs/decisions.md: a model still warming up answers 503 AI_002 with Retry-After, one whose checkpoint

@@ -15,7 +15,7 @@ from api.app import create_app
 from api.key_repository import ApiKeyRepository
 from api.principal import MARKET_READ, PORTFOLIO_READ
 from api.ws import MarketHub
-from api.ws.protocol import format_levels
+from api.ws.protocol import CandleBar, format_levels
 from infra.store.repository import MarketRepository
 from tests.api.conftest import NS, Market, TradeRow, new_account, test_api_settings, token_for
 from tests.api.test_ws_support import Served, close_code, recv_json, send_json, serve
@@ -44,26 +44,33 @@ async def test_market_subscribe_updates_unsubscribe(
 ) -> None:
     btc, eth = new_symbol("WB"), new_symbol("WE")
     hub = served.hub
-    hub.publish_trades(btc, Decimal("100"), TS, Decimal("1"))
-    hub.publish_trades(eth, Decimal("10"), TS, Decimal("1"))
+    hub.publish_trades("binance", btc, Decimal("100"), TS, Decimal("1"))
+    hub.publish_trades("binance", eth, Decimal("10"), TS, Decimal("1"))
     async with served.connect(token) as ws:
         await send_json(ws, {"action": "subscribe", "channel": "market", "symbols": [btc.lower(), eth]})
-        assert await recv_json(ws) == {"type": "subscribed", "channel": "market", "symbols": [btc, eth]}
+        assert await recv_json(ws) == {
+            "type": "subscribed",
+            "channel": "market",
+            "symbols": [btc, eth],
+            "exchanges": {btc: "binance", eth: "binance"},
+        }
         # the last known value of each symbol first
         first = [await recv_json(ws), await recv_json(ws)]
         assert {m["symbol"]: m["price"] for m in first} == {btc: "100.00000000", eth: "10.00000000"}
         for i in range(1, 6):
-            hub.publish_trades(btc, Decimal(100 + i), TS + i * NS, Decimal("0.5"))
+            hub.publish_trades("binance", btc, Decimal(100 + i), TS + i * NS, Decimal("0.5"))
             assert await recv_json(ws) == {
                 "symbol": btc,
+                "exchange": "binance",
                 "price": f"{100 + i}.00000000",
                 "timestamp": f"2024-03-21T09:30:{i:02d}.123Z",
                 "volume": "0.50000000",
+                "seq": 1 + i,
             }
         await send_json(ws, {"action": "unsubscribe", "channel": "market", "symbols": [btc]})
         assert await recv_json(ws) == {"type": "unsubscribed", "channel": "market", "symbols": [btc]}
-        hub.publish_trades(btc, Decimal("200"), TS + 10 * NS, Decimal("1"))
-        hub.publish_trades(eth, Decimal("11"), TS + 10 * NS, Decimal("1"))
+        hub.publish_trades("binance", btc, Decimal("200"), TS + 10 * NS, Decimal("1"))
+        hub.publish_trades("binance", eth, Decimal("11"), TS + 10 * NS, Decimal("1"))
         assert (await recv_json(ws))["symbol"] == eth  # nothing more of btc
 
 
@@ -75,13 +82,21 @@ async def test_orderbook_snapshot_then_updates_at_depth(
     hub.publish_book("binance", sym, levels(100, -1, 30), levels(101, 1, 30), TS)
     async with served.connect(token) as ws:
         await send_json(ws, {"action": "subscribe", "channel": "orderbook", "symbol": sym, "depth": 3})
-        assert await recv_json(ws) == {"type": "subscribed", "channel": "orderbook", "symbol": sym, "depth": 3}
+        assert await recv_json(ws) == {
+            "type": "subscribed",
+            "channel": "orderbook",
+            "symbol": sym,
+            "depth": 3,
+            "exchange": "binance",
+        }
         snapshot = await recv_json(ws)
         assert snapshot == {
             "symbol": sym,
+            "exchange": "binance",
             "bids": [["100.00000000", "1.00000000"], ["99.00000000", "2.00000000"], ["98.00000000", "3.00000000"]],
             "asks": [["101.00000000", "1.00000000"], ["102.00000000", "2.00000000"], ["103.00000000", "3.00000000"]],
             "timestamp": "2024-03-21T09:30:00.123Z",
+            "seq": 1,
         }
         for i in range(1, 4):
             hub.publish_book("binance", sym, levels(100 - i, -1, 30), levels(101 + i, 1, 30), TS + i * NS)
@@ -89,6 +104,7 @@ async def test_orderbook_snapshot_then_updates_at_depth(
             assert update["bids"][0][0] == f"{100 - i}.00000000"
             assert len(update["bids"]) == len(update["asks"]) == 3
             assert update["timestamp"] == f"2024-03-21T09:30:{i:02d}.123Z"
+            assert update["seq"] == 1 + i
         # a new depth replaces the old one, with a fresh snapshot
         await send_json(ws, {"action": "subscribe", "channel": "orderbook", "symbol": sym, "depth": 100})
         assert (await recv_json(ws))["depth"] == 100
@@ -100,27 +116,92 @@ async def test_orderbook_snapshot_then_updates_at_depth(
 async def test_both_channels_on_one_socket(served: Served, token: str, new_symbol: Callable[[str], str]) -> None:
     sym = new_symbol("WX")
     hub = served.hub
-    hub.publish_trades(sym, Decimal("5"), TS, Decimal("1"))
+    hub.publish_trades("binance", sym, Decimal("5"), TS, Decimal("1"))
     async with served.connect(token) as ws:
         await send_json(ws, {"action": "subscribe", "channel": "market", "symbols": [sym]})
         await send_json(ws, {"action": "subscribe", "channel": "orderbook", "symbol": sym, "depth": 1})
         got = [await recv_json(ws) for _ in range(3)]  # two acks and the last price; no book yet
         assert sorted(m.get("type", "data") for m in got) == ["data", "subscribed", "subscribed"]
         hub.publish_book("binance", sym, levels(5, -1, 2), levels(6, 1, 2), TS + NS)
-        hub.publish_trades(sym, Decimal("6"), TS + 2 * NS, Decimal("1"))
+        hub.publish_trades("binance", sym, Decimal("6"), TS + 2 * NS, Decimal("1"))
         book, trade = await recv_json(ws), await recv_json(ws)
-        assert set(book) == {"symbol", "bids", "asks", "timestamp"}
-        assert set(trade) == {"symbol", "price", "timestamp", "volume"}
+        assert set(book) == {"symbol", "exchange", "bids", "asks", "timestamp", "seq"}
+        assert set(trade) == {"symbol", "exchange", "price", "timestamp", "volume", "seq"}
+        assert (book["exchange"], book["seq"], trade["exchange"], trade["seq"]) == ("binance", 1, "binance", 2)
 
 
 async def test_symbol_known_from_the_store(
     served: Served, token: str, market: Market, new_symbol: Callable[[str], str]
 ) -> None:
     sym = new_symbol("WS")
+    market.trades([TradeRow("kraken", sym, "t0", Decimal("1"), Decimal("1"), TS - NS)])
     market.trades([TradeRow("binance", sym, "t1", Decimal("1"), Decimal("1"), TS)])
     async with served.connect(token) as ws:
         await send_json(ws, {"action": "subscribe", "channel": "market", "symbols": [sym]})
-        assert (await recv_json(ws))["type"] == "subscribed"
+        ack = await recv_json(ws)
+        # the hub has no trade of it: the store's default venue (its latest trade), fixed now
+        assert (ack["type"], ack["exchanges"]) == ("subscribed", {sym: "binance"})
+        served.hub.publish_trades("kraken", sym, Decimal("7"), TS + NS, Decimal("1"))
+        served.hub.publish_trades("binance", sym, Decimal("8"), TS + NS, Decimal("1"))
+        assert await recv_json(ws) == {
+            "symbol": sym,
+            "exchange": "binance",
+            "price": "8.00000000",
+            "timestamp": "2024-03-21T09:30:01.123Z",
+            "volume": "1.00000000",
+            "seq": 1,
+        }
+        # a venue the store holds for the symbol is accepted; one it does not is MARKET_001
+        await send_json(ws, {"action": "subscribe", "channel": "market", "symbols": [sym], "exchange": "nowhere"})
+        assert (await recv_json(ws))["code"] == "MARKET_001"
+
+
+async def test_venues_candles_and_ping_on_one_socket(
+    served: Served, token: str, new_symbol: Callable[[str], str]
+) -> None:
+    sym = new_symbol("WV")
+    hub = served.hub
+    hub.publish_trades("binance-usdm", sym, Decimal("2000"), TS, Decimal("1"))
+    hub.publish_trades("binance", sym, Decimal("1999"), TS + 1, Decimal("1"))
+    async with served.connect(token) as spot, served.connect(token) as perp:
+        await send_json(spot, {"action": "subscribe", "channel": "market", "symbols": [sym]})  # default
+        await send_json(
+            perp, {"action": "subscribe", "channel": "market", "symbols": [sym], "exchange": "BINANCE-USDM"}
+        )
+        assert (await recv_json(spot))["exchanges"] == {sym: "binance"}
+        assert (await recv_json(perp))["exchanges"] == {sym: "binance-usdm"}
+        published: dict[str, list[str]] = {"binance": ["1999.00000000"], "binance-usdm": ["2000.00000000"]}
+        for i in range(1, 13):
+            venue = "binance" if i % 2 else "binance-usdm"
+            price = Decimal(1990 + i) if venue == "binance" else Decimal(2000 + i)
+            published[venue].append(f"{price}.00000000")
+            hub.publish_trades(venue, sym, price, TS + i * NS, Decimal("1"))
+        for ws, venue in ((spot, "binance"), (perp, "binance-usdm")):
+            got = [await recv_json(ws) for _ in published[venue]]
+            assert [(m["exchange"], m["price"]) for m in got] == [(venue, p) for p in published[venue]]
+            assert [m["seq"] for m in got] == list(range(1, len(got) + 1))
+        await send_json(spot, {"action": "subscribe", "channel": "candles", "symbol": sym, "interval": "5m"})
+        assert await recv_json(spot) == {
+            "type": "subscribed",
+            "channel": "candles",
+            "symbol": sym,
+            "interval": "5m",
+            "exchange": "binance-usdm",  # the default now: the venue of the latest trade (i = 12)
+        }
+        open_ns = TS - TS % (300 * NS)
+        for close, final in (("10", False), ("11", True)):
+            bar = CandleBar(open_ns, Decimal("9"), Decimal("12"), Decimal("8"), Decimal(close), Decimal("4"), final)
+            hub.publish_candle("binance", sym, "5m", bar)  # the other venue: not on this subscription
+            hub.publish_candle("binance-usdm", sym, "5m", bar)
+        got = [await recv_json(spot) for _ in range(2)]
+        assert [(m["exchange"], m["close"], m["is_final"], m["seq"]) for m in got] == [
+            ("binance-usdm", "10.00000000", False, 1),
+            ("binance-usdm", "11.00000000", True, 2),
+        ]
+        await send_json(spot, {"action": "ping"})
+        assert await recv_json(spot) == {"type": "pong"}
+        await send_json(spot, {"action": "subscribe", "channel": "candles", "symbol": sym, "interval": "2h"})
+        assert (await recv_json(spot))["code"] == "BAD_REQUEST"
 
 
 @pytest.mark.parametrize(
@@ -141,7 +222,7 @@ async def test_bad_input_gets_an_error_and_the_socket_stays_open(
     served: Served, token: str, frame: str | bytes, code: str, new_symbol: Callable[[str], str]
 ) -> None:
     sym = new_symbol("WG")
-    served.hub.publish_trades(sym, Decimal("1"), TS, Decimal("1"))
+    served.hub.publish_trades("binance", sym, Decimal("1"), TS, Decimal("1"))
     async with served.connect(token) as ws:
         await ws.send(frame)
         error = await recv_json(ws)
@@ -161,7 +242,7 @@ async def test_korean_errors(served: Served, token: str) -> None:
 async def test_subscription_cap(served: Served, token: str, new_symbol: Callable[[str], str]) -> None:
     symbols = [new_symbol("WC") for _ in range(6)]
     for sym in symbols:
-        served.hub.publish_trades(sym, Decimal("1"), TS, Decimal("1"))
+        served.hub.publish_trades("binance", sym, Decimal("1"), TS, Decimal("1"))
     async with served.connect(token) as ws:
         await send_json(ws, {"action": "subscribe", "channel": "market", "symbols": symbols[:5]})
         assert (await recv_json(ws))["type"] == "subscribed"
@@ -188,7 +269,7 @@ async def test_unauthenticated_sockets_close_4401(served: Served) -> None:
 
 async def test_query_token_and_scope(served: Served, new_symbol: Callable[[str], str]) -> None:
     sym = new_symbol("WQ")
-    served.hub.publish_trades(sym, Decimal("1"), TS, Decimal("1"))
+    served.hub.publish_trades("binance", sym, Decimal("1"), TS, Decimal("1"))
     async with served.connect(query=f"?token={token_for(new_account('wq'), [MARKET_READ])}") as ws:
         await send_json(ws, {"action": "subscribe", "channel": "market", "symbols": [sym]})
         assert (await recv_json(ws))["type"] == "subscribed"
@@ -204,7 +285,7 @@ async def test_frames_count_toward_the_rate_limit(
     )
     sym = new_symbol("WR")
     async with serve(app) as served:
-        served.hub.publish_trades(sym, Decimal("1"), TS, Decimal("1"))
+        served.hub.publish_trades("binance", sym, Decimal("1"), TS, Decimal("1"))
         token = token_for(new_account("wr"))
         async with served.connect(token) as ws:  # the handshake is request 1
             for _ in range(3):
@@ -212,7 +293,7 @@ async def test_frames_count_toward_the_rate_limit(
                 assert (await recv_json(ws))["type"] == "unsubscribed"
             await send_json(ws, {"action": "subscribe", "channel": "market", "symbols": [sym]})
             assert await recv_json(ws) == {"type": "error", "code": "RATE_LIMITED", "message": "Rate limit exceeded"}
-            served.hub.publish_trades(sym, Decimal("2"), TS, Decimal("1"))
+            served.hub.publish_trades("binance", sym, Decimal("2"), TS, Decimal("1"))
             with pytest.raises(TimeoutError):  # not applied
                 await recv_json(ws, timeout=0.3)
         async with served.connect(token) as ws:  # the account is out of budget: refused at the door

@@ -9,8 +9,12 @@ from decimal import Decimal
 import pytest
 
 from api.errors import ErrorCode
-from api.ws.hub import CLOSE_TRY_AGAIN_LATER, MarketHub
+from api.ws.hub import CLOSE_TRY_AGAIN_LATER, MarketHub, Session, sub_key
 from api.ws.protocol import (
+    CANDLES,
+    MARKET,
+    ORDERBOOK,
+    CandleBar,
     Command,
     ProtocolError,
     ack_message,
@@ -19,6 +23,8 @@ from api.ws.protocol import (
     market_message,
     orderbook_message,
     parse_command,
+    parse_message,
+    with_seq,
 )
 from api.ws.queue import ConflatingQueue, QueueOverflow
 
@@ -70,6 +76,12 @@ def test_parse_orderbook() -> None:
         '{"action":"subscribe","channel":"orderbook","symbol":"BTC-USDT","depth":"10"}',
         '{"action":"subscribe","channel":"orderbook","symbol":"BTC-USDT","depth":10.5}',
         '{"action":"subscribe","channel":"orderbook","symbol":"BTC-USDT","depth":true}',
+        '{"action":"subscribe","channel":"candles","symbol":"BTC-USDT"}',
+        '{"action":"subscribe","channel":"candles","symbol":"BTC-USDT","interval":"2m"}',
+        '{"action":"unsubscribe","channel":"candles","symbol":"BTC-USDT","interval":60}',
+        '{"action":"subscribe","channel":"market","symbols":["BTC-USDT"],"exchange":"Bin ance"}',
+        '{"action":"subscribe","channel":"market","symbols":["BTC-USDT"],"exchange":7}',
+        '{"action":"subscribe","channel":"orderbook","symbol":"BTC-USDT","depth":5,"exchange":""}',
         json.dumps({"action": "subscribe", "channel": "market", "symbols": [f"S{i}-USDT" for i in range(101)]}),
         " " * 20000,
     ],
@@ -90,6 +102,25 @@ def test_malformed_symbols_are_market_001(symbol: object) -> None:
     assert info.value.code == ErrorCode.MARKET_001
 
 
+def test_parse_exchange_and_candles() -> None:
+    raw = '{"action":"subscribe","channel":"market","symbols":["btc-usdt"],"exchange":"Binance-USDM"}'
+    assert parse_command(raw) == Command("subscribe", "market", ("BTC-USDT",), exchange="binance-usdm")
+    raw = '{"action":"subscribe","channel":"orderbook","symbol":"btc-usdt","depth":3,"exchange":"okx"}'
+    assert parse_command(raw) == Command("subscribe", "orderbook", ("BTC-USDT",), 3, exchange="okx")
+    for interval in ("1m", "5m", "1h", "1d"):
+        raw = json.dumps({"action": "subscribe", "channel": "candles", "symbol": "eth-usdt", "interval": interval})
+        assert parse_command(raw) == Command("subscribe", "candles", ("ETH-USDT",), interval=interval)
+    raw = '{"action":"unsubscribe","channel":"candles","symbol":"ETH-USDT","interval":"1h","exchange":"okx"}'
+    assert parse_command(raw) == Command("unsubscribe", "candles", ("ETH-USDT",), exchange="okx", interval="1h")
+    assert parse_message('{"action":"ping"}') == parse_message('{"type":"ping"}')
+
+
+def test_with_seq_appends_the_field_last() -> None:
+    text = market_message("binance", "BTC-USDT", Decimal("1"), TS, Decimal("2"))
+    assert json.loads(with_seq(text, 42)) == {**json.loads(text), "seq": 42}
+    assert with_seq(text, 42).endswith(',"seq":42}')
+
+
 def test_depth_bounds_are_inclusive() -> None:
     for depth in (1, 100):
         raw = json.dumps({"action": "subscribe", "channel": "orderbook", "symbol": "BTC-USDT", "depth": depth})
@@ -100,9 +131,10 @@ def test_depth_bounds_are_inclusive() -> None:
 
 
 def test_market_message_shape() -> None:
-    body = json.loads(market_message("BTC-USDT", Decimal("65432.1"), TS, Decimal("0.5")))
+    body = json.loads(market_message("binance", "BTC-USDT", Decimal("65432.1"), TS, Decimal("0.5")))
     assert body == {
         "symbol": "BTC-USDT",
+        "exchange": "binance",
         "price": "65432.10000000",
         "timestamp": "2024-03-21T09:30:00.123Z",
         "volume": "0.50000000",
@@ -112,9 +144,10 @@ def test_market_message_shape() -> None:
 def test_orderbook_message_shape_and_depth() -> None:
     bids = format_levels([["100.5", "1"], ["100.4", "2"], ["100.3", "3"]])
     asks = format_levels([["100.6", "0.25"]])
-    body = json.loads(orderbook_message("BTC-USDT", bids, asks, TS, 2))
+    body = json.loads(orderbook_message("okx", "BTC-USDT", bids, asks, TS, 2))
     assert body == {
         "symbol": "BTC-USDT",
+        "exchange": "okx",
         "bids": [["100.50000000", "1.00000000"], ["100.40000000", "2.00000000"]],
         "asks": [["100.60000000", "0.25000000"]],
         "timestamp": "2024-03-21T09:30:00.123Z",
@@ -138,6 +171,18 @@ def test_acks_and_errors() -> None:
         "channel": "orderbook",
         "symbol": "A-B",
     }
+    # a subscribe acknowledges the venue each subscription is bound to (null: not known yet)
+    venues: dict[str, str | None] = {"A-B": "binance", "C-D": None}
+    assert json.loads(ack_message(Command("subscribe", "market", ("A-B", "C-D")), venues))["exchanges"] == venues
+    candles = Command("subscribe", "candles", ("A-B",), interval="1h")
+    assert json.loads(ack_message(candles, {"A-B": "okx"})) == {
+        "type": "subscribed",
+        "channel": "candles",
+        "symbol": "A-B",
+        "interval": "1h",
+        "exchange": "okx",
+    }
+    assert json.loads(ack_message(Command("unsubscribe", "orderbook", ("A-B",), exchange="okx")))["exchange"] == "okx"
     assert json.loads(error_message(ErrorCode.MARKET_001)) == {
         "type": "error",
         "code": "MARKET_001",
@@ -218,19 +263,25 @@ async def test_queue_get_waits_for_data() -> None:
 
 # --- hub -------------------------------------------------------------------------------
 
+BTC = "BTC-USDT"
+
+
+def msgs(session: Session) -> list[dict[str, object]]:
+    return [json.loads(text) for text in session.queue.take()]
+
 
 async def test_hub_sends_every_update_to_a_client_that_keeps_up() -> None:
     hub = MarketHub()
     session = hub.open_session()
-    hub.subscribe_market(session, ["BTC-USDT"])
-    hub.publish_trades("BTC-USDT", Decimal("101"), TS + NS, Decimal("2"))
-    hub.publish_trades("BTC-USDT", Decimal("102"), TS + 2 * NS, Decimal("0.5"))
-    assert [(m["price"], m["volume"]) for m in map(json.loads, session.queue.take())] == [
-        ("101.00000000", "2.00000000"),
-        ("102.00000000", "0.50000000"),
+    hub.subscribe(session, sub_key(MARKET, "binance", BTC))
+    hub.publish_trades("binance", BTC, Decimal("101"), TS + NS, Decimal("2"))
+    hub.publish_trades("binance", BTC, Decimal("102"), TS + 2 * NS, Decimal("0.5"))
+    assert [(m["exchange"], m["price"], m["volume"], m["seq"]) for m in msgs(session)] == [
+        ("binance", "101.00000000", "2.00000000", 1),
+        ("binance", "102.00000000", "0.50000000", 2),
     ]
-    hub.publish_trades("BTC-USDT", Decimal("103"), TS + 3 * NS, Decimal("1"))
-    hub.unsubscribe_market(session, ["BTC-USDT"])  # nothing of it may arrive after the unsubscribe
+    hub.publish_trades("binance", BTC, Decimal("103"), TS + 3 * NS, Decimal("1"))
+    hub.unsubscribe(session, MARKET, BTC, None)  # nothing of it may arrive after the unsubscribe
     assert session.queue.take() == []
     assert session.queue.lag() == 0.0
 
@@ -238,63 +289,224 @@ async def test_hub_sends_every_update_to_a_client_that_keeps_up() -> None:
 async def test_merged_updates_are_shared_by_clients_behind_at_the_same_point() -> None:
     hub = MarketHub(max_backlog=0)
     a, b, c = hub.open_session(), hub.open_session(), hub.open_session()
+    key = sub_key(MARKET, "binance", BTC)
     for session in (a, b, c):
-        hub.subscribe_market(session, ["BTC-USDT"])
-    hub.publish_trades("BTC-USDT", Decimal("101"), TS, Decimal("2"))
+        hub.subscribe(session, key)
+    hub.publish_trades("binance", BTC, Decimal("101"), TS, Decimal("2"))
     c.queue.take()  # c got the first one, a and b did not
-    hub.publish_trades("BTC-USDT", Decimal("102"), TS + NS, Decimal("0.5"))
-    pending = [s.queue._data[("market", "BTC-USDT")] for s in (a, b, c)]
+    hub.publish_trades("binance", BTC, Decimal("102"), TS + NS, Decimal("0.5"))
+    pending = [s.queue._data[key][0] for s in (a, b, c)]
     assert pending[0] is pending[1]  # one merge (volume 2.5), one rendering, for both
-    assert pending[2] is hub.last_trade["BTC-USDT"]  # c holds the plain update (volume 0.5)
-    assert [json.loads(s.queue.take()[0])["volume"] for s in (a, b, c)] == ["2.50000000", "2.50000000", "0.50000000"]
+    assert pending[2] is hub.trades[("binance", BTC)]  # c holds the plain update (volume 0.5)
+    got = [json.loads(s.queue.take()[0]) for s in (a, b, c)]
+    assert [(m["volume"], m["seq"]) for m in got] == [("2.50000000", 2), ("2.50000000", 2), ("0.50000000", 2)]
 
 
 async def test_hub_routes_market_and_merges_volume_when_conflated() -> None:
     hub = MarketHub(max_backlog=0)  # every client counts as behind: updates conflate at once
     fast, other = hub.open_session(), hub.open_session()
-    hub.subscribe_market(fast, ["BTC-USDT"])
-    hub.subscribe_market(other, ["ETH-USDT"])
-    hub.publish_trades("BTC-USDT", Decimal("100"), TS, Decimal("1"))
-    assert [json.loads(m)["price"] for m in fast.queue.take()] == ["100.00000000"]
-    hub.publish_trades("BTC-USDT", Decimal("101"), TS + NS, Decimal("2"))
-    hub.publish_trades("BTC-USDT", Decimal("102"), TS + 2 * NS, Decimal("0.5"))
+    hub.subscribe(fast, sub_key(MARKET, "binance", BTC))
+    hub.subscribe(other, sub_key(MARKET, "binance", "ETH-USDT"))
+    hub.publish_trades("binance", BTC, Decimal("100"), TS, Decimal("1"))
+    assert [(m["price"], m["seq"]) for m in msgs(fast)] == [("100.00000000", 1)]
+    hub.publish_trades("binance", BTC, Decimal("101"), TS + NS, Decimal("2"))
+    hub.publish_trades("binance", BTC, Decimal("102"), TS + 2 * NS, Decimal("0.5"))
     (merged,) = fast.queue.take()
     assert json.loads(merged) == {
-        "symbol": "BTC-USDT",
+        "symbol": BTC,
+        "exchange": "binance",
         "price": "102.00000000",
         "timestamp": "2024-03-21T09:30:02.123Z",
         "volume": "2.50000000",  # everything traded since the last delivered message
+        "seq": 3,  # 2 was merged into it: the gap shows the conflation
     }
     assert other.queue.take() == []
-    # a new subscriber starts from the last price
+    # a new subscriber starts from the last price, at seq 1
     late = hub.open_session()
-    hub.subscribe_market(late, ["BTC-USDT"])
-    assert json.loads(late.queue.take()[0])["price"] == "102.00000000"
-    hub.unsubscribe_market(fast, ["BTC-USDT"])
-    hub.publish_trades("BTC-USDT", Decimal("103"), TS + 3 * NS, Decimal("1"))
+    hub.subscribe_market(late, [BTC])
+    assert [(m["price"], m["seq"]) for m in msgs(late)] == [("102.00000000", 1)]
+    hub.unsubscribe_market(fast, [BTC])
+    hub.publish_trades("binance", BTC, Decimal("103"), TS + 3 * NS, Decimal("1"))
     assert fast.queue.take() == []
     hub.close_session(late)
     hub.close_session(other)
-    assert hub._market_subs == {}
+    assert hub._subs == {}
     assert hub.sessions == {fast}
+
+
+async def test_seq_counts_every_update_offered_and_gaps_only_where_conflated() -> None:
+    hub = MarketHub(max_backlog=2)  # a third undelivered update makes the client behind
+    session = hub.open_session()
+    hub.subscribe(session, sub_key(MARKET, "binance", BTC))
+    delivered: list[int] = []
+    for i in range(1, 3):  # keeps up: every update, seq 1, 2
+        hub.publish_trades("binance", BTC, Decimal(i), TS + i * NS, Decimal("1"))
+        delivered += [m["seq"] for m in msgs(session)]  # type: ignore[misc]
+    for i in range(3, 8):  # five updates while it does not read: behind, one merged message
+        hub.publish_trades("binance", BTC, Decimal(i), TS + i * NS, Decimal("1"))
+    (merged,) = msgs(session)
+    delivered.append(merged["seq"])  # type: ignore[arg-type]
+    hub.publish_trades("binance", BTC, Decimal(8), TS + 8 * NS, Decimal("1"))
+    delivered += [m["seq"] for m in msgs(session)]  # type: ignore[misc]
+    assert delivered == [1, 2, 7, 8]
+    assert merged["volume"] == "5.00000000" and merged["price"] == "7.00000000"
+
+
+async def test_two_venues_of_one_symbol_never_interleave_on_a_subscription() -> None:
+    hub = MarketHub()
+    spot, perp, both = hub.open_session(), hub.open_session(), hub.open_session()
+    hub.subscribe(spot, sub_key(MARKET, "binance", BTC))
+    hub.subscribe(perp, sub_key(MARKET, "binance-usdm", BTC))
+    hub.subscribe(both, sub_key(MARKET, "binance", BTC))
+    hub.subscribe(both, sub_key(MARKET, "binance-usdm", BTC))
+    published: dict[str, list[str]] = {"binance": [], "binance-usdm": []}
+    for i in range(20):
+        venue = "binance" if i % 3 else "binance-usdm"
+        price = f"{1000 + i}.00000000"
+        published[venue].append(price)
+        hub.publish_trades(venue, BTC, Decimal(1000 + i), TS + i * NS, Decimal("1"))
+    for session, venue in ((spot, "binance"), (perp, "binance-usdm")):
+        got = msgs(session)
+        assert {m["exchange"] for m in got} == {venue}
+        assert [m["price"] for m in got] == published[venue]
+        assert [m["seq"] for m in got] == list(range(1, len(got) + 1))
+    got = msgs(both)
+    for venue in published:  # each subscription its own venue, its own seq
+        mine = [m for m in got if m["exchange"] == venue]
+        assert [m["price"] for m in mine] == published[venue]
+        assert [m["seq"] for m in mine] == list(range(1, len(mine) + 1))
+
+
+async def test_default_venue_is_the_latest_trade_and_fixed_at_subscribe_time() -> None:
+    hub = MarketHub()
+    hub.publish_trades("okx", BTC, Decimal("1"), TS + 1, Decimal("1"))
+    hub.publish_trades("binance", BTC, Decimal("2"), TS + 2, Decimal("1"))
+    hub.publish_trades("okx", BTC, Decimal("3"), TS, Decimal("1"))  # okx's latest, older than binance's
+    assert hub.default_venue(BTC) == "binance"
+    early = hub.open_session()
+    hub.subscribe_market(early, [BTC])
+    assert [m["exchange"] for m in msgs(early)] == ["binance"]
+    hub.publish_trades("okx", BTC, Decimal("4"), TS + 3, Decimal("1"))  # okx leads now
+    assert hub.default_venue(BTC) == "okx"
+    late = hub.open_session()
+    hub.subscribe_market(late, [BTC])
+    assert [(m["exchange"], m["price"]) for m in msgs(late)] == [("okx", "4.00000000")]
+    assert msgs(early) == []  # the early subscription stays on binance
+    hub.publish_trades("binance", BTC, Decimal("5"), TS + 3, Decimal("1"))  # a tie: alphabetically first
+    assert hub.default_venue(BTC) == "binance"
+    assert [m["exchange"] for m in msgs(early)] == ["binance"]
+    assert msgs(late) == []
+
+
+async def test_a_subscription_made_before_any_venue_binds_to_the_first_publisher() -> None:
+    hub = MarketHub()
+    session = hub.open_session()
+    hub.subscribe_book(session, BTC, 1)  # nothing known of BTC yet
+    assert hub.default_venue(BTC) is None
+    levels = format_levels([["100", "1"]])
+    hub.publish_book("okx", BTC, levels, levels, TS)
+    hub.publish_book("binance", BTC, levels, levels, TS + 1)
+    hub.publish_book("okx", BTC, levels, levels, TS + 2)
+    assert [(m["exchange"], m["seq"]) for m in msgs(session)] == [("okx", 1), ("okx", 2)]
+    assert set(session.subs) == {sub_key(ORDERBOOK, "okx", BTC)}
 
 
 async def test_hub_book_snapshot_on_subscribe_at_each_depth() -> None:
     hub = MarketHub()
     levels = format_levels([[str(100 - i), "1"] for i in range(30)])
-    hub.publish_book("binance", "BTC-USDT", levels, format_levels([[str(101 + i), "2"] for i in range(30)]), TS)
-    shallow, deep = hub.open_session(), hub.open_session()
-    hub.subscribe_book(shallow, "BTC-USDT", 1)
-    hub.subscribe_book(deep, "BTC-USDT", 25)
+    hub.publish_book("binance", BTC, levels, format_levels([[str(101 + i), "2"] for i in range(30)]), TS)
+    shallow, deep, okx = hub.open_session(), hub.open_session(), hub.open_session()
+    hub.subscribe_book(shallow, BTC, 1, "binance")
+    hub.subscribe_book(deep, BTC, 25, "binance")
+    hub.subscribe_book(okx, BTC, 5, "okx")
     (s,) = shallow.queue.take()
     (d,) = deep.queue.take()
     assert json.loads(s)["bids"] == [["100.00000000", "1.00000000"]]
+    assert json.loads(s)["exchange"] == "binance"
     assert len(json.loads(d)["asks"]) == 25
-    # another venue's book of the same symbol does not interleave with the first one's
-    hub.publish_book("okx", "BTC-USDT", levels[:1], levels[:1], TS + NS)
+    assert okx.queue.take() == []  # no okx book yet
+    # another venue's book of the same symbol goes to its own subscribers only
+    hub.publish_book("okx", BTC, levels[:1], levels[:1], TS + NS)
     assert shallow.queue.take() == []
-    hub.publish_book("binance", "BTC-USDT", levels[1:], levels[1:], TS + NS)
-    assert json.loads(shallow.queue.take()[0])["bids"] == [["99.00000000", "1.00000000"]]
+    assert [(m["exchange"], m["seq"]) for m in msgs(okx)] == [("okx", 1)]
+    hub.publish_book("binance", BTC, levels[1:], levels[1:], TS + NS)
+    (after,) = msgs(shallow)
+    assert after["bids"] == [["99.00000000", "1.00000000"]] and after["seq"] == 2
+
+
+async def test_candles_channel_sends_every_revision_with_is_final() -> None:
+    hub = MarketHub()
+    session = hub.open_session()
+    hub.subscribe(session, sub_key(CANDLES, "binance", BTC, "1m"))
+    minute = 60 * NS
+    t0 = TS - TS % minute
+
+    def bar(open_ns: int, close: str, final: bool) -> CandleBar:
+        return CandleBar(open_ns, Decimal("10"), Decimal("12"), Decimal("9"), Decimal(close), Decimal("3"), final)
+
+    hub.publish_candle("binance", BTC, "1m", bar(t0, "11", False))
+    hub.publish_candle("binance", BTC, "5m", bar(t0, "11", False))  # another interval
+    hub.publish_candle("okx", BTC, "1m", bar(t0, "50", True))  # another venue
+    hub.publish_candle("binance", BTC, "1m", bar(t0, "11.5", True))  # a late trade's final revision
+    hub.publish_candle("binance", BTC, "1m", bar(t0 + minute, "13", False))
+    got = msgs(session)
+    assert [(m["timestamp"], m["close"], m["is_final"], m["seq"]) for m in got] == [
+        ("2024-03-21T09:30:00.000Z", "11.00000000", False, 1),
+        ("2024-03-21T09:30:00.000Z", "11.50000000", True, 2),
+        ("2024-03-21T09:31:00.000Z", "13.00000000", False, 3),
+    ]
+    assert got[0] == {
+        "symbol": BTC,
+        "exchange": "binance",
+        "interval": "1m",
+        "timestamp": "2024-03-21T09:30:00.000Z",
+        "open": "10.00000000",
+        "high": "12.00000000",
+        "low": "9.00000000",
+        "close": "11.00000000",
+        "volume": "3.00000000",
+        "is_final": False,
+        "seq": 1,
+    }
+    late = hub.open_session()  # a new subscriber starts from the latest revision
+    hub.subscribe(late, sub_key(CANDLES, "binance", BTC, "1m"))
+    assert [(m["close"], m["seq"]) for m in msgs(late)] == [("13.00000000", 1)]
+    hub.unsubscribe(session, CANDLES, BTC, None, "1m")
+    hub.publish_candle("binance", BTC, "1m", bar(t0 + minute, "14", True))
+    assert session.queue.take() == []
+
+
+async def test_unsubscribe_without_exchange_drops_every_venue() -> None:
+    hub = MarketHub()
+    session = hub.open_session()
+    for venue in ("binance", "okx"):
+        hub.subscribe(session, sub_key(MARKET, venue, BTC))
+    hub.unsubscribe(session, MARKET, BTC, "okx")
+    assert set(session.subs) == {sub_key(MARKET, "binance", BTC)}
+    hub.subscribe(session, sub_key(MARKET, "okx", BTC))
+    hub.unsubscribe(session, MARKET, BTC, None)
+    assert session.subs == {} and hub._subs == {}
+
+
+def test_book_health_invalid_after_a_gap_and_stale_behind_trades() -> None:
+    hub = MarketHub()
+    levels = format_levels([["100", "1"]])
+    hub.publish_book("binance", BTC, levels, levels, TS)
+    assert hub.book_health("binance", BTC) is None
+    hub.publish_quality("binance", BTC, "book_resync", TS + 1)  # not a reason to distrust the book
+    hub.publish_quality("binance", BTC, "book_gap", TS + 1)
+    health = hub.book_health("binance", BTC)
+    assert health is not None and (health.state, health.reason, health.since_ns) == ("invalid", "book_gap", TS + 1)
+    hub.publish_book("binance", BTC, levels, levels, TS + 2)  # the next snapshot after the gap
+    assert hub.book_health("binance", BTC) is None
+    hub.publish_trades("binance", BTC, Decimal("1"), TS + 2 + 30 * NS, Decimal("1"))
+    assert hub.book_health("binance", BTC) is None  # exactly the limit: still live
+    hub.publish_trades("binance", BTC, Decimal("1"), TS + 3 + 30 * NS, Decimal("1"))
+    health = hub.book_health("binance", BTC)
+    assert health is not None and health.state == "stale"
+    hub.publish_quality("okx", BTC, "book_gap", TS + 10 * NS)  # another venue's gap
+    hub.publish_book("binance", BTC, levels, levels, TS + 3 + 30 * NS)
+    assert hub.book_health("binance", BTC) is None
 
 
 async def test_hub_kicks_a_client_that_stays_behind() -> None:
@@ -302,10 +514,10 @@ async def test_hub_kicks_a_client_that_stays_behind() -> None:
     hub = MarketHub(slow_close_after_s=5.0, clock=clock, max_backlog=4)
     slow, fast = hub.open_session(), hub.open_session()
     for session in (slow, fast):
-        hub.subscribe_market(session, ["BTC-USDT"])
+        hub.subscribe_market(session, [BTC], "binance")
     for i in range(10):
         clock.now = i
-        hub.publish_trades("BTC-USDT", Decimal(100 + i), TS + i * NS, Decimal("1"))
+        hub.publish_trades("binance", BTC, Decimal(100 + i), TS + i * NS, Decimal("1"))
         fast.queue.take()  # the fast one keeps up
     assert slow.close_code == CLOSE_TRY_AGAIN_LATER
     assert fast.close_code is None

@@ -101,9 +101,9 @@ def run_server(port: int, bootstrap: str) -> None:
     arrivals: list[float] = []
 
     class TimingHub(MarketHub):
-        def publish_trades(self, symbol: str, price: Decimal, event_ts_ns: int, volume: Decimal) -> None:
+        def publish_trades(self, venue: str, symbol: str, price: Decimal, event_ts_ns: int, volume: Decimal) -> None:
             arrivals.append((time.time() - float(price)) * 1000)
-            super().publish_trades(symbol, price, event_ts_ns, volume)
+            super().publish_trades(venue, symbol, price, event_ts_ns, volume)
 
     direct = bootstrap in ("direct", "plain")
     publishers: list[Any] = []
@@ -130,7 +130,7 @@ def run_server(port: int, bootstrap: str) -> None:
                 now = time.time_ns()
                 args = (SYMBOL_FMT.format(sent % symbols), Decimal(now // 1000) / 1_000_000, now, Decimal("0.001"))
                 if hub is not None:
-                    hub.publish_trades(*args)
+                    hub.publish_trades("bench", *args)
                 else:
                     await publishers[0](*args)
                 sent += 1
