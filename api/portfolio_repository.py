@@ -30,17 +30,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
 
 from api.portfolio_service import BusTimeout, BusUnavailable, PortfolioCommand, is_answer
+from infra.config.settings import get_settings, portfolio_signing_key
 from schemas.portfolio import COMMANDS_TOPIC_NAME, EVENTS_TOPIC_NAME, PortfolioEvent, decode_event
 from schemas.wire import encode_event
 from streams.core.backoff import Backoff
-from streams.core.portfolio import AccountDefaults, Ledger
+from streams.core.portfolio import SIGNATURE_HEADER, AccountDefaults, Ledger, command_signature
 
 log = logging.getLogger("api.portfolio")
 
 
 class KafkaPortfolioBus:
     def __init__(self, bootstrap: str, namespace: str = "", defaults: AccountDefaults | None = None,
-                 catch_up_timeout_s: float = 30.0) -> None:
+                 catch_up_timeout_s: float = 30.0, signing_key: bytes | None = None) -> None:
         self.defaults = defaults or AccountDefaults()
         self.commands_topic = f"{namespace}{COMMANDS_TOPIC_NAME}"
         self.events_topic = f"{namespace}{EVENTS_TOPIC_NAME}"
@@ -55,10 +56,14 @@ class KafkaPortfolioBus:
         self._connector: asyncio.Task[None] | None = None
         self._connect_error = "portfolio bus not started"
         self.malformed = 0
+        # None: the process settings' key (the data directory's file in development), read at start
+        self._signing_key = signing_key
 
     async def start(self) -> None:
         """Connect and start replaying pf.events; raises when the broker or the topic is missing
         (the clients are stopped again then). For a caller that can report the failure (the CLI)."""
+        if self._signing_key is None:
+            self._signing_key = portfolio_signing_key(get_settings())
         producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
         consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False, group_id=None)
         try:
@@ -67,7 +72,9 @@ class KafkaPortfolioBus:
             await consumer.topics()  # metadata, so the topic's partitions are known
             partitions = consumer.partitions_for_topic(self.events_topic)
             if not partitions:
-                raise BusUnavailable(f"topic {self.events_topic} does not exist (run `entasis topics create`)")
+                # the reason reaches clients: no topic name in it (the log has it)
+                log.error("topic %s does not exist (run `entasis topics create`)", self.events_topic)
+                raise BusUnavailable("portfolio events not available yet")
             tps = [TopicPartition(self.events_topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
@@ -91,8 +98,9 @@ class KafkaPortfolioBus:
                 await self.start()
                 return
             except Exception as exc:  # aiokafka's errors, or the events topic missing
+                # clients read this reason: no exception class or topic name in it (the log has them)
                 self._connect_error = (str(exc) if isinstance(exc, BusUnavailable)
-                                       else f"portfolio bus unavailable: {type(exc).__name__}")
+                                       else "portfolio bus unavailable")
                 delay = backoff.next()
                 log.warning("%s (%s); retrying in %.1f s", self._connect_error, exc, delay)
                 await asyncio.sleep(delay)
@@ -151,11 +159,15 @@ class KafkaPortfolioBus:
         future: asyncio.Future[PortfolioEvent] = asyncio.get_running_loop().create_future()
         self._waiting[command.command_id] = future  # before sending: the answer may come at once
         try:
+            key, value = command.account.encode(), encode_event(command)
+            assert self._signing_key is not None  # set by start()
+            signature = command_signature(self._signing_key, key, value).encode()
             try:
-                await self._producer.send_and_wait(self.commands_topic, encode_event(command),
-                                                   key=command.account.encode())
+                await self._producer.send_and_wait(self.commands_topic, value, key=key,
+                                                   headers=[(SIGNATURE_HEADER, signature)])
             except Exception as exc:  # aiokafka's errors: broker down, topic missing, timeouts
-                raise BusUnavailable(f"could not write the command: {type(exc).__name__}") from exc
+                log.warning("could not write a portfolio command: %r", exc)
+                raise BusUnavailable("could not write the command") from exc
             try:
                 return await asyncio.wait_for(future, timeout_s)
             except TimeoutError:

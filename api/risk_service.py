@@ -8,8 +8,13 @@ closed candle). A backtest runs the same core as the agent and `entasis risk bac
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,6 +32,15 @@ DEFAULT_INTERVAL = Interval.H1
 DEFAULT_WINDOW_DAYS = 90
 DEFAULT_BACKTEST_DAYS = 365  # without `start`, the backtest covers this many days before `end`
 MAX_BACKTEST_DAYS = 366
+# Bars one backtest may read, its warm-up window included: the CPU cost grows with bars (and GARCH
+# refits with bars x days), so days alone do not bound it (`interval=1m&window_days=365` is over
+# half a million). The default call (1h, 90-day window, 365 days) reads about 11,000.
+MAX_BACKTEST_BARS = 50_000
+BACKTEST_SLOTS = 2  # backtests running at once, per API process
+BACKTEST_DEADLINE_S = 30.0
+BACKTEST_RETRY_AFTER_S = 5
+
+T = TypeVar("T")
 
 
 class RiskResponse(BaseModel):
@@ -116,6 +130,72 @@ def _bad_query(reason: str) -> ApiError:
     return ApiError(ErrorCode.BAD_REQUEST, {"errors": [{"field": "query", "reason": reason}]})
 
 
+class BacktestCancelled(Exception):
+    """Raised inside a backtest's thread once its request has given up on it (deadline passed or
+    client gone), so the CPU it holds is freed instead of finishing work nobody will read."""
+
+
+def _until_cancelled(bars: Iterable[tuple[int, float]], cancel: threading.Event | None) -> Iterator[tuple[int, float]]:
+    # The core consumes bars one by one and does all its work (including GARCH refits) between
+    # two of them, so a check per bar stops a cancelled backtest within one bar's work.
+    for bar in bars:
+        if cancel is not None and cancel.is_set():
+            raise BacktestCancelled
+        yield bar
+
+
+def _unavailable(reason: str, retry_after_s: int, **extra: object) -> ApiError:
+    return ApiError(
+        ErrorCode.UNAVAILABLE, {"reason": reason, **extra}, headers={"Retry-After": str(retry_after_s)}
+    )
+
+
+class BacktestRunner:
+    """Runs backtests on threads of their own, never on the request threads: at most `slots` at
+    once (another request is answered 503 with `Retry-After` at once, not queued behind them), and
+    each answered within `deadline_s` (503 past it; its thread is told to stop at the next bar).
+
+    A slot is held until the backtest's thread has really finished, not until its request was
+    answered, so abandoned work cannot pile up beyond `slots` threads."""
+
+    def __init__(
+        self,
+        slots: int = BACKTEST_SLOTS,
+        deadline_s: float = BACKTEST_DEADLINE_S,
+        retry_after_s: int = BACKTEST_RETRY_AFTER_S,
+    ) -> None:
+        self.slots = slots
+        self.deadline_s = deadline_s
+        self.retry_after_s = retry_after_s
+        self._free = threading.BoundedSemaphore(slots)
+        self._executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="backtest")
+
+    async def run(self, work: Callable[[threading.Event], T]) -> T:
+        """`work(cancel)` on a backtest thread; `cancel` is set when its answer is no longer wanted."""
+        if not self._free.acquire(blocking=False):
+            raise _unavailable("too many backtests running; retry later", self.retry_after_s,
+                               max_concurrent=self.slots)
+        cancel = threading.Event()
+        try:
+            future = self._executor.submit(work, cancel)
+        except RuntimeError:  # shut down
+            self._free.release()
+            raise _unavailable("backtests are shutting down", self.retry_after_s) from None
+        future.add_done_callback(lambda _: self._free.release())
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.deadline_s)
+        except TimeoutError:
+            cancel.set()
+            raise _unavailable("backtest deadline exceeded; ask for fewer bars", self.retry_after_s,
+                               deadline_seconds=self.deadline_s) from None
+        except asyncio.CancelledError:  # the client went away: nobody reads the answer
+            cancel.set()
+            raise
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
 def latest(
     repository: RiskRepository, symbol: str, exchange: str | None, method: RiskMethod, interval: Interval
 ) -> RiskResponse:
@@ -145,9 +225,12 @@ def backtest_report(
     method: RiskMethod | None,
     interval: Interval,
     window_days: int,
+    cancel: threading.Event | None = None,
 ) -> BacktestResponse:
     """Forecasts as of UTC midnights in [start, end): by default the last 365 days up to the first
-    midnight after the last stored final candle (404 NOT_FOUND when there is none)."""
+    midnight after the last stored final candle (404 NOT_FOUND when there is none). At most
+    MAX_BACKTEST_BARS bars read (400 beyond, before reading any); `cancel` set stops it
+    (BacktestCancelled)."""
     if start_ns is not None and end_ns is not None and start_ns >= end_ns:
         raise _bad_query("start must be before end")
     venue = market_service.last_trade(repository, symbol, exchange).venue
@@ -165,8 +248,17 @@ def backtest_report(
         raise _bad_query(f"at most {MAX_BACKTEST_DAYS} days per backtest")
     methods = (method,) if method is not None else tuple(RiskMethod)
     config = RiskConfig(interval_ns=step, window_days=window_days, methods=methods)
-    bars = repository.final_closes(symbol, venue, interval.value, *bar_range(config, start_ns, end_ns))
-    rows = backtest(((ts, float(close)) for ts, close in bars), config, start_ns, end_ns)
+    lo, hi = bar_range(config, start_ns, end_ns)
+    wanted = -(-(hi - lo) // step)  # bars the range can hold: an upper bound known before the query
+    if wanted > MAX_BACKTEST_BARS:
+        raise ApiError(
+            ErrorCode.BAD_REQUEST,
+            {"errors": [{"field": "query", "reason": f"at most {MAX_BACKTEST_BARS} bars per backtest, the "
+                         "estimation window included: shorten the period or the window, or use a longer interval"}],
+             "max_bars": MAX_BACKTEST_BARS, "bars": wanted},
+        )
+    bars = repository.final_closes(symbol, venue, interval.value, lo, hi)
+    rows = backtest(_until_cancelled(((ts, float(close)) for ts, close in bars), cancel), config, start_ns, end_ns)
     return BacktestResponse(
         symbol=symbol, exchange=venue, interval=interval, window_days=window_days,
         start=ns_to_datetime(start_ns), end=ns_to_datetime(end_ns), results=[_row(r) for r in rows],

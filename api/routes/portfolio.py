@@ -55,7 +55,8 @@ _CLOSE_ERRORS = openapi_error_responses({
         "Checks, in order: request shape (400 `BAD_REQUEST`), symbol (`MARKET_001`), required margin "
         "(size × latest price ÷ leverage) against the free balance (422 `PORT_001`), the account's limits on open "
         "positions and per-symbol notional (422 `PORT_002`). The entry price is the latest trade price. A 503 means "
-        "the outcome is unknown: retry with the same `Idempotency-Key`."
+        "the outcome is unknown: retry with the same `Idempotency-Key`. A key answers retries for 24 hours after its "
+        "first result (event time); after that it is forgotten and the same key is a new request."
     ),
     responses=_WRITE_ERRORS,
 )

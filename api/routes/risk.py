@@ -1,9 +1,11 @@
 """`/analysis/risk/{symbol}` (the risk agent's latest estimate) and
 `/analysis/risk/{symbol}/backtest` (VaR breaches and coverage tests over stored candles).
 
-Plain `def` routes on purpose, as in api/routes/market.py: FastAPI runs them in its threadpool,
-where the repository's per-thread clients live, and a backtest's CPU work stays off the event
-loop. The portfolio endpoint (`/analysis/risk/portfolio`) is not served yet: positions do not
+`get_risk` is a plain `def` route, as in api/routes/market.py: FastAPI runs it in its threadpool,
+where the repository's per-thread clients live. The backtest route is `async` and only waits: its
+work (queries included) runs on the BacktestRunner's own few threads with a deadline, so
+expensive backtests can neither occupy the shared request threads nor run without limit.
+The portfolio endpoint (`/analysis/risk/portfolio`) is not served yet: positions do not
 exist; its math is in streams/core/risk_portfolio.py. When it comes, register it BEFORE
 `/{symbol}`, or `portfolio` is read as a (malformed) symbol.
 """
@@ -12,19 +14,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query, Request
 
 from api import risk_service
 from api.deps import ANALYSIS_READER, ExchangeQuery, RiskIntervalQuery, RiskRepositoryDep, SymbolPath
 from api.errors import ErrorCode, openapi_error_responses
 from api.params import parse_exchange, parse_symbol, parse_time
 from api.risk_service import (
+    BACKTEST_DEADLINE_S,
+    BACKTEST_SLOTS,
     DEFAULT_BACKTEST_DAYS,
     DEFAULT_INTERVAL,
     DEFAULT_METHOD,
     DEFAULT_WINDOW_DAYS,
+    MAX_BACKTEST_BARS,
     MAX_BACKTEST_DAYS,
     BacktestResponse,
+    BacktestRunner,
     RiskResponse,
 )
 from api.security import SECURITY_ERRORS
@@ -75,8 +81,13 @@ test (χ²(1)) and their sum, conditional coverage (χ²(2)), each as `statistic
 (null without observations). A small p-value rejects a correct VaR.
 
 Defaults: the last {DEFAULT_BACKTEST_DAYS} days of candles, `interval=1h`, `window_days={DEFAULT_WINDOW_DAYS}`. At most
-{MAX_BACKTEST_DAYS} days per call (400 otherwise). GARCH refits once per day of data (~10 ms each),
-so it dominates the time of a long backtest.
+{MAX_BACKTEST_DAYS} days per call (400 otherwise), and **at most {MAX_BACKTEST_BARS} bars read per call**, the
+estimation window before `start` included: (`window_days` + days of the period + 1) × bars per day
+(400 `BAD_REQUEST` beyond, with `max_bars` and `bars` in `details`; e.g. `interval=1m` allows about
+34 days in all). GARCH refits once per day of data, so it dominates the time of a long backtest.
+At most {BACKTEST_SLOTS} backtests run at once per API process, off the request threads: another one is
+answered 503 `UNAVAILABLE` with `Retry-After` at once, and one not finished within
+{BACKTEST_DEADLINE_S:g} seconds is stopped and answered 503 with `Retry-After`.
 {_METHODS_DOC}"""
 
 
@@ -108,6 +119,16 @@ def get_risk(
     return risk_service.latest(repository, parse_symbol(symbol), parse_exchange(exchange), method, interval)
 
 
+_DEFAULT_RUNNER = BacktestRunner()
+
+
+def get_backtest_runner(request: Request) -> BacktestRunner:
+    """The app's runner when it set one (`app.state.backtest_runner`), else the process-wide one:
+    the slot limit is per process, as the CPU it protects is."""
+    runner = getattr(request.app.state, "backtest_runner", None)
+    return runner if isinstance(runner, BacktestRunner) else _DEFAULT_RUNNER
+
+
 @router.get(
     "/{symbol}/backtest",
     response_model=BacktestResponse,
@@ -115,8 +136,9 @@ def get_risk(
     description=BACKTEST_DESCRIPTION,
     responses=_ERRORS,
 )
-def get_backtest(
+async def get_backtest(
     repository: RiskRepositoryDep,
+    runner: Annotated[BacktestRunner, Depends(get_backtest_runner)],
     symbol: SymbolPath,
     start: Annotated[
         str | None, Query(description=f"ISO 8601, inclusive. Default: `end` − {DEFAULT_BACKTEST_DAYS} days.")
@@ -129,7 +151,12 @@ def get_backtest(
     window_days: Annotated[int, Query(ge=1, le=365, description="Estimation window in days.")] = DEFAULT_WINDOW_DAYS,
     exchange: ExchangeQuery = None,
 ) -> BacktestResponse:
-    return risk_service.backtest_report(
-        repository, parse_symbol(symbol), start_ns=parse_time("start", start), end_ns=parse_time("end", end),
-        exchange=parse_exchange(exchange), method=method, interval=interval, window_days=window_days,
+    # parsed here (cheap, no I/O) so malformed input is answered without taking a backtest slot
+    parsed_symbol, parsed_exchange = parse_symbol(symbol), parse_exchange(exchange)
+    start_ns, end_ns = parse_time("start", start), parse_time("end", end)
+    return await runner.run(
+        lambda cancel: risk_service.backtest_report(
+            repository, parsed_symbol, start_ns=start_ns, end_ns=end_ns, exchange=parsed_exchange,
+            method=method, interval=interval, window_days=window_days, cancel=cancel,
+        )
     )

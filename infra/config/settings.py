@@ -55,7 +55,10 @@ class ClickHouseSettings(Section):
     url: str = "http://127.0.0.1:18123"
     database: str = "entasis"
     user: str = "default"
-    password: str = ""
+    # SecretStr: never in a repr, a log line or a validation error; readers call
+    # get_secret_value() where they connect (infra/store/clickhouse.py). Empty: the embedded
+    # owner's per-run password file.
+    password: SecretStr = SecretStr("")
 
 
 class CandleSettings(Section):
@@ -124,6 +127,11 @@ class PortfolioSettings(Section):
     initial_balance: Decimal = Decimal("100000")
     max_open_positions: int = Field(default=50, ge=1)
     max_symbol_notional: Decimal = Decimal("1000000")
+    # HMAC key the API signs every command with and the portfolio agent checks (issue 18, finding
+    # 7: the broker takes any local producer). Unset: a random key in `<data_dir>/portfolio-signing.key`
+    # (mode 0600), shared by the API and the worker of one data directory; required in production,
+    # where they do not share a directory. At least 32 characters.
+    signing_key: SecretStr | None = Field(default=None, min_length=32)
 
 
 class ConnectorSettings(Section):
@@ -145,6 +153,10 @@ class VwapSettings(Section):
 class WorkerSettings(Section):
     id: str = "entasis-worker"
     web_port: int = 16066
+    # `/metrics`, `/healthz`, `/readyz` of the worker on `metrics_host:metrics_port`; 0 = not served
+    # (the metrics are still counted, for tests). Loopback by default: the worker has no auth.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
 
 class Settings(BaseSettings):
@@ -279,3 +291,42 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
 def get_settings() -> Settings:
     check_environment()
     return Settings()
+
+
+PORTFOLIO_SIGNING_KEY_FILE = "portfolio-signing.key"
+
+
+def portfolio_signing_key(settings: Settings) -> bytes:
+    """The key portfolio commands are signed with: the setting, else (not in production) the
+    data directory's random key, created on first use with mode 0600 in a 0700 directory, so
+    only the user running the API and the worker can read it."""
+    configured = settings.portfolio.signing_key
+    if configured is not None:
+        return configured.get_secret_value().encode()
+    if settings.profile == "production":
+        raise ValueError("ENTASIS_PORTFOLIO_SIGNING_KEY must be set in production (the API and the worker share it)")
+    directory = Path(settings.data_dir)
+    if not directory.is_dir():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)  # the mode passed to mkdir goes through the umask
+    path = directory / PORTFOLIO_SIGNING_KEY_FILE
+    if not path.exists():
+        # written whole under a temporary name, then linked in: a process racing us either wins
+        # the link or reads a complete file, never half of one
+        temporary = directory / f".{PORTFOLIO_SIGNING_KEY_FILE}.{os.getpid()}.{os.urandom(4).hex()}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            os.write(fd, os.urandom(32).hex().encode())
+        finally:
+            os.close(fd)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+    key = path.read_bytes().strip()
+    if len(key) < 32:
+        raise ValueError(f"{path} holds no usable key (delete it to make a new one)")
+    return key

@@ -757,7 +757,7 @@ class Engine:
 
     def __init__(self, path: str) -> None:
         self.path = os.path.realpath(path)
-        os.makedirs(self.path, exist_ok=True)
+        private_dirs(self.path)
         _ensure_path_free(self.path)
         try:
             # A handle we never lease keeps the engine up while leased handles come and go.
@@ -1006,6 +1006,26 @@ def _is_loopback_host(host: str | None) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def private_dirs(path: str) -> None:
+    """Create `path` and every missing parent (`.entasis/` itself on a first `entasis up`) with mode
+    0700 whatever the umask, and tighten `path` to 0700 if it existed: the database files, its
+    password file and the data directory's keys are this user's alone. `os.makedirs(mode=...)`
+    would apply the mode to the last directory only, and through the umask."""
+    missing: list[str] = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            os.mkdir(directory, 0o700)
+            os.chmod(directory, 0o700)
+    os.chmod(path, 0o700)
 
 
 def _write_password(path: str, password: str) -> str:

@@ -38,7 +38,7 @@ def make_client(settings: Settings, database: str | None = None, **kwargs: Any) 
         settings.clickhouse.url,
         database=database if database is not None else settings.clickhouse.database,
         user=settings.clickhouse.user,
-        password=settings.clickhouse.password or _embedded_owner_password(settings),
+        password=settings.clickhouse.password.get_secret_value() or _embedded_owner_password(settings),
         **kwargs,
     )
 

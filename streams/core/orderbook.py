@@ -61,6 +61,12 @@ from streams.core.venues.registry import VENUES, book_rules
 
 MAX_TOP_DEPTH: Final = 100
 DEFAULT_MAX_BUFFER: Final = 10_000
+# Levels kept per side between snapshots (issue 18, finding 13): a venue (or a hostile producer
+# of the raw topic) that adds levels and never deletes them must not grow a book without limit.
+# Over the cap the worst quarter goes: only the top is ever read, sizes are absolute (a trimmed
+# level that changes again comes back exact), and the cap is far above any venue's depth (Binance
+# spot snapshots hold at most 5000 levels a side).
+DEFAULT_MAX_LEVELS: Final = 20_000
 DEFAULT_PLACES: Final = 8
 
 
@@ -111,9 +117,13 @@ class L2Book:
     of the best levels, ascending, best last, holding every key at or above its first one, and
     every key of the side while it holds fewer than `_FRONT_MIN`."""
 
-    __slots__ = ("_ask_front", "_ask_levels", "_bid_front", "_bid_levels", "_scale", "places")
+    __slots__ = ("_ask_front", "_ask_levels", "_bid_front", "_bid_levels", "_scale", "max_levels", "places")
 
-    def __init__(self, places: int = DEFAULT_PLACES) -> None:
+    def __init__(self, places: int = DEFAULT_PLACES, max_levels: int = DEFAULT_MAX_LEVELS) -> None:
+        # trimming keeps 3/4 of the cap, which must hold every front key (at most _FRONT_MAX)
+        if max_levels < 2 * _FRONT_MAX:
+            raise ValueError(f"max_levels must be at least {2 * _FRONT_MAX}, got {max_levels}")
+        self.max_levels = max_levels
         self.places = places
         # 1E8 rather than 100000000: multiplying by a one-digit coefficient is the cheaper way
         # from a Decimal to its key (measured: ~160 ns, `scaleb` ~215 ns, hashing it ~360 ns)
@@ -141,8 +151,19 @@ class L2Book:
                 break
             except _Inexact as finer:
                 self._set_places(finer.places)
+        self._bound()
         self._bid_front = _front(self._bid_levels)
         self._ask_front = _front(self._ask_levels)
+
+    def _bound(self) -> None:
+        """Drop the worst levels of a side over `max_levels`, down to 3/4 of it (so trimming is
+        rare: a side must gain a quarter of the cap again before the next one). The fronts keep
+        their keys: they are among the best, and 3/4 of the cap is more than a front holds."""
+        keep = self.max_levels * 3 // 4
+        if len(self._bid_levels) > self.max_levels:
+            self._bid_levels = _best_of(self._bid_levels, keep)
+        if len(self._ask_levels) > self.max_levels:
+            self._ask_levels = _best_of(self._ask_levels, keep)
 
     def clear(self) -> None:
         self._bid_levels, self._bid_front = {}, []
@@ -158,7 +179,7 @@ class L2Book:
         scale = self._scale
         try:
             changed = _apply_side(self._bid_levels, self._bid_front, bids, scale, 1, depth)
-            return _apply_side(self._ask_levels, self._ask_front, asks, scale, -1, depth) or changed
+            changed = _apply_side(self._ask_levels, self._ask_front, asks, scale, -1, depth) or changed
         except _Inexact as finer:
             # Rare: a finer price than any before. Sizes are absolute, so applying the whole
             # diff again on rescaled keys is exact; what changed is no longer known: say so.
@@ -167,7 +188,10 @@ class L2Book:
             self.load(held_bids, held_asks)
             _apply_side(self._bid_levels, self._bid_front, bids, self._scale, 1, 0)
             _apply_side(self._ask_levels, self._ask_front, asks, self._scale, -1, 0)
-            return True
+            changed = True
+        if len(self._bid_levels) > self.max_levels or len(self._ask_levels) > self.max_levels:
+            self._bound()  # never the top: `changed` stands
+        return changed
 
     def _set_places(self, places: int) -> None:
         self.places = max(self.places, places)
@@ -213,6 +237,11 @@ def _keyed(levels: Iterable[PriceLevel], scale: Decimal, sign: int) -> dict[int,
             raise _Inexact(price)
         out[sign * key] = level
     return out
+
+
+def _best_of(levels: dict[int, PriceLevel], n: int) -> dict[int, PriceLevel]:
+    """The `n` best levels of a side (largest keys: bids by price, asks by negated price)."""
+    return {key: levels[key] for key in heapq.nlargest(n, levels)}
 
 
 def _front(levels: dict[int, PriceLevel]) -> list[int]:

@@ -14,9 +14,20 @@ Money rules (SPEC.md, "Portfolio"):
 - pnl = (current − entry) × size for long, (entry − current) × size for short; leverage does not
   scale it. Closing realises pnl into cash (which may go below zero: paper losses are not capped
   at the margin; no liquidation is modelled).
-- Idempotency: a request with a key the account has used before gets `RequestReplayed` with the
-  first result when the request hash matches, IDEMPOTENCY_CONFLICT otherwise; neither changes
-  positions or cash. A command id already decided (a re-delivered command) produces nothing.
+- Idempotency: a request with a key the account has used within IDEMPOTENCY_TTL_NS (24 h) gets
+  `RequestReplayed` with the first result when the request hash matches, IDEMPOTENCY_CONFLICT
+  otherwise; neither changes positions or cash. After 24 h the key is forgotten (a new request).
+  A command id already decided (a re-delivered command) produces nothing.
+
+Bounded growth (issue 18, finding 8). Every clock here is event time (the command's
+`issued_ts_ns`, written into its events), never the wall clock, so the agent and every API process
+folding the same events forget exactly the same things, at replay as live:
+- idempotency keys are kept 24 h after their first result, then dropped (rejections included:
+  a rejected order is remembered only as long as its key is);
+- decided command ids are kept for COMMAND_WINDOW_NS (24 h), and at most MAX_DECIDED_IDS per
+  account. A re-delivery is minutes old, never a day; a command older than every id still kept
+  (`stale_before_ns`) produces nothing, as a duplicate would, so forgetting an id can never let its
+  command be decided twice.
 
 All money arithmetic runs in one explicit decimal context (`MONEY`), never the caller's: the
 default context keeps 28 significant digits, and a size of 20 integer digits times a price of
@@ -27,6 +38,9 @@ exception would lose the command and stop the agent on every redelivery.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import (
     ROUND_CEILING,
@@ -63,6 +77,42 @@ QUANT = Decimal("0.00000001")  # the store's and the API's 8 places
 # Wide enough for every product and sum of bounded inputs (size < 1e20 and price < 1e30, each with 8
 # places: a product has at most 66 digits), trapping what would otherwise pass silently as NaN or inf.
 MONEY = Context(prec=100, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, DivisionByZero, Overflow])
+
+# Commands are authenticated (issue 18, finding 7): the API puts an HMAC-SHA256 of the message's
+# key and value, with a key only it and the agent hold, in this Kafka header; the agent decides
+# nothing without a valid one. A captured command produced again is a duplicate (`decided`) or,
+# past the id window, stale (`stale_before_ns`): it is never decided twice either.
+SIGNATURE_HEADER = "entasis-signature"
+_SIGNATURE_DOMAIN = b"entasis pf.commands v1\x00"
+
+
+def command_signature(secret: bytes, key: bytes, value: bytes) -> str:
+    # the key's length goes first so no (key, value) split of the same bytes signs alike
+    message = _SIGNATURE_DOMAIN + len(key).to_bytes(4, "big") + key + value
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def header_value(headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None, name: str) -> bytes | None:
+    """A header of a Kafka message as Faust or aiokafka hand it over (a mapping or pairs)."""
+    if not headers:
+        return None
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    for header, value in pairs:
+        if header == name:
+            return value if isinstance(value, bytes) else str(value).encode()
+    return None
+
+
+def signature_valid(secret: bytes, key: bytes, value: bytes, signature: bytes | None) -> bool:
+    if signature is None:
+        return False
+    return hmac.compare_digest(command_signature(secret, key, value).encode(), signature)
+
+
+HOUR_NS = 3600 * 10**9
+IDEMPOTENCY_TTL_NS = 24 * HOUR_NS  # documented API contract: a key answers retries for 24 h
+COMMAND_WINDOW_NS = 24 * HOUR_NS  # re-deliveries after a crash come within minutes
+MAX_DECIDED_IDS = 10_000  # per account, whatever its rate: bounds memory between two windows
 
 
 class _Head(TypedDict):
@@ -118,8 +168,37 @@ class AccountState:
     seq: int = 0  # the last applied event's number
     updated_ts_ns: int = 0
     positions: dict[str, Position] = field(default_factory=dict)  # open ones only
-    decided: set[str] = field(default_factory=set)  # command ids with an event already
+    # command id -> its event time, oldest first (insertion order: pruning pops from the front)
+    decided: dict[str, int] = field(default_factory=dict)
+    stale_before_ns: int = 0  # commands issued at or before this are refused: their ids may be forgotten
     idempotency: dict[str, PositionOpened | PositionRejected] = field(default_factory=dict)  # key -> first result
+    clock_ns: int = 0  # the latest event time seen (events of several API processes may interleave)
+
+    def forget_expired(self) -> None:
+        """Drop ids and keys past their window. Both dicts are in insertion (event) order, which is
+        time order up to the skew between API clocks, so popping from the front is amortised O(1);
+        an entry behind a slightly newer one is dropped a little later, never earlier."""
+        horizon = self.clock_ns - COMMAND_WINDOW_NS
+        while self.decided:
+            oldest_id, ts = next(iter(self.decided.items()))
+            if ts > horizon and len(self.decided) <= MAX_DECIDED_IDS:
+                break
+            del self.decided[oldest_id]
+            self.stale_before_ns = max(self.stale_before_ns, ts)
+        expiry = self.clock_ns - IDEMPOTENCY_TTL_NS
+        while self.idempotency:
+            key, first = next(iter(self.idempotency.items()))
+            if first.ts_ns > expiry:
+                break
+            del self.idempotency[key]
+
+    def first_result(self, key: str, now_ns: int) -> PositionOpened | PositionRejected | None:
+        """The key's first result if it is still within its TTL at `now_ns` (the same answer
+        whether or not the fold has pruned it yet)."""
+        first = self.idempotency.get(key)
+        if first is None or first.ts_ns <= now_ns - IDEMPOTENCY_TTL_NS:
+            return None
+        return first
 
     @property
     def used_margin(self) -> Decimal:
@@ -163,7 +242,8 @@ class Ledger:
         if state is None:  # an event before the account's AccountOpened: not from our agent
             raise ValueError(f"event {event.kind} seq {event.seq} for unknown account {event.account}")
         state.seq, state.updated_ts_ns = event.seq, event.ts_ns
-        state.decided.add(event.command_id)
+        state.clock_ns = max(state.clock_ns, event.ts_ns)
+        state.decided[event.command_id] = event.ts_ns
         if isinstance(event, BalanceSet):
             state.cash = event.balance
             state.max_open_positions, state.max_symbol_notional = event.max_open_positions, event.max_symbol_notional
@@ -172,14 +252,22 @@ class Ledger:
                 event.position_id, event.symbol, event.type, event.size, event.leverage, event.entry_price,
                 event.margin, event.ts_ns)
             if event.idempotency_key is not None:
-                state.idempotency[event.idempotency_key] = event
+                _remember(state, event.idempotency_key, event)
         elif isinstance(event, PositionRejected):
             if event.idempotency_key is not None and event.code is not RejectCode.IDEMPOTENCY_CONFLICT:
-                state.idempotency[event.idempotency_key] = event
+                _remember(state, event.idempotency_key, event)
         elif isinstance(event, PositionClosed):
             state.positions.pop(event.position_id, None)
             state.cash = MONEY.add(state.cash, event.pnl)
         # CloseRejected, RequestReplayed: answers only, no state beyond seq and `decided`.
+        state.forget_expired()
+
+
+def _remember(state: AccountState, key: str, first: PositionOpened | PositionRejected) -> None:
+    # pop first: re-assigning an expired key in place would keep its old place at the front of the
+    # insertion order, and the new result would be pruned as if it were the old one
+    state.idempotency.pop(key, None)
+    state.idempotency[key] = first
 
 
 def decide(
@@ -195,7 +283,8 @@ def decide(
             max_symbol_notional=defaults.max_symbol_notional))
         state = AccountState(command.account, defaults.balance, defaults.max_open_positions,
                              defaults.max_symbol_notional, seq=1)
-    elif command.command_id in state.decided:
+    elif command.command_id in state.decided or command.issued_ts_ns <= state.stale_before_ns:
+        # decided before, or too old for its id to be known still: either way not decided again
         return []
     head = _Head(account=command.account, command_id=command.command_id, seq=state.seq + 1,
                  ts_ns=command.issued_ts_ns)
@@ -221,18 +310,19 @@ def decide(
     else:
         try:
             events.append(_open(state, command, head))
-        except ArithmeticError as exc:
+        except ArithmeticError:
+            # the reason reaches the client: what was wrong, not which exception said so
             events.append(PositionRejected(
                 **head, code=RejectCode.BAD_REQUEST, idempotency_key=command.idempotency_key,
                 request_hash=command.request_hash,
-                details={"reason": f"size, price and leverage give no valid margin ({type(exc).__name__})"}))
+                details={"reason": "size, price and leverage give no valid margin"}))
     return events
 
 
 def _open(state: AccountState, command: OpenPosition, head: _Head) -> PortfolioEvent:
     key = command.idempotency_key
-    if key is not None and key in state.idempotency:
-        first = state.idempotency[key]
+    first = state.first_result(key, command.issued_ts_ns) if key is not None else None
+    if key is not None and first is not None:
         if first.request_hash == command.request_hash:
             return RequestReplayed(**head, original=first)
         return PositionRejected(**head, code=RejectCode.IDEMPOTENCY_CONFLICT, idempotency_key=key,

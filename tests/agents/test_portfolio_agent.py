@@ -27,7 +27,9 @@ from schemas.portfolio import (
 )
 from schemas.wire import encode_event
 from streams.agents.portfolio import PortfolioWiring, register_portfolio_agent
+from streams.core.portfolio import SIGNATURE_HEADER, command_signature
 
+SIGNING_KEY = b"tests-only-portfolio-signing-key-0123456789"
 _app_ids = itertools.count()
 _ids = itertools.count(1)
 SETTINGS = Settings(portfolio=PortfolioSettings(initial_balance=D("1000"), max_open_positions=5,
@@ -57,7 +59,7 @@ class Harness:
 
         self.wiring: PortfolioWiring = register_portfolio_agent(
             app, SETTINGS, commands_topic=app.topic("t.pf.commands"), events_topic=app.topic("t.pf.events"),
-            emit_event=emit, history=history)
+            emit_event=emit, history=history, signing_key=SIGNING_KEY)
 
     async def run(self, commands: list[Any], keys: list[str] | None = None) -> None:
         state = self.wiring.state
@@ -66,7 +68,8 @@ class Harness:
             for i, command in enumerate(commands):
                 key = (keys[i] if keys else command.account).encode()
                 raw = command if isinstance(command, bytes) else encode_event(command)
-                await agent.put(raw, key=key, wait=False)
+                await agent.put(raw, key=key, wait=False,
+                                headers={SIGNATURE_HEADER: command_signature(SIGNING_KEY, key, raw).encode()})
             for _ in range(1000):
                 if state.messages - start == len(commands):
                     break
