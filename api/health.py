@@ -1,5 +1,7 @@
 """`/healthz`, `/readyz` and `/metrics`: the operator's endpoints (README, "Health and metrics";
-docs/decisions.md, "Health" says why they take no credentials).
+docs/decisions.md, "Health" says why they take no credentials). Also `/asyncapi.json`, the
+consumers' contract (docs/asyncapi.yaml, built from schemas/contract.py), as public as
+`/openapi.json`.
 
 Answered by a plain ASGI middleware that sits inside RequestContextMiddleware (so responses still
 carry `X-Request-ID`) and outside SecurityMiddleware: probes and scrapers hold no credentials and
@@ -17,6 +19,8 @@ gate's own resolver and address set, so the client address is decided exactly as
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +41,8 @@ logger = logging.getLogger("api.health")
 
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
-OPERATOR_PATHS = frozenset({HEALTH_PATH, READY_PATH, METRICS_PATH})
+ASYNCAPI_PATH = "/asyncapi.json"
+OPERATOR_PATHS = frozenset({HEALTH_PATH, READY_PATH, METRICS_PATH, ASYNCAPI_PATH})
 
 DATABASE_TIMEOUT_S = 2.0  # a probe that waits longer than its own timeout learns nothing
 
@@ -106,8 +111,17 @@ class Readiness:
         return Check("market_feed", state == "consuming", state)
 
 
+@functools.cache
+def _asyncapi_json() -> bytes:
+    """Built once per process from the same declarations as docs/asyncapi.yaml (a test checks the
+    file against them), so the served contract is the committed one."""
+    from schemas.contract import asyncapi_document
+
+    return json.dumps(asyncapi_document()).encode()
+
+
 class OperatorEndpointsMiddleware:
-    """Answers the three operator paths (GET or HEAD) after the allowlist check; passes every
+    """Answers the operator paths and the AsyncAPI document (GET or HEAD) after the allowlist check; passes every
     other request on untouched."""
 
     def __init__(
@@ -153,6 +167,10 @@ class OperatorEndpointsMiddleware:
         path = scope["path"]
         if path == HEALTH_PATH:
             return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
+        if path == ASYNCAPI_PATH:
+            return Response(
+                _asyncapi_json(), media_type="application/json", headers={"Cache-Control": "public, max-age=3600"}
+            )
         if path == METRICS_PATH:
             return Response(self.metrics.render(), media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
         checks = await self.readiness.checks()

@@ -66,14 +66,43 @@ def _bad_range(reason: str, **extra: object) -> ApiError:
     return ApiError(ErrorCode.BAD_REQUEST, {"errors": [{"field": "query", "reason": reason}], **extra})
 
 
+# A symbol's first trades reach the store within a few sink batches (about a second); a client
+# told to come back after this finds it served.
+WARMING_RETRY_AFTER_S = 2
+
+
+def _warming_up(symbol: str, exchange: str | None) -> ApiError:
+    details = {"symbol": symbol, "reason": "warming up"}
+    if exchange is not None:
+        details["exchange"] = exchange
+    return ApiError(ErrorCode.UNAVAILABLE, details, headers={"Retry-After": str(WARMING_RETRY_AFTER_S)})
+
+
+def _seen_in_feed(repository: MarketReads, symbol: str, exchange: str | None) -> bool:
+    """Whether the API's read model has consumed trades of `symbol` (on `exchange`) that the
+    store does not answer for yet: the symbol is produced, so "not served" would be wrong."""
+    model = getattr(repository, "model", None)
+    if model is None:  # the store alone: it cannot tell "not yet" from "never"
+        return False
+    venues: frozenset[str] = model.venues(symbol)
+    return bool(venues) if exchange is None else exchange in venues
+
+
 def last_trade(repository: MarketRepository | MarketReads, symbol: str, exchange: str | None) -> LastTrade:
     """The latest trade of a served symbol (404 MARKET_001 otherwise). Without `exchange` the
-    venue is the one with the most recent trade, so price and history agree on it."""
+    venue is the one with the most recent trade, so price and history agree on it. A symbol the
+    feed has delivered but the store does not hold yet answers 503 UNAVAILABLE "warming up" with
+    `Retry-After`: a client that starts the system and calls it at once must learn "not yet",
+    not "never"."""
     repository = reads(repository)
     if not repository.knows(symbol):
+        if _seen_in_feed(repository, symbol, exchange):
+            raise _warming_up(symbol, exchange)
         raise _unknown_symbol(symbol, None)
     trade = repository.last_price(symbol, exchange)
     if trade is None:
+        if _seen_in_feed(repository, symbol, exchange):
+            raise _warming_up(symbol, exchange)
         raise _unknown_symbol(symbol, exchange)
     return trade
 

@@ -15,7 +15,7 @@ from clickhouse_connect.driver.client import Client
 
 from infra.config.settings import Settings
 from schemas import topics
-from schemas.events import Candle
+from schemas.events import Candle, DeadLetter, QualityEvent
 from streams.agents.book import clickhouse_snapshot_store, register_book_agents
 from streams.agents.candles import (
     CandleAgentState,
@@ -41,6 +41,13 @@ from streams.agents.sinks import (
 from streams.agents.vwap import register_vwap_agent
 from streams.runtime.emit import topic_emitter
 from streams.runtime.keyed import forget_on_revoke
+from streams.runtime.metrics import (
+    MeteredClickHouseSink,
+    WorkerMetrics,
+    attach_state,
+    serve,
+    track_assignment,
+)
 from streams.sinks.checkpoints import ClickHouseCheckpointStore
 from streams.sinks.clickhouse import ClickHouseSink
 
@@ -51,6 +58,7 @@ class Worker:
     candle_state: CandleAgentState
     sink: ClickHouseSink
     agents: dict[str, Any]
+    metrics: WorkerMetrics
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
@@ -106,10 +114,22 @@ def build_worker(
     async def publish_candle(candle: Candle) -> None:
         await per_interval[candle.interval.value](candle)
 
+    metrics = WorkerMetrics()
+    raw_quality: QualityEmitter = quality_emitter or topic_emitter(quality_topic)
+    raw_dead: DeadLetterEmitter = dead_letter_emitter or topic_emitter(dead_topic, key=lambda letter: letter.source)
+
+    # Quality events and dead letters are rare (per gap or bad message, not per trade): counted
+    # at the one place every agent publishes them through.
+    async def emit_quality(event: QualityEvent) -> None:
+        await raw_quality(event)
+        metrics.child(metrics.quality_events, "quality", str(event.kind)).inc()
+
+    async def emit_dead(letter: DeadLetter) -> None:
+        await raw_dead(letter)
+        metrics.child(metrics.dead_letters, "dead", letter.source).inc()
+
     emit_candle: CandleEmitter = candle_emitter or publish_candle
-    emit_quality: QualityEmitter = quality_emitter or topic_emitter(quality_topic)
-    emit_dead: DeadLetterEmitter = dead_letter_emitter or topic_emitter(dead_topic, key=lambda letter: letter.source)
-    sink = ClickHouseSink(client_factory)
+    sink: ClickHouseSink = MeteredClickHouseSink(client_factory, metrics)
     config = CandleConfig(
         lateness_ns=settings.candle.lateness_ms * 10**6,
         grace_ns=settings.candle.grace_ms * 10**6,
@@ -120,16 +140,26 @@ def build_worker(
     monitor = StaleFeedMonitor(settings.stale_feed_seconds)
     batch, within = settings.sink.batch_messages, settings.sink.flush_seconds
 
+    def observe(agent: str) -> Callable[[int, float], None]:
+        return lambda messages, seconds: metrics.observe_agent(agent, messages, seconds)
+
+    candle_seconds = metrics.agent_seconds.labels("candles")
     agents = {
         "candles": app.agent(trades_topic, name="candles")(
-            make_candle_agent(state, emit_candle, emit_quality, emit_dead)
+            make_candle_agent(state, emit_candle, emit_quality, emit_dead, observe=candle_seconds.observe)
         ),
-        "trade_sink": app.agent(trades_topic, name="trade_sink")(make_trade_sink(sink, batch, within)),
+        "trade_sink": app.agent(trades_topic, name="trade_sink")(
+            make_trade_sink(sink, batch, within, observe("trade_sink"))
+        ),
         "candle_sink": app.agent(all_candles, name="candle_sink")(
-            make_candle_sink(sink, batch, within, emit_dead, "md.candles")
+            make_candle_sink(sink, batch, within, emit_dead, "md.candles", observe("candle_sink"))
         ),
-        "quality_sink": app.agent(quality_topic, name="quality_sink")(make_quality_sink(sink, batch, within)),
-        "dead_letter_sink": app.agent(dead_topic, name="dead_letter_sink")(make_dead_letter_sink(sink, batch, within)),
+        "quality_sink": app.agent(quality_topic, name="quality_sink")(
+            make_quality_sink(sink, batch, within, observe("quality_sink"))
+        ),
+        "dead_letter_sink": app.agent(dead_topic, name="dead_letter_sink")(
+            make_dead_letter_sink(sink, batch, within, observe("dead_letter_sink"))
+        ),
     }
 
     book = register_book_agents(
@@ -149,7 +179,7 @@ def build_worker(
                                          events_topic=app.topic(topics.PF_EVENTS.full_name(ns)))
     agents.update(portfolio.agents)
     agents["portfolio_event_sink"] = app.agent(app.topic(topics.PF_EVENTS.full_name(ns)), name="portfolio_event_sink")(
-        make_portfolio_event_sink(sink, batch, within)
+        make_portfolio_event_sink(sink, batch, within, observe("portfolio_event_sink"))
     )
     vwap_agents, _ = register_vwap_agent(app, settings, candle_topic=candle_topics["1m"],
                                          vwap_topic=app.topic(topics.VWAP.full_name(ns)), sink=sink)
@@ -165,4 +195,13 @@ def build_worker(
 
     forget_on_revoke(app, state)
 
-    return Worker(app, state, sink, agents)
+    # What the agents count already is read at scrape time (streams/runtime/metrics.py).
+    attach_state(metrics, lambda: app.monitor, state, sink.rows_written)
+    track_assignment(app, metrics)
+    if settings.worker.metrics_port:
+        @app.task
+        async def serve_metrics() -> None:
+            # Stopped with the worker: the runner's sockets close when the loop ends.
+            await serve(metrics, settings.worker.metrics_host, settings.worker.metrics_port)
+
+    return Worker(app, state, sink, agents, metrics)

@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +52,75 @@ def _interrupt_on(*signals: signal.Signals) -> None:
 
     for sig in signals:
         signal.signal(sig, interrupt)
+
+
+class NotReady(RuntimeError):
+    """`entasis up` gave up waiting for the API to serve (the message says what it last saw)."""
+
+
+# What `wait_until_ready` reads: (status, decoded JSON body or None) of a GET on an API path.
+Getter = Callable[[str], tuple[int, Any]]
+
+
+def _served(status: int, body: Any) -> bool:
+    """A price answer that means "served": a price, or 503 MARKET_002 (served, but its feed is
+    marked down). 404 MARKET_001 and 503 UNAVAILABLE ("warming up", store away) are not yet."""
+    if status == 200:
+        return True
+    code = body.get("error", {}).get("code") if isinstance(body, dict) else None
+    return status == 503 and code == "MARKET_002"
+
+
+def wait_until_ready(get: Getter, symbols: Sequence[str], timeout_s: float, *,
+                     check: Callable[[], None] = lambda: None, poll_s: float = 0.25,
+                     clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Until `/readyz` answers 200 and every one of `symbols` is served by
+    `/api/v1/market/price/{symbol}`. `check` runs on every poll (a child that died ends the wait
+    with its own error). Raises NotReady after `timeout_s`, naming the last answer seen: a script
+    that waits on `entasis up` gets an error, never a system that answers 404 for its symbols."""
+    deadline = clock() + timeout_s
+    paths = ["/readyz", *(f"/api/v1/market/price/{symbol}" for symbol in symbols)]
+    for path in paths:
+        while True:
+            check()
+            try:
+                status, body = get(path)
+            except OSError as exc:  # refused, reset, TLS not up yet: the same "not yet"
+                status, body = 0, str(exc)
+            if (status == 200) if path == "/readyz" else _served(status, body):
+                break
+            if clock() >= deadline:
+                raise NotReady(f"not ready after {timeout_s:.0f}s: GET {path} last answered {status} {body}")
+            sleep(poll_s)
+
+
+def http_getter(base: str, cafile: Path | None = None, token: str | None = None, timeout_s: float = 5.0) -> Getter:
+    """GETs on `base` (over TLS with `cafile` as the only trusted certificate, with a bearer
+    `token` when given); HTTP errors are answers, not exceptions."""
+    context = ssl.create_default_context(cafile=str(cafile)) if cafile is not None else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def get(path: str) -> tuple[int, Any]:
+        request = urllib.request.Request(base + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw[:200].decode(errors="replace")
+
+    return get
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (the OS's choice); taken by the child a moment later."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 @dataclass
@@ -139,6 +214,10 @@ class Stack:
         self.tls_cert, key = self.data_dir / "tls" / "cert.pem", self.data_dir / "tls" / "key.pem"
         hosts = list(dict.fromkeys(["localhost", "127.0.0.1", self.settings.api.host]))
         self.tls_created = ensure_self_signed(self.tls_cert, key, hosts=hosts)
+        if not self.settings.worker.metrics_port:
+            # The embedded default serves the worker's metrics: on a port free now, on loopback.
+            worker = self.settings.worker.model_copy(update={"metrics_port": _free_port()})
+            self.settings = self.settings.model_copy(update={"worker": worker})
         self._entasis("worker", "worker")
         api = self._entasis("api", "api", "--dev", "--host", self.settings.api.host, "--port",
                             str(self.settings.api.port), "--tls-cert", str(self.tls_cert), "--tls-key", str(key))
@@ -153,7 +232,7 @@ class Stack:
 
     def run(self, replay: Path | None, speed: float | None, exit_after_feed: bool, sim_rate: float, seed: int,
             live: tuple[Feed, ...] = (), endpoint: str | None = None, double_port: int | None = None,
-            book_gaps: float = 0.0, history_days: int = 90) -> int:
+            book_gaps: float = 0.0, history_days: int = 90, ready_timeout_s: float = 180.0) -> int:
         from infra.cli import feeds
 
         started = time.monotonic()
@@ -167,12 +246,6 @@ class Stack:
             if live and double_port:
                 endpoint = self.start_exchange_double(double_port, speed)
             base = f"https://{self.settings.api.host}:{self.settings.api.port}"
-            print(f"Entasis is up in {time.monotonic() - started:.1f}s: API {base}/docs; logs in "
-                  f"{self.data_dir / 'logs'}; Ctrl-C stops.\n"
-                  f"DEVELOPMENT MODE: self-signed certificate {self.tls_cert} "
-                  f"({'new' if self.tls_created else 'reused'}), development JWT secret, every client address "
-                  f"allowed. Try:\n  TOKEN=$(.venv/bin/entasis token)\n  curl --cacert {self.tls_cert} "
-                  f"-H \"Authorization: Bearer $TOKEN\" {base}/api/v1/market/price/ETH-USDT")
             if live:
                 print(f"live feeds: {', '.join(map(str, live))}" + (f" through the exchange double {endpoint}"
                                                                       if endpoint else ""))
@@ -205,6 +278,29 @@ class Stack:
             # Thread object reporting a running thread as stopped (CPython 3.11).
             thread = threading.Thread(target=feed_then_done, name="feed", daemon=True)
             thread.start()
+            # "Up" means a caller can use it: /readyz green and the feed's symbols answered with a
+            # price (a replay's symbols are only known from its file: /readyz alone).
+            symbols = (list(dict.fromkeys(f.symbol for f in live)) if live
+                       else [] if replay is not None else list(feeds.DEFAULT_SIM_SYMBOLS))
+
+            def alive() -> None:
+                self._check_children()
+                if feed_done.is_set() and "summary" not in feed_result:
+                    raise RuntimeError("the feed failed before the API served its symbols; see the output above")
+
+            worker_base = f"http://{self.settings.worker.metrics_host}:{self.settings.worker.metrics_port}"
+            print(f"waiting until the worker consumes and the API is ready and serves "
+                  f"{', '.join(symbols) or 'the replay'} (at most {ready_timeout_s:.0f}s)...", flush=True)
+            deadline = time.monotonic() + ready_timeout_s
+            wait_until_ready(http_getter(worker_base), [], ready_timeout_s, check=alive)
+            wait_until_ready(self._api_getter(base), symbols, max(0.0, deadline - time.monotonic()), check=alive)
+            print(f"Entasis is up in {time.monotonic() - started:.1f}s: API {base}/docs; logs in "
+                  f"{self.data_dir / 'logs'}; Ctrl-C stops.\n"
+                  f"DEVELOPMENT MODE: self-signed certificate {self.tls_cert} "
+                  f"({'new' if self.tls_created else 'reused'}), development JWT secret, every client address "
+                  f"allowed. Try:\n  TOKEN=$(.venv/bin/entasis token)\n  curl --cacert {self.tls_cert} "
+                  f"-H \"Authorization: Bearer $TOKEN\" {base}/api/v1/market/price/ETH-USDT\n"
+                  f"Metrics: API {base}/metrics, worker {worker_base}/metrics", flush=True)
             while not feed_done.wait(0.5):
                 self._check_children()
             if "summary" in feed_result:
@@ -224,6 +320,15 @@ class Stack:
             return 0
         finally:
             self.stop_all()
+
+    def _api_getter(self, base: str) -> Getter:
+        """The readiness probe's client: the API's own certificate and a short-lived token for
+        market reads, signed as `entasis token` signs (the API runs with --dev)."""
+        from api.auth import issue_token
+        from api.principal import MARKET_READ
+
+        token = issue_token(self.settings.api, "entasis-up", [MARKET_READ], ttl_s=600)
+        return http_getter(base, self.tls_cert, token)
 
     def _check_children(self) -> None:
         for child in self.children:

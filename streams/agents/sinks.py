@@ -11,7 +11,7 @@ from schemas.codecs import candles, dead_letters, portfolio, quality, trades
 from schemas.codecs.envelope import WireError
 from schemas.codecs.trades import TradeRow
 from streams.agents.candles import DeadLetterEmitter, dead_letter_for
-from streams.runtime.batch_sink import Agent, BatchSink, TableSink, batch_agent, model_rows
+from streams.runtime.batch_sink import Agent, BatchSink, Observe, TableSink, batch_agent, model_rows
 from streams.sinks.clickhouse import ClickHouseSink
 
 
@@ -45,25 +45,30 @@ class CandleSink(BatchSink):
         await self.sink.insert("candles", candles.table(rows))
 
 
-def make_trade_sink(sink: ClickHouseSink, batch: int, within: float) -> Agent:
-    return batch_agent(TableSink(sink, lambda values: [("trades", _trades(values))]), batch, within)
+# `observe`: the worker's metrics hook, told each batch's size and write time (None: no metrics).
+
+
+def make_trade_sink(sink: ClickHouseSink, batch: int, within: float, observe: Observe | None = None) -> Agent:
+    return batch_agent(TableSink(sink, lambda values: [("trades", _trades(values))]), batch, within, observe)
 
 
 def make_candle_sink(sink: ClickHouseSink, batch: int, within: float, dead_letter: DeadLetterEmitter,
-                     source: str) -> Agent:
-    return batch_agent(CandleSink(sink, dead_letter, source), batch, within)
+                     source: str, observe: Observe | None = None) -> Agent:
+    return batch_agent(CandleSink(sink, dead_letter, source), batch, within, observe)
 
 
-def make_portfolio_event_sink(sink: ClickHouseSink, batch: int, within: float) -> Agent:
+def make_portfolio_event_sink(sink: ClickHouseSink, batch: int, within: float,
+                              observe: Observe | None = None) -> Agent:
     """pf.events.v1 -> `portfolio_events`: the projection that `entasis portfolio rebuild` refills."""
     return batch_agent(TableSink(sink, lambda values: [("portfolio_events", portfolio.events_table(values))]),
-                       batch, within)
+                       batch, within, observe)
 
 
-def make_quality_sink(sink: ClickHouseSink, batch: int, within: float) -> Agent:
-    return batch_agent(TableSink(sink, model_rows(quality.CODEC, "quality_events", quality.table)), batch, within)
+def make_quality_sink(sink: ClickHouseSink, batch: int, within: float, observe: Observe | None = None) -> Agent:
+    return batch_agent(TableSink(sink, model_rows(quality.CODEC, "quality_events", quality.table)), batch, within,
+                       observe)
 
 
-def make_dead_letter_sink(sink: ClickHouseSink, batch: int, within: float) -> Agent:
+def make_dead_letter_sink(sink: ClickHouseSink, batch: int, within: float, observe: Observe | None = None) -> Agent:
     rows = model_rows(dead_letters.CODEC, "dead_letters", dead_letters.table)
-    return batch_agent(TableSink(sink, rows), batch, within)
+    return batch_agent(TableSink(sink, rows), batch, within, observe)

@@ -8,6 +8,7 @@ which the idempotent (ReplacingMergeTree) tables absorb."""
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
@@ -22,6 +23,8 @@ Agent = Callable[[Any], Coroutine[Any, Any, None]]
 M = TypeVar("M", bound=BaseModel)
 # a batch of raw values -> (table name, rows) to insert
 Rows = Callable[[Sequence[bytes]], Iterable[tuple[str, pa.Table]]]
+# (messages in the batch, seconds its write took)
+Observe = Callable[[int, float], None]
 
 
 class BatchSink(ABC):
@@ -42,12 +45,19 @@ class TableSink(BatchSink):
             await self.sink.insert(table, data)
 
 
-def batch_agent(sink: BatchSink, size: int, within: float) -> Agent:
-    """The agent body feeding `sink` batches of at most `size` values or `within` seconds."""
+def batch_agent(sink: BatchSink, size: int, within: float, observe: Observe | None = None) -> Agent:
+    """The agent body feeding `sink` batches of at most `size` values or `within` seconds.
+    `observe(messages, seconds)`, when given, is told each batch's size and write time (once
+    per batch: the metrics cost nothing per message)."""
 
     async def sink_agent(stream: Any) -> None:
         async for values in stream.take(size, within=within):
+            if observe is None:
+                await sink.write(values)
+                continue
+            started = time.perf_counter()
             await sink.write(values)
+            observe(len(values), time.perf_counter() - started)
 
     return sink_agent
 
