@@ -37,7 +37,7 @@ from api.routes import market, orderbook, portfolio, prediction, records, risk
 from api.security import SecurityGate, SecurityMiddleware
 from api.ws import MarketFeed, MarketHub, install_market_websocket
 from infra.config.api import ApiSettings
-from infra.config.settings import Settings, get_settings
+from infra.config.settings import Settings, get_settings, portfolio_signing_key
 from infra.store.clickhouse import make_client
 from infra.store.repository import MarketRepository, StoreUnavailable
 from infra.store.risk_repository import RiskRepository
@@ -198,7 +198,10 @@ def create_app(
         built_bus = None
         if owns_repository and app.state.portfolio_bus is None:
             built_bus = KafkaPortfolioBus(
-                db_settings.kafka_bootstrap, db_settings.topic_namespace, AccountDefaults.from_settings(db_settings)
+                db_settings.kafka_bootstrap,
+                db_settings.topic_namespace,
+                AccountDefaults.from_settings(db_settings),
+                signing_key=portfolio_signing_key(db_settings),  # this app's settings, not the process's
             )
             built_bus.start_in_background()  # its replay of pf.events must not hold up the app's start
             app.state.portfolio_bus = built_bus

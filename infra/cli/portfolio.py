@@ -34,8 +34,10 @@ def _decimal(text: str) -> Decimal:
 async def _set_balance(settings: Any, command: SetBalance, timeout_s: float) -> int:
     from api.portfolio_repository import KafkaPortfolioBus
     from api.portfolio_service import BusTimeout, BusUnavailable
+    from infra.config.settings import portfolio_signing_key
 
-    bus = KafkaPortfolioBus(settings.kafka_bootstrap, settings.topic_namespace)
+    bus = KafkaPortfolioBus(settings.kafka_bootstrap, settings.topic_namespace,
+                            signing_key=portfolio_signing_key(settings))
     try:
         await bus.start()
         event = await bus.submit(command, timeout_s)
