@@ -17,18 +17,13 @@ tables absorb. The models' work runs in a worker thread, so the event loop keeps
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import pyarrow as pa
-
-from schemas.codecs import book_top, predictions
+from schemas.codecs import book_top
 from schemas.codecs.envelope import WireError
-from schemas.prediction import Prediction, PredictionOutcome
 from streams.agents.candle_messages import admitted, candle_agent, read_candle
-from streams.core.predict.engine import CheckpointError, StreamPredictor, decode_checkpoint
 from streams.core.predict.features import Bar
 from streams.core.predict_processor import (
     BookMeans,
@@ -37,7 +32,7 @@ from streams.core.predict_processor import (
     PredictionEvent,
     PredictStream,
     admit,
-    book_imbalance,
+    book_observation,
     candle_view,
     outcome_event,
     prediction_event,
@@ -45,39 +40,12 @@ from streams.core.predict_processor import (
 from streams.runtime.batch_sink import TableSink, batch_agent
 from streams.runtime.emit import Emitter, topic_emitter
 from streams.runtime.keyed import KeyedState, forget_on_revoke
+from streams.runtime.model_store import BarLoader, MemoryModelStore, ModelStore, load_predictor
 from streams.sinks.clickhouse import ClickHouseSink
-from streams.sinks.predict import ClickHouseBarLoader, ClickHouseModelStore
+from streams.sinks.predict import ClickHouseBarLoader, ClickHouseModelStore, prediction_rows
 
 __all__ = ["MemoryModelStore", "PredictAgentConfig", "PredictAgentState", "PredictionEvent", "decode_candle",
            "outcome_event", "prediction_event", "register_predict_agent"]
-
-log = logging.getLogger(__name__)
-
-# (venue, symbol, interval, after open ns (exclusive, None: no bound), before open ns, limit) -> bars oldest first
-BarLoader = Callable[[str, str, str, int | None, int, int], Awaitable[Sequence[Bar]]]
-
-
-class ModelStore(Protocol):
-    async def load(self, venue: str, symbol: str, interval: str) -> bytes | None: ...
-
-    async def save(self, venue: str, symbol: str, interval: str, last_open_ns: int, blob: bytes) -> None: ...
-
-
-class MemoryModelStore:
-    """For tests and for a worker without a database."""
-
-    def __init__(self) -> None:
-        self.saved: dict[tuple[str, str, str], tuple[int, bytes]] = {}
-        self.saves = 0
-
-    async def load(self, venue: str, symbol: str, interval: str) -> bytes | None:
-        found = self.saved.get((venue, symbol, interval))
-        return found[1] if found else None
-
-    async def save(self, venue: str, symbol: str, interval: str, last_open_ns: int, blob: bytes) -> None:
-        self.saves += 1
-        self.saved[(venue, symbol, interval)] = (last_open_ns, blob)
-
 
 def decode_candle(raw: bytes) -> CandleView:
     return read_candle(raw, candle_view)
@@ -101,29 +69,6 @@ class PredictAgentState:
     book_snapshots: int = 0
     published: int = 0
 
-    async def _load(self, venue: str, symbol: str) -> StreamPredictor:
-        core = self.config.core()
-        error: str
-        for attempt in range(self.config.load_attempts):
-            try:
-                blob = await self.store.load(venue, symbol, self.config.interval)
-            except Exception as exc:  # the store is unreachable: retry, then start fresh
-                error = f"checkpoint store failed: {exc!r}"
-                log.warning("prediction checkpoint of %s:%s not readable (attempt %d): %s", venue, symbol,
-                            attempt + 1, exc)
-                await asyncio.sleep(self.config.retry_delay_s * (attempt + 1))
-                continue
-            if blob is None:
-                return StreamPredictor(core)
-            try:
-                return await asyncio.to_thread(decode_checkpoint, blob, core)
-            except CheckpointError as exc:
-                error = str(exc)
-                break
-        self.load_failures += 1
-        log.error("prediction models of %s:%s start from scratch (AI_001 until warm): %s", venue, symbol, error)
-        return StreamPredictor(core, load_error=error)
-
     async def fold(self, view: CandleView, partition: Any = None) -> list[PredictionEvent]:
         """The events a candle produces (none for a candle that changes nothing)."""
         if not admitted(self, admit(self.config, view)):
@@ -132,7 +77,9 @@ class PredictAgentState:
         s = self.streams.get(key)
         new = s is None
         if s is None:
-            s = self.streams.put(key, PredictStream(self.config, await self._load(*key)), partition)
+            predictor = await load_predictor(self.store, self.config, *key)
+            self.load_failures += predictor.load_error is not None
+            s = self.streams.put(key, PredictStream(self.config, predictor), partition)
         gap = s.missing(view, new)
         replay: list[Bar] = []
         if gap is not None and self.loader is not None and self.config.bootstrap_bars > 0:
@@ -162,15 +109,14 @@ class PredictAgentState:
 
     def observe_book(self, snapshot: dict[str, Any]) -> None:
         try:
-            venue, symbol, ts = str(snapshot["venue"]), str(snapshot["symbol"]), int(snapshot["event_ts_ns"])
-        except (KeyError, TypeError, ValueError):
+            observed = book_observation(snapshot, self.config.book_depth, self.config.interval_ns)
+        except ValueError:
             self.malformed += 1
             return
-        value = book_imbalance(snapshot, self.config.book_depth)
-        if value is None:
-            return
-        self.book_snapshots += 1
-        self.books.setdefault((venue, symbol), BookMeans()).add(ts - ts % self.config.interval_ns, value)
+        if observed is not None:
+            key, bucket, value = observed
+            self.book_snapshots += 1
+            self.books.setdefault(key, BookMeans()).add(bucket, value)
 
     def forget(self, partitions: set[Any]) -> None:
         """Whoever gets a revoked partition next loads its streams' checkpoints."""
@@ -188,19 +134,6 @@ def make_book_agent(state: PredictAgentState) -> Callable[[Any], Any]:
                 state.malformed += 1
 
     return predict_book
-
-
-def prediction_rows(values: Sequence[bytes]) -> Iterable[tuple[str, pa.Table]]:
-    """One topic, two event kinds, two tables."""
-    events: list[Prediction | PredictionOutcome] = []
-    for raw in values:
-        try:
-            events.append(predictions.decode(raw))
-        except WireError:
-            continue  # not ours to judge twice; the topic keeps the bytes
-    return [("predictions", predictions.predictions_table([e for e in events if isinstance(e, Prediction)])),
-            ("prediction_outcomes",
-             predictions.outcomes_table([e for e in events if isinstance(e, PredictionOutcome)]))]
 
 
 @dataclass

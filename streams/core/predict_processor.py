@@ -92,6 +92,19 @@ def book_imbalance(snapshot: dict[str, Any], depth: int) -> float | None:
     return (bids - asks) / total if total > 0.0 and math.isfinite(total) else None
 
 
+def book_observation(
+    snapshot: dict[str, Any], depth: int, interval_ns: int
+) -> tuple[tuple[str, str], int, float] | None:
+    """(venue, symbol), candle bucket and imbalance of a decoded top-of-book snapshot; None when
+    the book has no size to weigh. ValueError when the snapshot lacks its identity."""
+    try:
+        venue, symbol, ts = str(snapshot["venue"]), str(snapshot["symbol"]), int(snapshot["event_ts_ns"])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"book snapshot without venue, symbol or time: {exc!r}") from None
+    value = book_imbalance(snapshot, depth)
+    return None if value is None else ((venue, symbol), ts - ts % interval_ns, value)
+
+
 def _scores(s: ScoreSnapshot) -> Scores:
     return Scores(scored=s.scored, mae=s.mae, mae_naive=s.mae_naive, skill=s.skill, r2=s.r2, hit_rate=s.hit_rate,
                   up_rate=s.up_rate, mean_confidence=s.mean_confidence, calibration_error=s.calibration_error)

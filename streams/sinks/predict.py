@@ -7,13 +7,28 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+from collections.abc import Iterable, Sequence
 
 import pyarrow as pa
 
+from schemas.codecs import predictions
+from schemas.codecs.envelope import WireError
+from schemas.prediction import Prediction, PredictionOutcome
 from streams.core.predict.features import Bar
 from streams.sinks.clickhouse import TS, ClickHouseSink
 
-# the rows of `predictions` and `prediction_outcomes` are built by the topic's codec
+
+def prediction_rows(values: Sequence[bytes]) -> Iterable[tuple[str, pa.Table]]:
+    """One topic, two event kinds, two tables (the rows are built by the topic's codec)."""
+    events: list[Prediction | PredictionOutcome] = []
+    for raw in values:
+        try:
+            events.append(predictions.decode(raw))
+        except WireError:
+            continue  # not ours to judge twice; the topic keeps the bytes
+    return [("predictions", predictions.predictions_table([e for e in events if isinstance(e, Prediction)])),
+            ("prediction_outcomes",
+             predictions.outcomes_table([e for e in events if isinstance(e, PredictionOutcome)]))]
 
 
 _LOAD_CHECKPOINT = """

@@ -1,0 +1,66 @@
+"""Where a stream's online models come from when a worker starts or a partition arrives: the
+checkpoint store (ClickHouse in service, memory in tests), read with retries, and the stored
+final candles a stream replays to catch up. An unusable checkpoint never stops the worker: the
+stream starts from scratch, marked `load_failed` so the API answers AI_001 until it is warm."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from streams.core.predict.engine import CheckpointError, StreamPredictor, decode_checkpoint
+from streams.core.predict.features import Bar
+from streams.core.predict_processor import PredictAgentConfig
+
+log = logging.getLogger(__name__)
+
+# (venue, symbol, interval, after open ns (exclusive, None: no bound), before open ns, limit) -> bars oldest first
+BarLoader = Callable[[str, str, str, int | None, int, int], Awaitable[Sequence[Bar]]]
+
+
+class ModelStore(Protocol):
+    async def load(self, venue: str, symbol: str, interval: str) -> bytes | None: ...
+
+    async def save(self, venue: str, symbol: str, interval: str, last_open_ns: int, blob: bytes) -> None: ...
+
+
+class MemoryModelStore:
+    """For tests and for a worker without a database."""
+
+    def __init__(self) -> None:
+        self.saved: dict[tuple[str, str, str], tuple[int, bytes]] = {}
+        self.saves = 0
+
+    async def load(self, venue: str, symbol: str, interval: str) -> bytes | None:
+        found = self.saved.get((venue, symbol, interval))
+        return found[1] if found else None
+
+    async def save(self, venue: str, symbol: str, interval: str, last_open_ns: int, blob: bytes) -> None:
+        self.saves += 1
+        self.saved[(venue, symbol, interval)] = (last_open_ns, blob)
+
+
+async def load_predictor(store: ModelStore, config: PredictAgentConfig, venue: str, symbol: str) -> StreamPredictor:
+    """The stream's checkpointed predictor, a fresh one when it has none, or a fresh one marked
+    `load_failed` when the store stays unreachable or the checkpoint cannot be decoded."""
+    core = config.core()
+    error = "no attempt"
+    for attempt in range(config.load_attempts):
+        try:
+            blob = await store.load(venue, symbol, config.interval)
+        except Exception as exc:  # the store is unreachable: retry, then start fresh
+            error = f"checkpoint store failed: {exc!r}"
+            log.warning("prediction checkpoint of %s:%s not readable (attempt %d): %s", venue, symbol, attempt + 1, exc)
+            await asyncio.sleep(config.retry_delay_s * (attempt + 1))
+            continue
+        if blob is None:
+            return StreamPredictor(core)
+        try:
+            return await asyncio.to_thread(decode_checkpoint, blob, core)
+        except CheckpointError as exc:
+            error = str(exc)
+            break
+    log.error("prediction models of %s:%s start from scratch (AI_001 until warm): %s", venue, symbol, error)
+    return StreamPredictor(core, load_error=error)
