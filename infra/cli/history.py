@@ -2,6 +2,7 @@
 
     entasis history import FILE... --venue binance --symbol BTC-USDT --interval 1h
     entasis history simulate [--days 90] [--seed 7] [--symbols BTC-USDT ETH-USDT] [--end ISO]
+    entasis history backfill --venue binance --symbol BTC-USDT --interval 1h --days 90 [--endpoint URL]
 
 `import` reads CSV (`timestamp_utc_iso,open,high,low,close,volume`, bar open time in UTC,
 ascending) or Parquet files with the same columns, validates every file whole, and publishes
@@ -9,6 +10,11 @@ final candles on the candle topics of the interval and of the coarser intervals 
 (streams/ingest/history.py, rules in streams/core/history.py). The candle sink stores them and
 the risk and prediction agents fold them as they do the pipeline's own candles; candles the
 store already holds as final are skipped, so importing a file twice changes nothing.
+
+`backfill` fetches the venue's candles of the last `--days` days that the store lacks (ccxt
+`fetch_ohlcv`, paged, retried with backoff: streams/ingest/backfill.py) and imports them through
+the same path; a venue that keeps refusing ends it with an error naming the venue and the range
+still missing, after the bars already fetched are imported.
 
 `simulate` is the warm default of the simulated feed: a seeded history of the feed's symbols
 ending where the live feed starts, through the same path. `up` calls
@@ -22,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from infra.cli.feeds import DEFAULT_SIM_SYMBOLS
 from infra.config.settings import Settings
@@ -37,6 +43,9 @@ from streams.ingest.history import (
     stored_open_times,
 )
 from streams.ingest.publisher import KafkaPublisher, Publisher
+
+if TYPE_CHECKING:  # the backfill imports ccxt (~0.5 s): only `history backfill` pays for it
+    from streams.ingest.backfill import BackfillResult
 
 
 def _store(settings: Settings) -> tuple[StoredOpenTimes, Any]:
@@ -93,6 +102,66 @@ def cmd_history_import(settings: Settings, args: Any) -> int:
     return 0
 
 
+def backfill_into(settings: Settings, venue: str, symbol: str, interval: str, days: int, *,
+                  endpoint: str | None = None, now_ns: int | None = None, exchange: Any = None,
+                  publisher: Publisher | None = None, progress: bool = True) -> BackfillResult:
+    """`history backfill`: the venue's missing candles through the import path. `exchange` (a
+    ccxt.pro client) defaults to the venue's, pointed at `endpoint` (an exchange double) when given."""
+    import asyncio
+
+    from tqdm import tqdm
+
+    from streams.core.history import check_target
+    from streams.ingest.backfill import backfill_history
+    from streams.ingest.venues.ccxt_client import plain_exchange
+
+    check_target(venue, symbol, interval)  # before the store or the venue is asked anything
+    stored, client = _store(settings)
+    own_publisher = publisher is None
+    out = publisher if publisher is not None else KafkaPublisher(settings.kafka_bootstrap)
+
+    async def run() -> BackfillResult:
+        ccxt_client = exchange if exchange is not None else plain_exchange(venue.strip().lower(), endpoint)
+        try:
+            with tqdm(unit=" bars", disable=not progress, desc=f"backfill {venue}:{symbol}") as bar:
+                return await backfill_history(ccxt_client, venue, symbol, interval, days, out,
+                                              now_ns=now_ns or time.time_ns(), stored=stored,
+                                              namespace=settings.topic_namespace, progress=bar.update)
+        finally:
+            if exchange is None:
+                await ccxt_client.close()
+
+    try:
+        return asyncio.run(run())
+    finally:
+        client.close()
+        if own_publisher:
+            out.close()  # type: ignore[attr-defined]
+
+
+def cmd_history_backfill(settings: Settings, args: Any) -> int:
+    try:
+        result = _guarded(settings, "backfill", lambda: backfill_into(
+            settings, args.venue, args.symbol, args.interval, args.days, endpoint=args.endpoint,
+            progress=not args.quiet))
+    except BadHistory as exc:
+        print(f"entasis history backfill: {exc}; nothing fetched", file=sys.stderr)
+        return 2
+    if result is None:
+        return 2
+    if not result.runs:
+        print(f"{args.venue}:{args.symbol} {args.interval}: the last {args.days} days are all stored; nothing fetched")
+    elif result.summary is None and result.error is None:
+        print(f"{args.venue}:{args.symbol} {args.interval}: the venue has no candles in the missing range")
+    if result.summary is not None:
+        print(f"{result.summary} ({result.fetched.pages} pages fetched, {result.fetched.retries} retries)")
+    if result.error is not None:
+        print(f"entasis history backfill: {result.error}; the candles fetched before are imported, "
+              "run it again to fetch the rest", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_history_simulate(settings: Settings, args: Any) -> int:
     if args.days < 2:
         print("entasis history simulate: --days must be at least 2", file=sys.stderr)
@@ -137,7 +206,7 @@ def _parse_end(text: str) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    """Add `history import` and `history simulate` to the `entasis` sub-command parsers."""
+    """Add `history import`, `history backfill` and `history simulate` to the `entasis` sub-command parsers."""
     history = sub.add_parser("history", help="candle history into the pipeline (files, or a simulated warm start)")
     history_sub = history.add_subparsers(dest="history_command", required=True)
     imp = history_sub.add_parser("import", help="import candle files (CSV or Parquet) as final candles")
@@ -147,6 +216,14 @@ def add_parser(sub: Any) -> None:
     imp.add_argument("--symbol", required=True, help="BASE-QUOTE, e.g. BTC-USDT")
     imp.add_argument("--interval", required=True, choices=tuple(INTERVAL_NS), help="the files' bar interval")
     imp.set_defaults(func=cmd_history_import)
+    back = history_sub.add_parser("backfill", help="fetch a live venue's candles (ccxt fetch_ohlcv) and import them")
+    back.add_argument("--venue", required=True, help="a live venue, e.g. binance")
+    back.add_argument("--symbol", required=True, help="BASE-QUOTE, e.g. BTC-USDT")
+    back.add_argument("--interval", default="1h", choices=tuple(INTERVAL_NS), help="bar interval (default 1h)")
+    back.add_argument("--days", type=int, default=90, help="days back from now (default 90)")
+    back.add_argument("--endpoint", help="an exchange double URL instead of the venue")
+    back.add_argument("--quiet", action="store_true", help="no progress bar")
+    back.set_defaults(func=cmd_history_backfill)
     sim = history_sub.add_parser("simulate", help="publish a seeded simulated history of the simulated feed")
     sim.add_argument("--days", type=int, default=90, help="whole UTC days of history (default 90)")
     sim.add_argument("--seed", type=int, default=7, help="seed (default 7, as the simulated feed)")

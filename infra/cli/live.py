@@ -1,22 +1,50 @@
 """Runs the live connectors of `streams.core.venues.registry` in one asyncio loop: one `VenueConnector` per
-venue, all publishing to the broker, until told to stop."""
+venue, all publishing to the broker, until told to stop.
+
+The connector module (ccxt, ~1.5 s to import) is imported where it is used: `entasis` imports this
+module for `--record` on every command."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from infra.config.settings import Settings
 from schemas.venues import Feed
 from streams.core.backoff import Backoff
 from streams.core.venues.registry import parse_feeds
-from streams.ingest.connector import ConnectorConfig, VenueConnector
-from streams.ingest.publisher import Publisher
+
+if TYPE_CHECKING:
+    from streams.ingest.connector import ConnectorConfig, VenueConnector
+    from streams.ingest.publisher import Publisher
 
 log = logging.getLogger(__name__)
+
+# `--record DIR` of `connect` and `up`. Kept here, not passed along: `up` reaches
+# `connector_config` through the stack and feeds modules, whose signatures carry no recording.
+RECORD_DIR: str | None = None
+
+
+class RecordTo(argparse.Action):
+    """Stores `--record DIR` and makes it the recording folder of the connectors this process starts."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        global RECORD_DIR
+        setattr(namespace, self.dest, values)
+        RECORD_DIR = str(values)
+
+
+def add_record_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--record", metavar="DIR", action=RecordTo,
+        help="record every frame the live venues send into DIR (gzip, one file per venue, symbol and UTC day: "
+             "<venue>_<symbol>_<YYYYMMDD>.gz); `entasis replay DIR` replays them")
 
 
 def configured_feeds(settings: Settings, override: Sequence[str] | str | None = None) -> tuple[Feed, ...]:
@@ -24,7 +52,10 @@ def configured_feeds(settings: Settings, override: Sequence[str] | str | None = 
     return parse_feeds(override if override else settings.venues)
 
 
-def connector_config(settings: Settings, endpoint: str | None = None) -> ConnectorConfig:
+def connector_config(settings: Settings, endpoint: str | None = None, record_dir: str | None = None) -> ConnectorConfig:
+    """The connectors' settings; `record_dir` (else `--record`) is where they record their frames."""
+    from streams.ingest.connector import ConnectorConfig
+
     return ConnectorConfig(
         book_depth=settings.connector.book_depth,
         book_interval_s=settings.connector.book_interval_ms / 1000,
@@ -33,10 +64,13 @@ def connector_config(settings: Settings, endpoint: str | None = None) -> Connect
         stagger_s=settings.connector.stagger_ms / 1000,
         namespace=settings.topic_namespace,
         endpoint=(endpoint or settings.exchange_endpoint) or None,
+        record_dir=record_dir or RECORD_DIR,
     )
 
 
 def connectors_for(feeds: Sequence[Feed], publisher: Publisher, config: ConnectorConfig) -> list[VenueConnector]:
+    from streams.ingest.connector import VenueConnector
+
     venues = sorted({f.venue for f in feeds})
     return [VenueConnector(v, [f for f in feeds if f.venue == v], publisher, config) for v in venues]
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.cli import history as history_cli
+from infra.cli import live as live_cli
 from infra.cli import portfolio as portfolio_cli
 from infra.cli import replay as replay_cli
 from infra.cli import risk as risk_cli
@@ -354,6 +355,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--exchange-double", type=int, nargs="?", const=18900, default=None, metavar="PORT",
                     help="start the local exchange double (recorded data, no internet) on PORT (18900) "
                          "and connect the live feeds to it; --speed paces its playback")
+    live_cli.add_record_argument(up)
     up.add_argument("--dry-run", action="store_true",
                     help="check the configured venues and symbols (as `entasis venues check`) and exit")
     _add_run_id(up)
@@ -369,6 +371,7 @@ def parser() -> argparse.ArgumentParser:
     connect = sub.add_parser("connect", help="run the live connectors alone (to the configured broker)")
     connect.add_argument("--venues", help="comma-separated venue:SYMBOL (default ENTASIS_VENUES)")
     connect.add_argument("--endpoint", help="an exchange double URL instead of the venues")
+    live_cli.add_record_argument(connect)
     connect.set_defaults(func=cmd_connect)
 
     double = sub.add_parser("double", help="run the local exchange double (recorded venues on loopback)")

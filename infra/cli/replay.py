@@ -1,6 +1,7 @@
-"""`entasis replay PATH [--speed X] [--run-id NAME] [--digest]`: recorded captures onto the raw
-topics, optionally into an isolated run (infra/config/run.py), and a digest of what the run
-stored once all of it is stored (infra/store/digest.py).
+"""`entasis replay PATH [--speed X] [--run-id NAME] [--digest]`: recorded captures, or the
+recordings of `entasis connect --record DIR` (streams/core/recording.py), onto the raw topics,
+optionally into an isolated run (infra/config/run.py), and a digest of what the run stored once
+all of it is stored (infra/store/digest.py).
 
 `entasis replay --from clickhouse --venue V --symbols S,... --start T --end T --run-id NAME`:
 the trades the live database stored, republished in event-time order onto the raw trade topic
@@ -303,7 +304,11 @@ def replay_stored_into(settings: Settings, request: StoredRequest, speed: float 
 
 
 def add_arguments(replay: Any) -> None:
-    replay.add_argument("path", nargs="?", help="a capture file or a folder of them (not with --from clickhouse)")
+    replay.add_argument(
+        "path",
+        nargs="?",
+        help="a capture file, a recording of `connect --record`, or a folder of them (not with --from clickhouse)",
+    )
     replay.add_argument(
         "--from",
         dest="source",

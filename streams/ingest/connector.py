@@ -52,6 +52,7 @@ from streams.core.candle_stream import RecentIds
 from streams.core.venues.ccxt_events import CcxtParseError, book_from_ccxt, trade_from_ccxt, trade_id
 from streams.core.venues.registry import LIVE_VENUES
 from streams.ingest.publisher import Publisher
+from streams.ingest.recorder import Recorder
 from streams.ingest.venues.ccxt_client import guarded_exchange, plain_exchange
 
 __all__ = ["ConnectorConfig", "FeedStats", "VenueConnector", "plain_exchange"]
@@ -76,6 +77,8 @@ class ConnectorConfig:
     recent_ids: int = 20_000
     # after a reconnect, missed trades are fetched at the first live trade or after this long
     backfill_after_s: float = 1.0
+    # where every received WebSocket frame is recorded (streams.core.recording); None: nowhere
+    record_dir: str | None = None
 
 
 @dataclass
@@ -122,6 +125,7 @@ class VenueConnector:
         self.states = {f.symbol: _FeedState(f, self.adapter.ccxt_symbol(f.symbol), self.config.recent_ids)
                        for f in feeds if f.venue == venue}
         self._given_exchange = exchange
+        self.recorder = Recorder(self.config.record_dir, venue) if self.config.record_dir else None
         self.exchange = exchange or guarded_exchange(venue, self.config.endpoint, self)
         ns = self.config.namespace
         self.topics = {t: t.full_name(ns) for t in (topics.TRADES, topics.BOOK, topics.QUALITY, topics.DEAD_LETTER)}
@@ -155,6 +159,8 @@ class VenueConnector:
         self._flush_books()
         with contextlib.suppress(Exception):
             await self.exchange.close()
+        if self.recorder is not None:
+            self.recorder.close()  # a restart reopens the day's files in append mode
         self.publisher.flush()
 
     def restart(self) -> None:
@@ -458,6 +464,11 @@ class VenueConnector:
         # ccxt's own error path: it rejects the pending watchers with `error`, forgets the
         # client (the next watch dials a new socket and subscribes afresh) and closes this one
         client.on_error(error)
+
+    def raw_frame(self, data: Any) -> None:
+        """A frame as the venue sent it, before ccxt decodes it: recorded when recording."""
+        if self.recorder is not None and isinstance(data, str | bytes | bytearray):
+            self.recorder.write(self.wall_ns(), data)
 
     def malformed(self, url: str, message: Any, error: str) -> None:
         self.malformed_frames += 1

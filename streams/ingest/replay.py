@@ -1,4 +1,4 @@
-"""Replay recorded Binance captures onto the raw topics.
+"""Replay recorded Binance captures, and recordings of any live venue, onto the raw topics.
 
 Files (`.gz` or plain; format: docs/architecture.md, "Recorded captures") are named `<market>_<symbol>_<YYYYMMDD>`
 (`spot_ethusdt_20240808.gz`, `cm_ethusd_perp_20240809.gz`); the market and the symbol (which
@@ -13,22 +13,33 @@ is non-decreasing in every file. Each line goes through the pure parser
 - a malformed line becomes a `DeadLetter` on the dead-letter topic and the replay goes on.
 All keys are `venue:symbol`, except dead letters (keyed by their source file).
 
+Recordings of the live connectors (`entasis connect --record DIR`; format and names in
+`streams.core.recording`: `<venue>_<symbol>_<YYYYMMDD>.gz`) are read the same way: the files
+of one venue/symbol chained by date, all merged by receive time. Each frame goes through its
+venue's parser: Binance frames through `streams.core.venues.binance` (trades, depth diffs,
+tickers), Coinbase and Kraken frames through `recorded_trades` of their venue modules (trades
+only: their books are ccxt's whole books, rebuilt from snapshot and updates, which a replay
+does not redo). A trade id seen before on the same stream (Coinbase re-sends its latest trades
+on every subscription) is dropped, as the connector drops it. A frame of the venue file
+(acks, heartbeats) that is no market data is skipped, not dead-lettered.
+
 The messages published do not depend on `speed`: pacing only sleeps between them.
 """
 
 from __future__ import annotations
 
-import gzip
 import heapq
 import itertools
 import re
 import time
+import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import IO, Final, NamedTuple, cast
+from typing import Final, NamedTuple, cast
 
+import orjson
 from tqdm import tqdm
 
 from schemas.book_ticker import BookTicker
@@ -37,13 +48,36 @@ from schemas.events import DeadLetter, Trade
 from schemas.symbols import InvalidSymbol, stream_key
 from schemas.topics import BOOK, DEAD_LETTER, TRADES
 from streams.core.batching import TradeBatch, TradeBatcher
-from streams.core.venues.binance import BinanceEvent, Market, ParseError, from_binance, parse_message, venue_of
+from streams.core.candle_stream import RecentIds
+from streams.core.recording import RECORDING_NAME, parse_file_name
+from streams.core.venues import coinbase, kraken
+from streams.core.venues.binance import (
+    VENUES as BINANCE_VENUES,
+)
+from streams.core.venues.binance import (
+    BinanceEvent,
+    Market,
+    ParseError,
+    from_binance,
+    parse_message,
+    venue_of,
+)
+from streams.core.venues.ccxt_events import CcxtParseError
 from streams.ingest.publisher import Publisher
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
 
 CHANNELS: Final[frozenset[str]] = frozenset({"trade", "depth", "bookTicker"})
+
+# venues whose recorded frames are read by a parser of their own (trades only); Binance's
+# recordings go through the capture parser
+RECORDED_TRADES: Final[dict[str, Callable[[object, int], list[Trade]]]] = {
+    "coinbase": coinbase.recorded_trades,
+    "kraken": kraken.recorded_trades,
+}
+_BINANCE_MARKETS: Final[dict[str, Market]] = {BINANCE_VENUES[m]: m for m in ("spot", "usdm", "cm")}
+_RECENT_IDS = 20_000  # as many as a connector remembers per stream
 
 # `<market>_<symbol>_<YYYYMMDD>[.gz]`; the symbol may itself hold underscores (ethusd_perp).
 _CAPTURE_NAME = re.compile(r"^(?P<market>spot|usdm|cm)_(?P<symbol>[a-z0-9]+(?:_[a-z0-9]+)*?)_(?P<date>\d{8})(?:\.gz)?$")
@@ -57,21 +91,30 @@ _HEAD_LIMIT = 64  # how far into a line its stream name may start
 
 @dataclass(frozen=True)
 class CaptureFile:
-    """One recorded file. `symbol` is the Binance spelling (`ETHUSDT`, `ETHUSD_PERP`); `date`
-    orders the files of one market/symbol."""
+    """One recorded file. `symbol` is the Binance spelling (`ETHUSDT`, `ETHUSD_PERP`) in a
+    Binance capture, ours (`BTC-USD`, "" for the venue file) in a connector's recording, whose
+    `recorded_venue` names the venue (a recording of a Binance market also has its `market`);
+    `date` orders the files of one market/symbol."""
 
     path: Path
     market: Market
     symbol: str
     date: str = ""
+    recorded_venue: str | None = None
 
     @property
     def venue(self) -> str:
-        return venue_of(self.market)
+        return self.recorded_venue or venue_of(self.market)
 
     @property
-    def stream(self) -> tuple[Market, str]:
-        return (self.market, self.symbol)
+    def stream(self) -> tuple[str, str]:
+        return (self.recorded_venue or self.market, self.symbol)
+
+    @property
+    def our_symbol(self) -> str | None:
+        if self.recorded_venue is not None:
+            return self.symbol or None
+        return _symbol_or_none(self.symbol)
 
 
 @dataclass
@@ -92,12 +135,19 @@ class ReplaySummary:
 
 
 def capture_from_path(path: str | Path) -> CaptureFile:
-    """A capture file whose name follows `<market>_<symbol>_<YYYYMMDD>[.gz]`."""
+    """A capture file whose name follows `<market>_<symbol>_<YYYYMMDD>[.gz]`, or a recording
+    named `<venue>_<symbol>_<YYYYMMDD>.gz` of a venue the replay can parse."""
     path = Path(path)
     match = _CAPTURE_NAME.match(path.name)
     if match is None:
+        recorded = parse_file_name(path.name)
+        if recorded is not None and (recorded.venue in RECORDED_TRADES or recorded.venue in _BINANCE_MARKETS):
+            market: Market = _BINANCE_MARKETS.get(recorded.venue, "spot")
+            return CaptureFile(path, market, recorded.symbol or "", recorded.date, recorded.venue)
         raise ValueError(
-            f"{path}: not a capture name (<spot|usdm|cm>_<symbol>_<YYYYMMDD>[.gz]); pass a CaptureFile to name it"
+            f"{path}: not a capture name (<spot|usdm|cm>_<symbol>_<YYYYMMDD>[.gz]) nor a recording's "
+            f"(<venue>_<symbol>_<YYYYMMDD>.gz of {', '.join(sorted([*_BINANCE_MARKETS, *RECORDED_TRADES]))}); "
+            "pass a CaptureFile to name it"
         )
     market = cast(Market, match["market"])
     return CaptureFile(path, market, match["symbol"].upper(), match["date"])
@@ -110,7 +160,14 @@ def discover_captures(paths: Iterable[str | Path | CaptureFile]) -> list[Capture
     for item in paths:
         for capture in _expand(item):
             found.setdefault(capture.path.resolve(), capture)
-    return sorted(found.values(), key=lambda c: (c.market, c.symbol, c.date, c.path.name))
+    return sorted(found.values(), key=lambda c: (c.recorded_venue or "", c.market, c.symbol, c.date, c.path.name))
+
+
+def _replayable(name: str) -> bool:
+    if _CAPTURE_NAME.match(name):
+        return True
+    recorded = parse_file_name(name) if RECORDING_NAME.match(name) else None
+    return recorded is not None and (recorded.venue in RECORDED_TRADES or recorded.venue in _BINANCE_MARKETS)
 
 
 def _expand(item: str | Path | CaptureFile) -> list[CaptureFile]:
@@ -118,7 +175,7 @@ def _expand(item: str | Path | CaptureFile) -> list[CaptureFile]:
         return [item]
     path = Path(item)
     if path.is_dir():
-        return [capture_from_path(p) for p in sorted(path.iterdir()) if p.is_file() and _CAPTURE_NAME.match(p.name)]
+        return [capture_from_path(p) for p in sorted(path.iterdir()) if p.is_file() and _replayable(p.name)]
     if not path.is_file():
         raise FileNotFoundError(f"no such capture file or directory: {path}")
     return [capture_from_path(path)]
@@ -156,23 +213,31 @@ def read_capture(capture: CaptureFile, keep: Callable[[bytes], bool] | None = No
     """The non-blank lines of one file, gzip or plain (recognised by content, not name),
     less those `keep` refuses."""
     last_recv = 0
-    with _open(capture.path) as handle:
-        for raw in _lines(handle):
-            line = raw.rstrip(b"\r")
-            if not line or (keep is not None and not keep(line)):
-                continue
-            head, sep, _ = line.partition(b" ")
-            if sep and head.isdigit():
-                last_recv = int(head)
-                yield CaptureLine(last_recv, True, line, capture)
-            else:
-                yield CaptureLine(last_recv, False, line, capture)
+    for raw in _lines(_blocks(capture.path)):
+        line = raw.rstrip(b"\r")
+        if not line or (keep is not None and not keep(line)):
+            continue
+        head, sep, _ = line.partition(b" ")
+        if sep and head.isdigit():
+            last_recv = int(head)
+            yield CaptureLine(last_recv, True, line, capture)
+        else:
+            yield CaptureLine(last_recv, False, line, capture)
 
 
-def _lines(handle: IO[bytes]) -> Iterator[bytes]:
+class _Truncated:
+    """Marks the end of a gzip file cut short (a recorder killed before it closed the file)."""
+
+
+_TRUNCATED: Final = _Truncated()
+
+
+def _lines(blocks: Iterator[bytes | _Truncated]) -> Iterator[bytes]:
     # Splitting big blocks is ~3x faster than GzipFile's per-line readline.
     tail = b""
-    while block := handle.read(_READ_BLOCK):
+    for block in blocks:
+        if isinstance(block, _Truncated):
+            return  # the last line of a cut file may be cut too: it is dropped
         lines = (tail + block).split(b"\n")
         tail = lines.pop()
         yield from lines
@@ -180,18 +245,42 @@ def _lines(handle: IO[bytes]) -> Iterator[bytes]:
         yield tail
 
 
-def _open(path: Path) -> IO[bytes]:
-    with path.open("rb") as probe:
-        magic = probe.read(2)
-    if magic == _GZIP_MAGIC:
-        return cast(IO[bytes], gzip.open(path, "rb"))
-    return path.open("rb")
+def _blocks(path: Path) -> Iterator[bytes | _Truncated]:
+    """The file's bytes, gunzipped if it is gzip: every member of a multi-member file (a
+    recording appended to by a restarted connector), and, of a file cut short, what was
+    written before the cut (the recorder flushes every second) followed by `_TRUNCATED`:
+    `gzip.open` would raise EOFError and lose the whole last block."""
+    with path.open("rb") as handle:
+        first = handle.read(_READ_BLOCK)
+        if not first.startswith(_GZIP_MAGIC):
+            block = first
+            while block:
+                yield block
+                block = handle.read(_READ_BLOCK)
+            return
+        inflate = zlib.decompressobj(wbits=31)
+        started = False  # whether the current member has begun
+        pending = first
+        while pending:
+            started = True
+            out = inflate.decompress(pending)
+            if out:
+                yield out
+            pending = b""
+            if inflate.eof:  # the end of one member: another may follow
+                pending, inflate, started = inflate.unused_data, zlib.decompressobj(wbits=31), False
+                if pending and not pending.startswith(_GZIP_MAGIC):
+                    return  # bytes after the last member that are no gzip: ignored, as gzip.open does
+            if not pending:
+                pending = handle.read(_READ_BLOCK)
+        if started:
+            yield _TRUNCATED
 
 
 def merged_lines(captures: Sequence[CaptureFile], keep: Callable[[bytes], bool] | None = None) -> Iterator[CaptureLine]:
     """Lines of all captures by receive time; the files of one market/symbol are chained in
     date order (heapq.merge is stable, so equal times keep file order)."""
-    by_stream: dict[tuple[Market, str], list[CaptureFile]] = {}
+    by_stream: dict[tuple[str, str], list[CaptureFile]] = {}
     for capture in sorted(captures, key=lambda c: (c.date, c.path.name)):
         by_stream.setdefault(capture.stream, []).append(capture)
     chains = [itertools.chain.from_iterable(read_capture(f, keep) for f in files) for files in by_stream.values()]
@@ -283,6 +372,7 @@ class Replayer:
         self._progress = progress
         self._clock = clock
         self._keys: dict[tuple[str, str], bytes] = {}
+        self._recent: dict[tuple[str, str], RecentIds] = {}  # per recorded stream: ids published
         self.summary = ReplaySummary()
 
     def run(self, captures: Sequence[CaptureFile]) -> ReplaySummary:
@@ -309,8 +399,11 @@ class Replayer:
             return
         recv_ns, capture = item.recv_ns, item.capture
         try:
-            events = parse_message(item.line.partition(b" ")[2], capture.market, recv_ns, capture.symbol)
-        except ParseError as exc:
+            events = self._parse(item)
+        except (ParseError, CcxtParseError, orjson.JSONDecodeError) as exc:
+            if capture.recorded_venue is not None and not capture.symbol:
+                self.summary.skipped += 1  # the venue file: acks and heartbeats are no market data
+                return
             self._dead_letter(item, str(exc))
             return
         if self._filtering and not self._filter.channels.issuperset(_channel_of(e) for e in events):
@@ -324,6 +417,18 @@ class Replayer:
                 self._pacer.wait_for(due)
         for event in events:
             self._publish_event(event, recv_ns)
+
+    def _parse(self, item: CaptureLine) -> list[BinanceEvent]:
+        capture, body = item.capture, item.line.partition(b" ")[2]
+        parser = RECORDED_TRADES.get(capture.recorded_venue or "")
+        if parser is None:
+            return parse_message(body, capture.market, item.recv_ns, capture.symbol or None)
+        fresh: list[BinanceEvent] = []
+        for trade in parser(orjson.loads(body), item.recv_ns):
+            recent = self._recent.setdefault((trade.venue, trade.symbol), RecentIds(_RECENT_IDS))
+            if recent.add(trade.trade_id):
+                fresh.append(trade)
+        return fresh
 
     def _publish_event(self, event: BinanceEvent, recv_ns: int) -> None:
         if isinstance(event, Trade):
@@ -353,7 +458,7 @@ class Replayer:
             raw = raw[:_DEAD_LETTER_MAX_RAW]
         letter = DeadLetter(
             venue=capture.venue,
-            symbol=_symbol_or_none(capture.symbol),
+            symbol=capture.our_symbol,
             source=str(capture.path),
             error=error,
             raw_hex=raw.hex(),
@@ -392,7 +497,10 @@ def replay(
     exchange event time. `channels` limits what is published (`trade`, `depth`, `bookTicker`)."""
     captures = discover_captures(paths)
     if not captures:
-        raise FileNotFoundError("no capture files (<spot|usdm|cm>_<symbol>_<YYYYMMDD>[.gz]) found")
+        raise FileNotFoundError(
+            "no capture files (<spot|usdm|cm>_<symbol>_<YYYYMMDD>[.gz]) "
+            "nor recordings (<venue>_<symbol>_<YYYYMMDD>.gz) found"
+        )
     replayer = Replayer(
         publisher,
         namespace=namespace,

@@ -7,7 +7,9 @@ zeros: `2683.80000000` arrives as `2683.8`, the same value)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -81,3 +83,23 @@ def book_from_ccxt(venue: str, symbol: str, book: Mapping[str, Any], depth: int,
         )
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise CcxtParseError(f"invalid order book of {venue}:{symbol}: {exc}") from exc
+
+
+def iso8601_ms(text: Any) -> int | None:
+    """Milliseconds since the epoch of an ISO 8601 UTC time, the fraction truncated to ms, as
+    ccxt's `parse8601` reads it: a recording replayed through our parsers then gets the very
+    times the live connector (through ccxt) published. None for anything else."""
+    if not isinstance(text, str):
+        return None
+    match = _ISO8601.fullmatch(text)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction = match.groups()
+    try:
+        moment = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=UTC)
+    except ValueError:
+        return None
+    return int(moment.timestamp()) * 1000 + int(((fraction or "") + "000")[:3])
+
+
+_ISO8601 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:Z|\+00:?00)")

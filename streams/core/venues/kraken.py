@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, Final
 
-from streams.core.venues.contract import WHOLE_BOOKS, Venue
+from schemas.events import Trade
+from streams.core.venues.ccxt_events import CcxtParseError, iso8601_ms, trade_from_ccxt
+from streams.core.venues.contract import WHOLE_BOOKS, Venue, from_ccxt_symbol
 
 CHECKSUM_LEVELS = 10
 
@@ -43,6 +45,27 @@ def book_checksum(asks: Sequence[Sequence[Any]], bids: Sequence[Sequence[Any]], 
         for level in side[:CHECKSUM_LEVELS]
     )
     return zlib.crc32(text.encode())
+
+
+def recorded_trades(msg: Any, recv_ns: int) -> list[Trade]:
+    """The trades of one recorded v2 frame (`channel: trade`; other channels: none), in the
+    frame's order, read as ccxt.pro reads them live, so that a replayed recording publishes
+    what the connector published. Raises CcxtParseError for a malformed trade."""
+    if not isinstance(msg, dict) or msg.get("channel") != "trade" or not isinstance(msg.get("data"), list):
+        return []
+    out: list[Trade] = []
+    for wire in msg["data"]:
+        if not isinstance(wire, dict):
+            raise CcxtParseError(f"not a trade: {wire!r}")
+        try:
+            symbol = from_ccxt_symbol(str(wire.get("symbol")))
+        except ValueError as exc:  # InvalidSymbol is one
+            raise CcxtParseError(f"trade of an unknown pair: {wire!r}") from exc
+        trade_id = wire.get("trade_id")
+        unified = {"id": None if trade_id is None else str(trade_id), "timestamp": iso8601_ms(wire.get("timestamp")),
+                   "price": wire.get("price"), "amount": wire.get("qty"), "side": wire.get("side")}
+        out.append(trade_from_ccxt(VENUE.name, symbol, unified, recv_ns))
+    return out
 
 
 class Kraken(Venue):

@@ -1,7 +1,9 @@
 """ccxt.pro clients for the venues of `streams.core.venues.registry`, generic: every per-venue
 fact or check comes from the venue's `Venue` (`streams.core.venues.contract`).
 
-`guarded_exchange` adds three things ccxt does not do:
+`guarded_exchange` adds four things ccxt does not do:
+- every frame, as received and before it is decoded, is handed to `hooks.raw_frame` (the
+  recorder of `entasis connect --record`);
 - a malformed frame is reported (dead letter) instead of killing the socket's receive loop;
 - the time of the last data message per socket is kept (`_entasis_last_data`, ms), for the
   stall watchdog: ccxt's own `last_message_at` counts pongs, and a stalled venue still answers
@@ -27,6 +29,8 @@ class ExchangeHooks(Protocol):
     def malformed(self, url: str, message: Any, error: str) -> None: ...
 
     def books_broken(self, client: Any, reason: str) -> None: ...
+
+    def raw_frame(self, data: Any) -> None: ...
 
 
 def guarded_exchange(venue_name: str, endpoint: str | None, hooks: ExchangeHooks) -> Any:
@@ -75,6 +79,7 @@ def guarded_exchange(venue_name: str, endpoint: str | None, hooks: ExchangeHooks
                 decode = c.handle_text_or_binary_message
 
                 def guarded(data: Any) -> None:
+                    hooks.raw_frame(data)
                     try:
                         decode(data)
                     except ValueError as exc:  # orjson's JSONDecodeError: a truncated frame
