@@ -191,16 +191,30 @@ def history_body(
 ) -> bytes:
     """`history`'s JSON, byte for byte, rendered without models: from memory alone (`MemoryOnly`)
     the held candles come already rendered, so a day of 1m candles is a join of bytes."""
-    check_range(interval, start_ns, end_ns)
     repository = reads(repository)
-    trade = last_trade(repository, symbol, exchange)
-    start_ns, end_ns = resolve_range(interval, start_ns, end_ns, trade.event_ns)
+    venue, start_ns, end_ns = _history_range(repository, symbol, interval, start_ns, end_ns, exchange)
     if isinstance(repository, MemoryOnly) and not fill:
-        return history_json(symbol, repository.candle_fragments(symbol, interval, start_ns, end_ns, trade.venue))
-    rows = repository.candles(symbol, interval, start_ns, end_ns, trade.venue)
-    if fill:
-        rows = fill_gaps(rows, INTERVAL_NS[interval.value])
-    return history_json(symbol, [candle_json(row) for row in rows])
+        return history_json(symbol, repository.candle_fragments(symbol, interval, start_ns, end_ns, venue))
+    return history_json(symbol, [candle_json(row) for row in _history_rows(repository, symbol, interval, venue,
+                                                                           start_ns, end_ns, fill)])
+
+
+def _history_range(
+    repository: MarketReads, symbol: str, interval: Interval, start_ns: int | None, end_ns: int | None,
+    exchange: str | None,
+) -> tuple[str, int, int]:
+    """The venue and the [start, end) of a history request, its bounds checked and filled in."""
+    check_range(interval, start_ns, end_ns)
+    trade = last_trade(repository, symbol, exchange)
+    start, end = resolve_range(interval, start_ns, end_ns, trade.event_ns)
+    return trade.venue, start, end
+
+
+def _history_rows(
+    repository: MarketReads, symbol: str, interval: Interval, venue: str, start_ns: int, end_ns: int, fill: bool
+) -> list[CandleRow]:
+    rows = repository.candles(symbol, interval, start_ns, end_ns, venue)
+    return fill_gaps(rows, INTERVAL_NS[interval.value]) if fill else rows
 
 
 def price_body(repository: MarketRepository | MarketReads, symbol: str, exchange: str | None) -> bytes:
@@ -233,13 +247,9 @@ def history(
     exchange: str | None,
     fill: bool,
 ) -> HistoryResponse:
-    check_range(interval, start_ns, end_ns)
     repository = reads(repository)
-    trade = last_trade(repository, symbol, exchange)
-    start_ns, end_ns = resolve_range(interval, start_ns, end_ns, trade.event_ns)
-    rows = repository.candles(symbol, interval, start_ns, end_ns, trade.venue)
-    if fill:
-        rows = fill_gaps(rows, INTERVAL_NS[interval.value])
+    venue, start_ns, end_ns = _history_range(repository, symbol, interval, start_ns, end_ns, exchange)
+    rows = _history_rows(repository, symbol, interval, venue, start_ns, end_ns, fill)
     return HistoryResponse(
         symbol=symbol,
         data=[
