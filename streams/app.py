@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -78,6 +79,9 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         # The candles agent acknowledges only what a stored checkpoint covers (see
         # streams/agents/candles.py); waiting for the rest at shutdown or rebalance would hang.
         "stream_wait_empty": False,
+        # Faust keeps a small folder per app id (its version marker; our tables are in memory);
+        # under the data directory rather than `<app id>-data` in whatever folder the worker ran.
+        "datadir": str(Path(settings.data_dir) / "faust" / "{conf.name}"),
     }
     if settings.broker_flavour == "tansu":
         # Tansu holds a group join for half the session timeout: keep it short so a
@@ -95,6 +99,7 @@ def build_worker(
     checkpoint_store: CheckpointStore | None = None,
 ) -> Worker:
     ns = settings.topic_namespace
+    (Path(settings.data_dir) / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(settings.worker.id, **faust_settings(settings))
     trades_topic = app.topic(topics.TRADES.full_name(ns))
     candle_topics = {iv: app.topic(spec.full_name(ns)) for iv, spec in topics.CANDLES.items()}
