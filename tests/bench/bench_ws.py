@@ -113,7 +113,14 @@ def run_server(port: int, bootstrap: str) -> None:
     else:
         app = create_app(
             repository=NoStore(),  # type: ignore[arg-type]
-            api_settings=test_api_settings(rate_limit="1000000/minute"),
+            # one benchmark account opens every socket, from one address: its caps lifted (the
+            # per-account socket cap of 10 would refuse the 11th client)
+            api_settings=test_api_settings(
+                rate_limit="1000000/minute",
+                address_budget="1000000/minute",
+                ws_max_sockets_per_account=1_000_000,
+                ws_max_sockets=1_000_000,
+            ),
             key_repository=NoStore(),  # type: ignore[arg-type]
         )
         hub = install_market_websocket(app, TimingHub(max_subscriptions=100))
