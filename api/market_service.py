@@ -52,7 +52,7 @@ MAX_CANDLES = 5000  # per call, counted over the requested range (SPEC, "History
 DEFAULT_CANDLES = 500  # a missing bound is this many intervals away from the other
 
 
-def _unknown_symbol(symbol: str, exchange: str | None) -> ApiError:
+def unknown_symbol(symbol: str, exchange: str | None) -> ApiError:
     if exchange is None:
         return ApiError(ErrorCode.MARKET_001, {"symbol": symbol, "reason": "symbol not served"}, status=404)
     return ApiError(
@@ -98,12 +98,12 @@ def last_trade(repository: MarketRepository | MarketReads, symbol: str, exchange
     if not repository.knows(symbol):
         if _seen_in_feed(repository, symbol, exchange):
             raise _warming_up(symbol, exchange)
-        raise _unknown_symbol(symbol, None)
+        raise unknown_symbol(symbol, None)
     trade = repository.last_price(symbol, exchange)
     if trade is None:
         if _seen_in_feed(repository, symbol, exchange):
             raise _warming_up(symbol, exchange)
-        raise _unknown_symbol(symbol, exchange)
+        raise unknown_symbol(symbol, exchange)
     return trade
 
 

@@ -23,7 +23,7 @@ _ISO_RE = re.compile(
 # DateTime64(9) holds 1900..2262; before the epoch nothing was traded and the bucket
 # arithmetic assumes non-negative nanoseconds.
 _MIN_NS = 0
-_MAX_NS = 9_000_000_000 * 10**9  # 2255-03-14: comfortably inside Int64 nanoseconds
+MAX_NS = 9_000_000_000 * 10**9  # 2255-03-14: comfortably inside Int64 nanoseconds
 _ECHO_LIMIT = 64  # never echo more than this much of a client's input back
 
 
@@ -81,7 +81,7 @@ def parse_time(field: str, text: str | None) -> int | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     ns = datetime_to_ns(parsed) + extra_ns
-    if not _MIN_NS <= ns < _MAX_NS:
+    if not _MIN_NS <= ns < MAX_NS:
         raise ApiError(
             ErrorCode.BAD_REQUEST,
             {"errors": [{"field": f"query.{field}", "reason": "time out of range (1970 to 2255)"}]},

@@ -24,6 +24,7 @@ from api.models import (
     TradesResponse,
     ns_to_datetime,
 )
+from api.params import MAX_NS
 from infra.store.records_repository import START_KEY, RecordsRepository
 from infra.store.repository import MarketRepository
 from schemas.events import QualityKind
@@ -31,7 +32,6 @@ from schemas.events import QualityKind
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 HOUR_NS = 3600 * 10**9
-_END_OF_TIME = 9_000_000_000 * 10**9  # api/params.py's upper bound on times
 
 
 def _bad(field: str, reason: str) -> ApiError:
@@ -149,7 +149,7 @@ def quality(
     if not reads(repository).knows(symbol):
         last_trade(repository, symbol, None)  # the usual 404 for a symbol never traded
     start = start_ns if start_ns is not None else 0
-    end = end_ns if end_ns is not None else _END_OF_TIME
+    end = end_ns if end_ns is not None else MAX_NS
     _check_order(start, end)
     venues = [exchange] if exchange is not None else []
     rows = RecordsRepository(repository).quality(symbol, venues, kinds, start, end, after, limit + 1)

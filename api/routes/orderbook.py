@@ -6,17 +6,19 @@ carried, to tell "not served" (404) from "no live book" (503)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from api import market_service
 from api.deps import MARKET_READER, ExchangeQuery, SymbolPath
 from api.errors import ApiError, ErrorCode, openapi_error_responses
 from api.models import OrderBookResponse, format_timestamp, ns_to_datetime
 from api.params import parse_exchange, parse_symbol
+from api.routes.market import JsonBody
 from api.security import SECURITY_ERRORS
 from api.ws.hub import BOOK_STALE_AFTER_NS, MarketHub
 from api.ws.protocol import MAX_DEPTH, MIN_DEPTH, ORDERBOOK
@@ -44,17 +46,6 @@ venue of it, that is not served.
 
 Requires scope `market:read` (JWT `scope` claim or the API key's scopes).
 """
-
-
-class JsonBody(Response):
-    media_type = "application/json"
-
-
-def _not_served(symbol: str, exchange: str | None) -> ApiError:
-    details: dict[str, Any] = {"symbol": symbol, "reason": "symbol not served"}
-    if exchange is not None:
-        details = {"symbol": symbol, "exchange": exchange, "reason": "symbol not served on this exchange"}
-    return ApiError(ErrorCode.MARKET_001, details, status=404)
 
 
 async def _stored(request: Request, symbol: str, exchange: str | None) -> bool:
@@ -101,7 +92,7 @@ async def get_orderbook(
     venue = asked if asked is not None else hub.venue_for(ORDERBOOK, name)
     if venue is None or not hub.seen(name, venue):
         if not await _stored(request, name, asked):
-            raise _not_served(name, asked)
+            raise market_service.unknown_symbol(name, asked)
         details = {"symbol": name, "state": "no_book", "reason": "no book received from the feed yet"}
         if venue is not None:
             details["exchange"] = venue
