@@ -67,7 +67,7 @@ def plain_fanout_app(publishers: list[Any]) -> Any:
             sockets.discard(websocket)
 
     async def publish(symbol: str, price: Decimal, event_ts_ns: int, volume: Decimal) -> None:
-        text = market_message(symbol, price, event_ts_ns, volume)
+        text = market_message("bench", symbol, price, event_ts_ns, volume)
         for websocket in tuple(sockets):
             try:
                 await websocket.send_text(text)
@@ -145,6 +145,17 @@ def run_server(port: int, bootstrap: str) -> None:
         return sent
 
     async def commands() -> None:
+        try:
+            await serve_commands()
+        except Exception:
+            # The driver waits on this process's stdout: a failed command must end the process (its
+            # stdout closes and the driver fails at once) instead of leaving the driver waiting.
+            import traceback
+
+            traceback.print_exc()
+            os._exit(1)
+
+    async def serve_commands() -> None:
         loop = asyncio.get_running_loop()
         while line := (await loop.run_in_executor(None, sys.stdin.readline)).split():
             if line[0] == "RUN":
