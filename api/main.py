@@ -33,6 +33,7 @@ from api.auth import verification_key
 from api.http_limits import bounded_httptools_protocol
 from api.network import covers_a_whole_family
 from api.tls import check_tls_files
+from api.workers import listening_socket
 from api.ws.protocol import MAX_CLIENT_MESSAGE_BYTES
 from infra.config.api import DEV_JWT_SECRET, ApiSettings
 from infra.config.settings import Settings, get_settings
@@ -216,12 +217,12 @@ def run(
     api_settings: ApiSettings | None = None,
     log_level: str = "info",
     dev: bool = False,
+    reuse_port: bool = False,
 ) -> None:
     """Serve the API in this process until interrupted; raises UnsafeSettings before serving.
 
-    `host`/`port` default to `settings.api.host`/`settings.api.port`. One worker on purpose:
-    an embedded `chdb://` database may be opened by one process only; scale out with more
-    processes against a ClickHouse server instead (and a Redis URL, so they share rate limits)."""
+    `host`/`port` default to `settings.api.host`/`settings.api.port`. `reuse_port`: listen
+    with SO_REUSEPORT beside the other children of `entasis api --workers N` (api/workers.py)."""
     settings = settings if settings is not None else get_settings()
     api_settings = api_settings if api_settings is not None else settings.api
     # The address decided before the checks: --dev is refused off loopback.
@@ -239,4 +240,5 @@ def run(
     app = create_app(settings=settings, api_settings=api_settings, dev=dev)
     scheme = "https" if api_settings.tls_enabled else "http"
     logger.info("serving the API on %s://%s:%s (docs at /docs)", scheme, host, port)
-    uvicorn.Server(uvicorn_config(app, host, port, api_settings, log_level)).run()
+    server = uvicorn.Server(uvicorn_config(app, host, port, api_settings, log_level))
+    server.run(sockets=[listening_socket(host, port)] if reuse_port else None)

@@ -10,11 +10,12 @@ serves one app, and tests build many, each of which must count only its own requ
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.process_collector import ProcessCollector
@@ -118,6 +119,10 @@ def build_metrics(app_state: Any) -> ApiMetrics:
     metrics = ApiMetrics()
     metrics.registry.register(AppStateCollector(app_state))
     ProcessCollector(registry=metrics.registry)
+    # With `entasis api --workers N` each process keeps its own counters and a scrape of the shared
+    # port reaches one of them: this says which (scrape each, or sum by pid, to see them all).
+    Gauge("entasis_api_process_info", "The API process that answered this scrape.", ["pid"],
+          registry=metrics.registry).labels(str(os.getpid())).set(1)
     return metrics
 
 

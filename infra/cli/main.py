@@ -86,17 +86,38 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
-    from api.main import UnsafeSettings, run
+    from api.main import UnsafeSettings, run, startup_problems
+    from api.workers import serve_workers, worker_problems
 
     flags = {"tls_cert": args.tls_cert, "tls_key": args.tls_key}
     api_settings = settings.api.model_copy(update={k: v for k, v in flags.items() if v is not None})
+    host, port = args.host or api_settings.host, args.port or api_settings.port
+    if args.workers != 1:
+        # Checked here, once, before the socket is bound: each child checks again as it starts.
+        problems = worker_problems(args.workers, settings, api_settings, dev=args.dev)
+        problems += startup_problems(api_settings, dev=args.dev, host=host)
+        if problems:
+            print(f"entasis api: {UnsafeSettings(problems)}", file=sys.stderr)
+            return 2
+        return serve_workers(_api_arguments(args), host, port, args.workers)
     try:
-        run(host=args.host or api_settings.host, port=args.port or api_settings.port,
-            settings=settings, api_settings=api_settings, dev=args.dev)
+        run(host=host, port=port, settings=settings, api_settings=api_settings, dev=args.dev,
+            reuse_port=args.reuse_port)
     except UnsafeSettings as exc:
         print(f"entasis api: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _api_arguments(args: argparse.Namespace) -> list[str]:
+    """`entasis api`'s own arguments, rebuilt for its worker processes (global settings travel in
+    the environment, which the children inherit)."""
+    out = ["api"]
+    for flag, value in (("--host", args.host), ("--port", args.port), ("--tls-cert", args.tls_cert),
+                        ("--tls-key", args.tls_key), ("--run-id", args.run_id)):
+        if value is not None:
+            out += [flag, str(value)]
+    return out + (["--dev"] if args.dev else [])
 
 
 def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
@@ -408,6 +429,10 @@ def parser() -> argparse.ArgumentParser:
     api.add_argument("--tls-key", type=Path, help="PEM private key (or ENTASIS_API_TLS_KEY)")
     api.add_argument("--dev", action="store_true",
                      help="development only: allow plain HTTP, the development JWT secret and every client address")
+    api.add_argument("--workers", type=int, default=1,
+                     help="API processes sharing the port, each with its own read model and feed (default 1; "
+                          "more than 1 needs ENTASIS_API_REDIS_URL outside --dev, see api/workers.py)")
+    api.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # one of --workers N
     _add_run_id(api)
     api.set_defaults(func=cmd_api)
 
