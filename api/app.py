@@ -33,6 +33,7 @@ from api.portfolio_repository import KafkaPortfolioBus
 from api.portfolio_service import PortfolioBus
 from api.ratelimit import RateLimiter, build_rate_limiter
 from api.read_model import ReadModel
+from api.risk_memory import LatestRisk
 from api.routes import market, orderbook, portfolio, prediction, records, risk
 from api.security import SecurityGate, SecurityMiddleware
 from api.ws import MarketFeed, MarketHub, install_market_websocket
@@ -211,7 +212,9 @@ def create_app(
             # (api/market_memory.py), from the same consumer as the WebSocket hub.
             read_model = ReadModel()
             app.state.repository.memory = MemoryMarket(read_model, app.state.repository)
-            feed = MarketFeed(db_settings, app.state.market_hub, model=read_model)
+            app.state.repository.risk_memory = LatestRisk()  # the risk route's (api/risk_memory.py)
+            feed = MarketFeed(db_settings, app.state.market_hub, model=read_model,
+                              risk_estimates=app.state.repository.risk_memory)
             await feed.start()
         app.state.market_feed = feed  # read by /readyz and the metrics
         try:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api import market_service
 from api.errors import ApiError, ErrorCode
 from api.models import DecimalString, UtcTimestamp, ns_to_datetime
+from api.risk_memory import LatestRisk
 from infra.store.risk_repository import RiskRepository
 from schemas.events import INTERVAL_NS, Interval
 from schemas.risk import RiskMethod
@@ -201,7 +202,12 @@ def latest(
 ) -> RiskResponse:
     """The risk agent's latest estimate; 503 UNAVAILABLE until it has published one."""
     venue = market_service.last_trade(repository, symbol, exchange).venue
-    row = repository.latest_risk(symbol, venue, method.value, interval.value)
+    # the served API's memory of the latest estimates (api/risk_memory.py); tools read the store
+    memory: LatestRisk | None = getattr(repository, "risk_memory", None)
+    if memory is not None:
+        row = memory.latest_risk(repository, symbol, venue, method.value, interval.value)
+    else:
+        row = repository.latest_risk(symbol, venue, method.value, interval.value)
     if row is None:
         raise ApiError(
             ErrorCode.UNAVAILABLE,

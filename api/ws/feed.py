@@ -1,8 +1,9 @@
 """The one Kafka consumer of an API process: reads the raw trades topic, the book-top topic, the
-candle topics and md.quality.v1 and hands every update to the hub, which fans it out (candles on
-the `candles` channel; quality events decide whether a venue's book is live, for
-`GET /market/orderbook`); with a read model (api/read_model.py) it also keeps the model current. One per process
-(not one per client), so the broker's load does not grow with sockets.
+candle topics, md.quality.v1 and an.risk.v1 and hands every update to the hub, which fans it out
+(candles on the `candles` channel; quality events decide whether a venue's book is live, for
+`GET /market/orderbook`); with a read model (api/read_model.py) it also keeps the model current,
+and the latest risk estimates (api/risk_memory.py). One per process (not one per client), so the
+broker's load does not grow with sockets.
 
 No consumer group: every API process wants every partition, and a group would split them. All
 partitions are assigned by hand and read from their end, since a socket wants what happens from
@@ -21,12 +22,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from api.read_model import MemTrade, ReadModel, VersionedCandle, candle_version
+from api.risk_memory import LatestRisk
 from api.ws.hub import MarketHub
 from api.ws.protocol import MAX_DEPTH, CandleBar, format_levels
 from infra.config.settings import Settings
 from infra.store.repository import CandleRow
 from schemas import topics
-from schemas.codecs import book_top, candles, quality, trades
+from schemas.codecs import book_top, candles, quality, risk, trades
 
 logger = logging.getLogger("api.ws.feed")
 
@@ -69,6 +71,12 @@ def apply_quality(model: ReadModel | None, raw: bytes, hub: MarketHub | None = N
         hub.publish_quality(e.venue, e.symbol, e.kind.value, e.event_ts_ns)
 
 
+def apply_risk(latest: LatestRisk | None, raw: bytes) -> None:
+    """A `risk_estimate.v1` message: the latest estimate of its key, for the risk route."""
+    if latest is not None:
+        latest.apply(risk.decode(raw))
+
+
 def apply_book_snapshot(hub: MarketHub, raw: bytes) -> None:
     snap = book_top.decode(raw)
     hub.publish_book(
@@ -90,10 +98,12 @@ class MarketFeed:
         hub: MarketHub,
         *,
         model: ReadModel | None = None,
+        risk_estimates: LatestRisk | None = None,
         client_id: str = "entasis-api-ws",
     ) -> None:
         self.hub = hub
         self.model = model
+        self.risk_estimates = risk_estimates
         self.bootstrap = settings.kafka_bootstrap
         self.client_id = client_id
         ns = settings.topic_namespace
@@ -101,7 +111,10 @@ class MarketFeed:
         self.book_topic = topics.BOOK_TOP.full_name(ns)
         self.candle_topics = {spec.full_name(ns) for spec in topics.CANDLES.values()}
         self.quality_topic = topics.QUALITY.full_name(ns)
+        self.risk_topic = topics.RISK.full_name(ns)
         self.topics = [self.trades_topic, self.book_topic, *sorted(self.candle_topics), self.quality_topic]
+        if risk_estimates is not None:
+            self.topics.append(self.risk_topic)
         self._task: asyncio.Task[None] | None = None
         self.assigned = asyncio.Event()  # set once every partition is assigned and at its end
         self.bad_messages = 0
@@ -189,6 +202,8 @@ class MarketFeed:
             return lambda raw: apply_book_snapshot(hub, raw)
         if topic == self.quality_topic:
             return lambda raw: apply_quality(model, raw, hub)
+        if topic == self.risk_topic:
+            return lambda raw: apply_risk(self.risk_estimates, raw)
         return lambda raw: apply_candle(model, raw, hub)
 
     def _apply(self, topic: str, values: Iterable[Any]) -> None:
