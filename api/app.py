@@ -32,6 +32,7 @@ from api.metrics import MetricsMiddleware, build_metrics
 from api.portfolio_repository import KafkaPortfolioBus
 from api.portfolio_service import PortfolioBus
 from api.ratelimit import RateLimiter, build_rate_limiter
+from api.prediction_memory import LatestPredictions
 from api.read_model import ReadModel
 from api.risk_memory import LatestRisk
 from api.routes import market, orderbook, portfolio, prediction, records, risk
@@ -213,8 +214,10 @@ def create_app(
             read_model = ReadModel()
             app.state.repository.memory = MemoryMarket(read_model, app.state.repository)
             app.state.repository.risk_memory = LatestRisk()  # the risk route's (api/risk_memory.py)
+            app.state.repository.prediction_memory = LatestPredictions()  # api/prediction_memory.py
             feed = MarketFeed(db_settings, app.state.market_hub, model=read_model,
-                              risk_estimates=app.state.repository.risk_memory)
+                              risk_estimates=app.state.repository.risk_memory,
+                              forecasts=app.state.repository.prediction_memory)
             await feed.start()
         app.state.market_feed = feed  # read by /readyz and the metrics
         try:

@@ -17,6 +17,7 @@ from fastapi import Depends, Header, Path, Query, Request, Security
 
 from api.errors import ApiError, ErrorCode
 from api.portfolio_service import PortfolioBus, unavailable_error
+from api.prediction_memory import LatestPredictions, MemoryPredictionRepository
 from api.principal import ANALYSIS_READ, MARKET_READ, PORTFOLIO_READ, PORTFOLIO_WRITE, Principal
 from api.security import require_scope
 from infra.store.prediction_repository import PredictionRepository
@@ -47,7 +48,10 @@ async def get_prediction_repository(request: Request) -> PredictionRepository:
         raise ApiError(ErrorCode.UNAVAILABLE, {"reason": "prediction store not ready"})
     # It runs its queries through the market repository's clients and owns nothing, so a view per
     # request costs nothing and always follows the repository the app holds now.
-    return PredictionRepository(market)
+    store = PredictionRepository(market)
+    # A served API keeps the latest forecasts in memory (api/prediction_memory.py).
+    memory: LatestPredictions | None = getattr(market, "prediction_memory", None)
+    return MemoryPredictionRepository(store, memory) if memory is not None else store
 
 
 async def get_portfolio_bus(request: Request) -> PortfolioBus:

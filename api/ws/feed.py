@@ -1,8 +1,9 @@
 """The one Kafka consumer of an API process: reads the raw trades topic, the book-top topic, the
-candle topics, md.quality.v1 and an.risk.v1 and hands every update to the hub, which fans it out
-(candles on the `candles` channel; quality events decide whether a venue's book is live, for
-`GET /market/orderbook`); with a read model (api/read_model.py) it also keeps the model current,
-and the latest risk estimates (api/risk_memory.py). One per process (not one per client), so the
+candle topics, md.quality.v1, an.risk.v1 and an.predictions.v1 and hands every update to the
+hub, which fans it out (candles on the `candles` channel; quality events decide whether a
+venue's book is live, for `GET /market/orderbook`); with a read model (api/read_model.py) it
+also keeps the model current, and the latest risk estimates and forecasts (api/risk_memory.py,
+api/prediction_memory.py). One per process (not one per client), so the
 broker's load does not grow with sockets.
 
 No consumer group: every API process wants every partition, and a group would split them. All
@@ -21,6 +22,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from api.prediction_memory import LatestPredictions
 from api.read_model import MemTrade, ReadModel, VersionedCandle, candle_version
 from api.risk_memory import LatestRisk
 from api.ws.hub import MarketHub
@@ -28,7 +30,7 @@ from api.ws.protocol import MAX_DEPTH, CandleBar, format_levels
 from infra.config.settings import Settings
 from infra.store.repository import CandleRow
 from schemas import topics
-from schemas.codecs import book_top, candles, quality, risk, trades
+from schemas.codecs import book_top, candles, predictions, quality, risk, trades
 
 logger = logging.getLogger("api.ws.feed")
 
@@ -48,10 +50,13 @@ def apply_trade_batch(hub: MarketHub, raw: bytes, model: ReadModel | None = None
     hub.publish_trades(venue, symbol, last.price, last.event_ts_ns, volume)
 
 
-def apply_candle(model: ReadModel | None, raw: bytes, hub: MarketHub | None = None) -> None:
-    """A `candle.v1` message (one candle revision, the model's JSON): to the read model, and to
-    the hub's `candles` channel."""
+def apply_candle(model: ReadModel | None, raw: bytes, hub: MarketHub | None = None,
+                 forecasts: LatestPredictions | None = None) -> None:
+    """A `candle.v1` message (one candle revision, the model's JSON): to the read model, to the
+    hub's `candles` channel, and, when final, to the forecasts' newest-final-candle check."""
     c = candles.decode(raw)
+    if forecasts is not None and c.is_final:
+        forecasts.apply_final_candle(c.venue, c.symbol, c.interval.value, c.open_ts_ns)
     if model is not None:
         row = CandleRow(c.open_ts_ns, c.open, c.high, c.low, c.close, c.volume)
         version = candle_version(c.revision, c.is_final)
@@ -77,6 +82,12 @@ def apply_risk(latest: LatestRisk | None, raw: bytes) -> None:
         latest.apply(risk.decode(raw))
 
 
+def apply_prediction(forecasts: LatestPredictions | None, raw: bytes) -> None:
+    """An an.predictions.v1 message (a forecast, or an outcome, which memory does not serve)."""
+    if forecasts is not None:
+        forecasts.apply(predictions.decode(raw))
+
+
 def apply_book_snapshot(hub: MarketHub, raw: bytes) -> None:
     snap = book_top.decode(raw)
     hub.publish_book(
@@ -99,11 +110,13 @@ class MarketFeed:
         *,
         model: ReadModel | None = None,
         risk_estimates: LatestRisk | None = None,
+        forecasts: LatestPredictions | None = None,
         client_id: str = "entasis-api-ws",
     ) -> None:
         self.hub = hub
         self.model = model
         self.risk_estimates = risk_estimates
+        self.forecasts = forecasts
         self.bootstrap = settings.kafka_bootstrap
         self.client_id = client_id
         ns = settings.topic_namespace
@@ -112,9 +125,12 @@ class MarketFeed:
         self.candle_topics = {spec.full_name(ns) for spec in topics.CANDLES.values()}
         self.quality_topic = topics.QUALITY.full_name(ns)
         self.risk_topic = topics.RISK.full_name(ns)
+        self.prediction_topic = topics.PREDICTIONS.full_name(ns)
         self.topics = [self.trades_topic, self.book_topic, *sorted(self.candle_topics), self.quality_topic]
         if risk_estimates is not None:
             self.topics.append(self.risk_topic)
+        if forecasts is not None:
+            self.topics.append(self.prediction_topic)
         self._task: asyncio.Task[None] | None = None
         self.assigned = asyncio.Event()  # set once every partition is assigned and at its end
         self.bad_messages = 0
@@ -204,7 +220,9 @@ class MarketFeed:
             return lambda raw: apply_quality(model, raw, hub)
         if topic == self.risk_topic:
             return lambda raw: apply_risk(self.risk_estimates, raw)
-        return lambda raw: apply_candle(model, raw, hub)
+        if topic == self.prediction_topic:
+            return lambda raw: apply_prediction(self.forecasts, raw)
+        return lambda raw: apply_candle(model, raw, hub, self.forecasts)
 
     def _apply(self, topic: str, values: Iterable[Any]) -> None:
         apply = self._handler(topic)
