@@ -31,8 +31,8 @@ from api.market_memory import MemoryMarket
 from api.metrics import MetricsMiddleware, build_metrics
 from api.portfolio_repository import KafkaPortfolioBus
 from api.portfolio_service import PortfolioBus
-from api.ratelimit import RateLimiter, build_rate_limiter
 from api.prediction_memory import LatestPredictions
+from api.ratelimit import RateLimiter, build_rate_limiter
 from api.read_model import ReadModel
 from api.risk_memory import LatestRisk
 from api.routes import market, orderbook, portfolio, prediction, records, risk
