@@ -29,6 +29,7 @@ from api.keys import ApiKeyRecord, ApiKeyVerifier
 from api.market_lane import MarketFastLane
 from api.market_memory import MemoryMarket
 from api.metrics import MetricsMiddleware, build_metrics
+from api.openapi_ws import document_websocket
 from api.portfolio_repository import KafkaPortfolioBus
 from api.portfolio_service import PortfolioBus
 from api.prediction_memory import LatestPredictions
@@ -37,6 +38,7 @@ from api.read_model import ReadModel
 from api.risk_memory import LatestRisk
 from api.routes import market, orderbook, portfolio, prediction, records, risk
 from api.security import SecurityGate, SecurityMiddleware
+from api.webapp import install_webapp
 from api.ws import MarketFeed, MarketHub, install_market_websocket
 from infra.config.api import ApiSettings
 from infra.config.settings import Settings, get_settings, portfolio_signing_key
@@ -136,6 +138,7 @@ class EntasisAPI(FastAPI):
         if self.openapi_schema:
             return self.openapi_schema
         schema = super().openapi()
+        document_websocket(schema)  # OpenAPI has no WebSocket operation: described, linked to /asyncapi.json
         # FastAPI documents a 422 on every route with parameters; ours answer validation
         # failures with 400 BAD_REQUEST (422 belongs to PORT_001/PORT_002 only).
         for path_item in schema.get("paths", {}).values():
@@ -300,4 +303,5 @@ def create_app(
         app.include_router(router, prefix=API_PREFIX)
         app.include_router(router, prefix=ALIAS_PREFIX, include_in_schema=False)
     install_market_websocket(app, market_hub)
+    install_webapp(app)  # the live page at /app (api/webapp.py)
     return app

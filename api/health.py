@@ -6,8 +6,9 @@ consumers' contract (docs/asyncapi.yaml, built from schemas/contract.py), as pub
 Answered by a plain ASGI middleware that sits inside RequestContextMiddleware (so responses still
 carry `X-Request-ID`) and outside SecurityMiddleware: probes and scrapers hold no credentials and
 must not spend a rate-limit budget, or a busy client address would make its own load balancer
-think the API is down. They still sit behind the deployment allowlist, checked here with the
-gate's own resolver and address set, so the client address is decided exactly as for any route.
+think the API is down. They still sit behind the deployment allowlist, checked here by the
+gate's own address check (`api.security.address_error`, with the gate's resolver and address
+set), so the client address is decided and refused exactly as for any route.
 
 - `/healthz`: the process answers; nothing else is checked (a liveness probe must not restart an
   API because its database is away).
@@ -28,14 +29,13 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.auth import address_forbidden
 from api.errors import ErrorCode, error_response
 from api.metrics import CONTENT_TYPE, METRICS_PATH, ApiMetrics
-from api.network import AddressSet, ClientAddressResolver, MalformedForwardedFor
+from api.network import AddressSet, ClientAddressResolver
+from api.security import address_error
 
 logger = logging.getLogger("api.health")
 
@@ -147,17 +147,9 @@ class OperatorEndpointsMiddleware:
         await response(scope, receive, send)
 
     def _refusal(self, scope: Scope) -> Response | None:
-        """The gate's answers for an address it would refuse (same codes, same envelope)."""
-        headers = Headers(scope=scope)
-        peer = scope.get("client")
-        try:
-            client_ip = self.resolver.resolve(peer[0] if peer else None, headers.getlist("x-forwarded-for"))
-        except MalformedForwardedFor:
-            return error_response(
-                scope, ErrorCode.BAD_REQUEST, {"reason": "malformed X-Forwarded-For from a trusted proxy"}
-            )
-        if self.allowlist and client_ip not in self.allowlist:
-            error = address_forbidden(client_ip, "client address not allowed")
+        """The gate's answers for an address it would refuse (its own check: same codes, same envelope)."""
+        _, error = address_error(self.resolver, self.allowlist, scope)
+        if error is not None:
             return error_response(scope, error.code, error.details, error.status, error.headers)
         if scope["method"] not in ("GET", "HEAD"):
             return error_response(scope, ErrorCode.METHOD_NOT_ALLOWED, None, 405, {"Allow": "GET, HEAD"})

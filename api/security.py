@@ -133,6 +133,24 @@ def _rate_limited(rate: RateDecision) -> ApiError:
     return ApiError(ErrorCode.RATE_LIMITED, {"limit": rate.limit, "retry_after_seconds": rate.reset_s})
 
 
+def address_error(
+    resolver: ClientAddressResolver, allowlist: AddressSet, scope: Scope
+) -> tuple[IPAddress | None, ApiError | None]:
+    """Steps 1 and 2 of the gate, for a request or handshake: (client address, None) when the
+    address may pass, else (what was resolved, the refusal: 400 for a trusted proxy's malformed
+    `X-Forwarded-For`, 403 outside the allowlist). The one address check: the gate runs it first,
+    and the operator endpoints (api/health.py), which skip the rest of the gate, run it alone."""
+    headers = Headers(scope=scope)
+    peer = scope.get("client")
+    try:
+        client_ip = resolver.resolve(peer[0] if peer else None, headers.getlist("x-forwarded-for"))
+    except MalformedForwardedFor:
+        return None, ApiError(ErrorCode.BAD_REQUEST, {"reason": "malformed X-Forwarded-For from a trusted proxy"})
+    if allowlist and client_ip not in allowlist:
+        return client_ip, address_forbidden(client_ip, "client address not allowed")
+    return client_ip, None
+
+
 class SecurityGate:
     """Plain object, no FastAPI: the HTTP middleware below and a WebSocket endpoint share it
     (`await gate.admit(websocket.scope, allow_query_token=True)`, then close with 4401/4403/4429
@@ -153,18 +171,15 @@ class SecurityGate:
         self.limiter = limiter
         self.address_budget = AddressBudget(settings.address_budget, clock=clock)
 
+    def address_error(self, scope: Scope) -> tuple[IPAddress | None, ApiError | None]:
+        """Steps 1 and 2: the client address and, when it may not pass, why."""
+        return address_error(self.resolver, self.allowlist, scope)
+
     async def admit(self, scope: Scope, *, allow_query_token: bool = False) -> Admission:
         headers = Headers(scope=scope)
         peer = scope.get("client")
         peer_host: str | None = peer[0] if peer else None
-        error: ApiError | None = None
-        client_ip: IPAddress | None = None
-        try:
-            client_ip = self.resolver.resolve(peer_host, headers.getlist("x-forwarded-for"))
-        except MalformedForwardedFor:
-            error = ApiError(ErrorCode.BAD_REQUEST, {"reason": "malformed X-Forwarded-For from a trusted proxy"})
-        if error is None and self.allowlist and client_ip not in self.allowlist:
-            error = address_forbidden(client_ip, "client address not allowed")
+        client_ip, error = self.address_error(scope)
         address_identity = f"ip:{client_ip or peer_host or 'unknown'}"
 
         if error is None:
@@ -223,9 +238,14 @@ class SecurityGate:
         query_token: str | None = None
         if allow_query_token:
             tokens = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [])
+            offered_tokens, offered_keys = websocket_protocol_credentials(scope)
+            tokens += offered_tokens
             if len(tokens) > 1:
                 raise auth_failed("send the token once")
             query_token = tokens[0] if tokens else None
+            api_key = api_key + offered_keys
+            if len(api_key) > 1:
+                raise auth_failed("send the API key once")
         return await self.authenticator.check(
             authorization=authorization[0] if authorization else None,
             api_key=api_key[0] if api_key else None,
@@ -233,6 +253,23 @@ class SecurityGate:
             query_token=query_token,
             before_key_lookup=before_key_lookup,
         )
+
+
+# Browsers cannot set headers on a WebSocket, but they can offer subprotocols: a credential offered as
+# `entasis.bearer.<jwt>` or `entasis.key.<api key>`, beside WS_PROTOCOL (the one the server selects,
+# never the credential), stays out of the URL, and so out of the server's and proxies' logs, which
+# `?token=` does not (uvicorn logs a WebSocket's path with its query string).
+WS_PROTOCOL = "entasis.v1"
+_BEARER_PROTOCOL = "entasis.bearer."
+_KEY_PROTOCOL = "entasis.key."
+
+
+def websocket_protocol_credentials(scope: Scope) -> tuple[list[str], list[str]]:
+    """(tokens, API keys) offered as WebSocket subprotocols; empty lists for an HTTP request."""
+    offered = scope.get("subprotocols") or ()
+    tokens = [p[len(_BEARER_PROTOCOL) :] for p in offered if p.startswith(_BEARER_PROTOCOL)]
+    keys = [p[len(_KEY_PROTOCOL) :] for p in offered if p.startswith(_KEY_PROTOCOL)]
+    return tokens, keys
 
 
 # WebSocket close codes for the gate's refusals (docs/decisions.md, "WebSocket": unauthenticated is 4401).

@@ -1,6 +1,8 @@
 """The `/ws/market` socket handler.
 
-Authentication is the REST gate's (`SecurityGate.admit`, with `?token=` allowed for browsers);
+Authentication is the REST gate's (`SecurityGate.admit`); browsers, which cannot set headers on a
+WebSocket, offer the credential as a subprotocol (`entasis.bearer.<jwt>` or `entasis.key.<key>`
+beside `entasis.v1`, which is the one selected) or, for a token, `?token=` (logged with the URL);
 the socket is accepted first and then closed with the gate's code (4401 unauthenticated, 4403
 forbidden or lacking `market:read`, 4429 over the rate limit), because a handshake refused before
 `accept` reaches a browser as a bare HTTP 403 with no reason at all.
@@ -45,7 +47,7 @@ from api.errors import ErrorCode, Language, negotiate_language
 from api.keys import ApiKeyVerifier
 from api.principal import MARKET_READ, Principal
 from api.ratelimit import RateLimiter
-from api.security import SecurityGate, websocket_close_code
+from api.security import WS_PROTOCOL, SecurityGate, websocket_close_code
 from api.ws.hub import CLOSE_TRY_AGAIN_LATER, PENDING, MarketHub, Session, sub_key
 from api.ws.protocol import (
     PONG_MESSAGE,
@@ -143,8 +145,15 @@ def _policy(app: FastAPI, gate: SecurityGate) -> SocketPolicy:
     return policy
 
 
+def _subprotocol(websocket: WebSocket) -> str | None:
+    """WS_PROTOCOL when the client offered it (a browser sending its credential as a subprotocol,
+    api/security.py): a browser fails a handshake that selects none of the protocols it offered,
+    and would then see no close code at all."""
+    return WS_PROTOCOL if WS_PROTOCOL in (websocket.scope.get("subprotocols") or ()) else None
+
+
 async def _refuse(websocket: WebSocket, code: int, reason: str = "") -> None:
-    await websocket.accept()
+    await websocket.accept(subprotocol=_subprotocol(websocket))
     await websocket.close(code=code, reason=reason)
 
 
@@ -170,7 +179,7 @@ async def market_websocket(websocket: WebSocket) -> None:
         await _refuse(websocket, *refused)
         return
     try:
-        await websocket.accept()
+        await websocket.accept(subprotocol=_subprotocol(websocket))
         connection = _Connection(
             websocket,
             hub,
