@@ -7,8 +7,9 @@ price route at a third of FastAPI's own hello world. This lane sits innermost, a
 security gate (the caller is authenticated and counted), and only ever answers a plain success
 that the FastAPI route would give byte for byte (both call the same `market_service` function on
 the same memory view; tests/api/test_market_lane.py holds them equal). Everything else falls
-through to FastAPI untouched: a parameter it does not know, a repeated one, a missing scope, a
-read memory does not cover, any error (so every error keeps its one code path and envelope).
+through to FastAPI untouched: a parameter it does not know (`fields` among them), a repeated one,
+an `Accept` that does not ask for JSON (a CSV or Parquet export), a missing scope, a read memory
+does not cover, any error (so every error keeps its one code path and envelope).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api import market_service
+from api import export, market_service
 from api.errors import ApiError
 from api.market_memory import MemoryMarket, MemoryOnly
 from api.params import parse_exchange, parse_symbol, parse_time
@@ -53,6 +54,11 @@ def _history(memory: MemoryOnly, symbol: str, query: dict[str, str]) -> bytes | 
         parse_exchange(query.get("exchange")),
         fill=False,
     )
+
+
+def _accepts_json(scope: Scope) -> bool:
+    accept = [value for name, value in scope["headers"] if name == b"accept"]
+    return not accept or export.wants_json(b", ".join(accept).decode("latin-1"))
 
 
 _ROUTES: dict[str, Callable[[MemoryOnly, str, dict[str, str]], bytes | None]] = {
@@ -94,6 +100,8 @@ class MarketFastLane:
         read = _ROUTES.get(route)
         if read is None or not symbol or "/" in symbol:
             return None
+        if not _accepts_json(scope):
+            return None  # CSV, Parquet or a 406: the route negotiates (api/export.py)
         principal = scope.get("state", {}).get("principal")
         if not isinstance(principal, Principal) or not principal.allows(MARKET_READ):
             return None

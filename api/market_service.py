@@ -3,9 +3,10 @@ venue resolution, the feed-staleness rule, history ranges and gap filling. No SQ
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
-from typing import Protocol, TypeVar
+from fractions import Fraction
+from typing import NamedTuple, Protocol, TypeVar
 
 import anyio.to_thread
 
@@ -15,6 +16,7 @@ from api.models import (
     Candle,
     HistoryResponse,
     PriceResponse,
+    candle_fields_json,
     candle_json,
     format_timestamp,
     history_json,
@@ -22,6 +24,7 @@ from api.models import (
     price_json,
 )
 from api.read_model import NotCovered
+from infra.store.records_repository import BucketTrades, RecordsRepository
 from infra.store.repository import FEED_DOWN_KINDS, CandleRow, FeedState, LastTrade, MarketRepository
 from schemas.events import INTERVAL_NS, Interval
 
@@ -142,12 +145,13 @@ def price(repository: MarketRepository | MarketReads, symbol: str, exchange: str
     )
 
 
-def check_range(interval: Interval, start_ns: int | None, end_ns: int | None) -> None:
-    """The checks that need no data: order and the 5000-candle limit of an explicit range."""
+def check_range(interval: Interval, start_ns: int | None, end_ns: int | None, *, capped: bool = True) -> None:
+    """The checks that need no data: order and, unless not `capped` (a bulk export, which pages
+    through the store), the 5000-candle limit of an explicit range."""
     if start_ns is not None and end_ns is not None:
         if start_ns >= end_ns:
             raise _bad_range("start must be before end")
-        if end_ns - start_ns > MAX_CANDLES * INTERVAL_NS[interval.value]:
+        if capped and end_ns - start_ns > MAX_CANDLES * INTERVAL_NS[interval.value]:
             raise _bad_range(f"at most {MAX_CANDLES} candles per call", max_candles=MAX_CANDLES)
 
 
@@ -169,15 +173,105 @@ def resolve_range(interval: Interval, start_ns: int | None, end_ns: int | None, 
 def fill_gaps(rows: list[CandleRow], step: int) -> list[CandleRow]:
     """Empty buckets between the first and last candle become flat candles at the previous
     close with zero volume."""
-    filled: list[CandleRow] = []
+    return list(iter_filled(rows, step))
+
+
+def iter_filled(rows: Iterable[CandleRow], step: int, previous: CandleRow | None = None) -> Iterator[CandleRow]:
+    """`fill_gaps`, lazily, continuing after `previous` (the last candle of an earlier page)."""
     for row in rows:
-        if filled:
-            previous = filled[-1]
+        if previous is not None:
             close = previous.close
             for open_ns in range(previous.open_ns + step, row.open_ns, step):
-                filled.append(CandleRow(open_ns, close, close, close, close, Decimal(0)))
-        filled.append(row)
-    return filled
+                yield CandleRow(open_ns, close, close, close, close, Decimal(0))
+        yield row
+        previous = row
+
+
+# --- `?fields=`: what a candle can carry besides OHLCV ---------------------------------------
+
+HISTORY_FIELDS = ("trades", "vwap")  # the order they are rendered in, whatever order they are asked in
+_FIELD = "(" + "|".join(HISTORY_FIELDS) + ")"
+FIELDS_PATTERN = f"^{_FIELD}(,{_FIELD})*$"  # documents what parse_fields accepts (case-insensitive, spaces allowed)
+NO_TRADES = BucketTrades(0, Decimal(0), Decimal(0))
+
+
+def parse_fields(text: str | None) -> tuple[str, ...]:
+    """`trades,vwap` -> the names asked for, in HISTORY_FIELDS order; any other name (or none) is
+    400 BAD_REQUEST."""
+    if text is None:
+        return ()
+    names = {name.strip().lower() for name in text.split(",") if name.strip()}
+    if not names or names - set(HISTORY_FIELDS):
+        reason = f"comma-separated names among {', '.join(HISTORY_FIELDS)}"
+        raise ApiError(ErrorCode.BAD_REQUEST, {"errors": [{"field": "query.fields", "reason": reason}]})
+    return tuple(name for name in HISTORY_FIELDS if name in names)
+
+
+class CandleExtras(NamedTuple):
+    trades: int | None
+    vwap: Decimal | None
+
+
+def exact_vwap(quote: Decimal, size: Decimal) -> Decimal:
+    """quote / size rounded half-even to 8 places, from the exact quotient (no intermediate
+    rounding at a context's precision)."""
+    units = round(Fraction(quote) / Fraction(size) * 10**8)  # round() of a Fraction: half-even, exact
+    return Decimal(f"{units}E-8")
+
+
+def candle_extras(row: CandleRow, bucket: BucketTrades | None) -> CandleExtras:
+    """A candle's trade count and VWAP from the trades the store holds in its bucket, exact or null.
+
+    The stored candle is built by the candle agent from the trade stream; the `trades` table holds
+    the same trades, except where the candle cannot show them (a trade after the candle was final is
+    a `late_trade` quality event and changes no candle) or the store has no trades at all (imported
+    history). So the bucket's stored trades count only when their size sum is exactly the candle's
+    volume: then they are the candle's trades and count and VWAP are exact; otherwise both are null
+    rather than figures of another set of trades. A filled candle (`fill=true`) has no trades: 0 and
+    a null VWAP."""
+    bucket = bucket if bucket is not None else NO_TRADES
+    if bucket.size != row.volume:
+        return CandleExtras(None, None)
+    if bucket.trades == 0 or bucket.size == 0:
+        return CandleExtras(bucket.trades, None)
+    return CandleExtras(bucket.trades, exact_vwap(bucket.quote, bucket.size))
+
+
+def store_of(repository: MarketRepository | MarketReads) -> MarketRepository:
+    """The store behind `repository`: `fields` and exports read it alone (one query gives candles and
+    their trades together), never memory; memory alone (`MemoryOnly`) has none, so NotCovered."""
+    if isinstance(repository, MemoryOnly):
+        raise NotCovered("the store is needed")
+    if isinstance(repository, MemoryMarket):
+        return repository.repository
+    assert isinstance(repository, MarketRepository)
+    return repository
+
+
+def history_fields_body(
+    repository: MarketRepository | MarketReads,
+    symbol: str,
+    interval: Interval,
+    start_ns: int | None,
+    end_ns: int | None,
+    exchange: str | None,
+    fill: bool,
+    fields: tuple[str, ...],
+) -> bytes:
+    """`history_body` with `fields`: the venue and range as always (memory or store), the candles
+    and the trades in their buckets from the store, in one query."""
+    store = store_of(repository)
+    venue, start_ns, end_ns = history_range(reads(repository), symbol, interval, start_ns, end_ns, exchange)
+    pairs = RecordsRepository(store).candles_with_trades(symbol, venue, interval, start_ns, end_ns)
+    buckets = {row.open_ns: bucket for row, bucket in pairs}
+    rows = [row for row, _ in pairs]
+    if fill:
+        rows = fill_gaps(rows, INTERVAL_NS[interval.value])
+    fragments = []
+    for row in rows:
+        extras = candle_extras(row, buckets.get(row.open_ns))
+        fragments.append(candle_fields_json(row, fields, extras.trades, extras.vwap))
+    return history_json(symbol, fragments)
 
 
 def history_body(
@@ -192,19 +286,25 @@ def history_body(
     """`history`'s JSON, byte for byte, rendered without models: from memory alone (`MemoryOnly`)
     the held candles come already rendered, so a day of 1m candles is a join of bytes."""
     repository = reads(repository)
-    venue, start_ns, end_ns = _history_range(repository, symbol, interval, start_ns, end_ns, exchange)
+    venue, start_ns, end_ns = history_range(repository, symbol, interval, start_ns, end_ns, exchange)
     if isinstance(repository, MemoryOnly) and not fill:
         return history_json(symbol, repository.candle_fragments(symbol, interval, start_ns, end_ns, venue))
     return history_json(symbol, [candle_json(row) for row in _history_rows(repository, symbol, interval, venue,
                                                                            start_ns, end_ns, fill)])
 
 
-def _history_range(
-    repository: MarketReads, symbol: str, interval: Interval, start_ns: int | None, end_ns: int | None,
+def history_range(
+    repository: MarketRepository | MarketReads,
+    symbol: str,
+    interval: Interval,
+    start_ns: int | None,
+    end_ns: int | None,
     exchange: str | None,
+    *,
+    capped: bool = True,
 ) -> tuple[str, int, int]:
     """The venue and the [start, end) of a history request, its bounds checked and filled in."""
-    check_range(interval, start_ns, end_ns)
+    check_range(interval, start_ns, end_ns, capped=capped)
     trade = last_trade(repository, symbol, exchange)
     start, end = resolve_range(interval, start_ns, end_ns, trade.event_ns)
     return trade.venue, start, end
@@ -248,7 +348,7 @@ def history(
     fill: bool,
 ) -> HistoryResponse:
     repository = reads(repository)
-    venue, start_ns, end_ns = _history_range(repository, symbol, interval, start_ns, end_ns, exchange)
+    venue, start_ns, end_ns = history_range(repository, symbol, interval, start_ns, end_ns, exchange)
     rows = _history_rows(repository, symbol, interval, venue, start_ns, end_ns, fill)
     return HistoryResponse(
         symbol=symbol,

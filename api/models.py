@@ -118,6 +118,21 @@ class Candle(_Model):
     low: DecimalString
     close: DecimalString
     volume: DecimalString = Field(description="Base-asset volume traded in the bucket.")
+    # Only with `?fields=` (absent otherwise); null when the store does not hold exactly the
+    # candle's trades (api/market_service.py `candle_extras`). Rendered by `candle_fields_json`.
+    trades: int | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        ge=0,
+        description="With `fields=trades`: the number of trades in the bucket; null when the store does not hold "
+        "exactly the candle's trades (imported history, a trade that came after the candle was final).",
+    )
+    vwap: DecimalString | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="With `fields=vwap`: volume-weighted average price of the bucket's trades, sum(price x size) / "
+        "sum(size), rounded half-even to 8 places; null when `trades` is null or the volume is zero.",
+    )
 
 
 def candle_json(row: CandleRow) -> bytes:
@@ -129,6 +144,17 @@ def candle_json(row: CandleRow) -> bytes:
         f'"high":"{format_decimal(row.high)}","low":"{format_decimal(row.low)}",'
         f'"close":"{format_decimal(row.close)}","volume":"{format_decimal(row.volume)}"}}'
     ).encode()
+
+
+def candle_fields_json(row: CandleRow, fields: tuple[str, ...], trades: int | None, vwap: Decimal | None) -> bytes:
+    """`candle_json` with the `?fields=` asked for (`trades`, `vwap`, in that order), each a
+    value or null."""
+    extra = b""
+    if "trades" in fields:
+        extra += b',"trades":' + (b"null" if trades is None else str(trades).encode())
+    if "vwap" in fields:
+        extra += b',"vwap":' + (b"null" if vwap is None else f'"{format_decimal(vwap)}"'.encode())
+    return candle_json(row)[:-1] + extra + b"}"
 
 
 def price_json(symbol: str, price: Decimal, event_ns: int, volume: Decimal, exchange: str) -> bytes:

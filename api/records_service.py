@@ -8,10 +8,13 @@ infra/store/records_repository.py). Any string of that shape is a valid place to
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import orjson
+from starlette.responses import StreamingResponse
 
+from api import export
 from api.errors import ApiError, ErrorCode
 from api.market_service import last_trade, reads
 from api.models import (
@@ -25,7 +28,7 @@ from api.models import (
     ns_to_datetime,
 )
 from api.params import MAX_NS
-from infra.store.records_repository import START_KEY, RecordsRepository
+from infra.store.records_repository import START_KEY, RecordsRepository, TradeRecord
 from infra.store.repository import MarketRepository
 from schemas.events import QualityKind
 
@@ -84,6 +87,42 @@ def symbols(repository: MarketRepository) -> SymbolsResponse:
     )
 
 
+class TradesQuery(NamedTuple):
+    """A trades request resolved: venue, [start, end) and the key to start after."""
+
+    symbol: str
+    venue: str
+    start_ns: int
+    end_ns: int
+    after: tuple[int, str]
+
+
+def trades_query(
+    repository: MarketRepository,
+    symbol: str,
+    exchange: str | None,
+    start_ns: int | None,
+    end_ns: int | None,
+    cursor: str | None,
+) -> TradesQuery:
+    """Defaults: `end` just after the venue's latest trade, `start` one hour before `end`. The
+    venue: `exchange`, or the default venue rule of /market/price (the one that traded last)."""
+    after = decode_cursor(cursor)
+    latest = last_trade(reads(repository), symbol, exchange)
+    end = end_ns if end_ns is not None else latest.event_ns + 1
+    start = start_ns if start_ns is not None else end - HOUR_NS
+    _check_order(start, end)
+    return TradesQuery(symbol, latest.venue, start, end, after)
+
+
+def _trade_page(repository: MarketRepository, query: TradesQuery, limit: int) -> tuple[list[TradeRecord], str | None]:
+    """Up to `limit` trades after the query's key, and the cursor after them when more follow."""
+    rows = RecordsRepository(repository).trades(query.symbol, query.venue, query.start_ns, query.end_ns,
+                                                query.after, limit + 1)  # fmt: skip
+    page = rows[:limit]
+    return page, encode_cursor(page[-1].event_ns, page[-1].trade_id) if len(rows) > limit else None
+
+
 def trades(
     repository: MarketRepository,
     symbol: str,
@@ -93,28 +132,69 @@ def trades(
     limit: int,
     cursor: str | None,
 ) -> TradesResponse:
-    """Trades in [start, end) by (event time, trade id). Defaults: `end` just after the venue's
-    latest trade, `start` one hour before `end`. The venue: `exchange`, or the default venue
-    rule of /market/price (the one that traded last)."""
+    """Trades in [start, end) by (event time, trade id); see `trades_query` for the defaults."""
     check_limit(limit)
-    after = decode_cursor(cursor)
-    latest = last_trade(reads(repository), symbol, exchange)
-    end = end_ns if end_ns is not None else latest.event_ns + 1
-    start = start_ns if start_ns is not None else end - HOUR_NS
-    _check_order(start, end)
-    rows = RecordsRepository(repository).trades(symbol, latest.venue, start, end, after, limit + 1)
-    page = rows[:limit]
+    query = trades_query(repository, symbol, exchange, start_ns, end_ns, cursor)
+    page, next_cursor = _trade_page(repository, query, limit)
     return TradesResponse(
         symbol=symbol,
-        exchange=latest.venue,
+        exchange=query.venue,
         data=[
             TradeItem(
                 trade_id=r.trade_id, price=r.price, size=r.size, side=r.side, timestamp=ns_to_datetime(r.event_ns)
             )
             for r in page
         ],
-        next_cursor=encode_cursor(page[-1].event_ns, page[-1].trade_id) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )
+
+
+NEXT_CURSOR_HEADER = "X-Next-Cursor"
+
+
+def trades_export(
+    repository: MarketRepository,
+    fmt: export.Format,
+    symbol: str,
+    exchange: str | None,
+    start_ns: int | None,
+    end_ns: int | None,
+    limit: int | None,
+    cursor: str | None,
+) -> StreamingResponse:
+    """The trades of the range (after `cursor`) as CSV or Parquet, streamed: every one of them,
+    read from the store EXPORT_PAGE at a time by the same keyset as the JSON pages. With `limit`,
+    just the JSON's page in that format, and the next page's cursor in `X-Next-Cursor` when more
+    follow. Blocking: run it in the threadpool (a plain `def` route)."""
+    if limit is not None:
+        check_limit(limit)
+    query = trades_query(repository, symbol, exchange, start_ns, end_ns, cursor)
+    headers = {}
+    if limit is not None:
+        page, next_cursor = _trade_page(repository, query, limit)
+        pages: Iterator[list[tuple[Any, ...]]] = iter([[_trade_tuple(r) for r in page]])
+        if next_cursor is not None:
+            headers[NEXT_CURSOR_HEADER] = next_cursor
+    else:
+        pages = _all_trades(repository, query)
+    return export.trades_export(fmt, symbol, query.venue, query.start_ns, query.end_ns, pages, headers)
+
+
+def _trade_tuple(r: TradeRecord) -> tuple[Any, ...]:
+    return (r.trade_id, r.price, r.size, r.side, r.event_ns)  # export.TRADE_COLUMNS
+
+
+def _all_trades(repository: MarketRepository, query: TradesQuery) -> Iterator[list[tuple[Any, ...]]]:
+    """Page after page until a short one: each starts strictly after the last row of the one before."""
+    records = RecordsRepository(repository)
+    after = query.after
+    while True:
+        rows = records.trades(query.symbol, query.venue, query.start_ns, query.end_ns, after, export.EXPORT_PAGE)
+        if rows:
+            yield [_trade_tuple(r) for r in rows]
+        if len(rows) < export.EXPORT_PAGE:
+            return
+        after = (rows[-1].event_ns, rows[-1].trade_id)
 
 
 _KIND = "(" + "|".join(k.value for k in QualityKind) + ")"

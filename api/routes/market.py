@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+import anyio.to_thread
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from api import market_service
+from api import export, market_service
 from api.deps import MARKET_READER, ExchangeQuery, MarketRepositoryDep, SymbolPath
 from api.errors import ErrorCode, openapi_error_responses
-from api.models import HistoryResponse, PriceResponse
+from api.models import ErrorResponse, HistoryResponse, PriceResponse
 from api.params import parse_exchange, parse_symbol, parse_time
 from api.security import SECURITY_ERRORS
 from schemas.events import Interval
@@ -58,8 +59,59 @@ requested range: `(end - start) / interval > 5000` is 400, exactly 5000 is allow
 
 {_DEFAULT_VENUE_NOTE}
 
+**More per candle** (`fields`, comma-separated): `trades`, the number of trades in the bucket, and
+`vwap`, their volume-weighted average price (sum of price x size over sum of size, rounded half-even
+to 8 places), computed exactly from the stored trades of each bucket. Each is null when the store
+does not hold exactly the candle's trades, i.e. when their sizes do not add up to the candle's
+volume: imported history (no trades stored), a trade that came after its candle was final (a
+`late_trade` quality event; the candle never changes), or, for a moment, a trade not yet stored. A
+filled candle has `trades` 0 and a null `vwap`. Answered from the store. Other names: 400.
+
+**Bulk export** (`Accept`): `text/csv` or `application/vnd.apache.parquet` streams every candle of
+the range, read from the store page by page: the 5000-candle limit does not apply. Columns are the
+JSON's (`timestamp, open, high, low, close, volume`, then the `fields` asked for); CSV has the JSON's
+strings (decimals at 8 places, timestamps ISO 8601 UTC with milliseconds, an empty cell for null);
+Parquet is typed: `decimal128(38, 8)`, `timestamp[ms, UTC]`, `int64`, one row group per 5000 rows,
+with symbol, exchange, interval and range in its metadata. JSON is the default (no `Accept`, `*/*`,
+`application/json`); an `Accept` that allows none of the three is 406 `BAD_REQUEST`.
+
 {_SCOPE_NOTE}
 """
+
+_EXPORT_CONTENT = {
+    export.Format.CSV.value: {"schema": {"type": "string"}},
+    export.Format.PARQUET.value: {"schema": {"type": "string", "format": "binary"}},
+}
+# The error table has no 406 code: BAD_REQUEST with 406, as a request body not received in time is 408.
+NOT_ACCEPTABLE_RESPONSE = {
+    "model": ErrorResponse,
+    "description": "`BAD_REQUEST`: the `Accept` header allows none of JSON, CSV and Parquet.",
+    "content": {
+        "application/json": {
+            "examples": {
+                "BAD_REQUEST": {
+                    "summary": "BAD_REQUEST: Bad request (not acceptable)",
+                    "value": {
+                        "error": {
+                            "code": "BAD_REQUEST",
+                            "message": "Bad request",
+                            "details": {
+                                "reason": "not acceptable",
+                                "accept": "application/xml",
+                                "supported": [f.value for f in export.Format],
+                            },
+                            "request_id": "5f0c6a3e9b2d4c81a7e4f3d2c1b0a998",
+                        }
+                    },
+                }
+            }
+        }
+    },
+}
+EXPORT_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"content": _EXPORT_CONTENT, "description": "JSON by default; CSV or Parquet by `Accept`, streamed."},
+    406: NOT_ACCEPTABLE_RESPONSE,
+}
 
 
 @router.get(
@@ -88,17 +140,21 @@ async def get_price(repository: MarketRepositoryDep, symbol: SymbolPath, exchang
     response_model=HistoryResponse,
     summary="OHLCV candles",
     description=HISTORY_DESCRIPTION,
-    responses=openapi_error_responses(
-        {
-            400: [ErrorCode.BAD_REQUEST, ErrorCode.MARKET_001],
-            404: [ErrorCode.MARKET_001],
-            500: [ErrorCode.INTERNAL],
-            503: [ErrorCode.UNAVAILABLE],
-            **SECURITY_ERRORS,
-        }
-    ),
+    responses={
+        **openapi_error_responses(
+            {
+                400: [ErrorCode.BAD_REQUEST, ErrorCode.MARKET_001],
+                404: [ErrorCode.MARKET_001],
+                500: [ErrorCode.INTERNAL],
+                503: [ErrorCode.UNAVAILABLE],
+                **SECURITY_ERRORS,
+            }
+        ),
+        **EXPORT_RESPONSES,
+    },
 )
 async def get_history(
+    request: Request,
     repository: MarketRepositoryDep,
     symbol: SymbolPath,
     interval: Annotated[Interval, Query(description="Candle interval.")] = Interval.M1,
@@ -122,9 +178,28 @@ async def get_history(
         bool, Query(description="Fill empty buckets between the first and last candle with the previous close.")
     ] = False,
     exchange: ExchangeQuery = None,
+    fields: Annotated[
+        str | None,
+        Query(
+            description="Comma-separated extra values per candle: `trades`, `vwap`.",
+            examples=["trades,vwap"],
+            json_schema_extra={"pattern": market_service.FIELDS_PATTERN},
+        ),
+    ] = None,
 ) -> Response:
+    fmt = export.negotiate(export.accept_of(request))
     name, venue = parse_symbol(symbol), parse_exchange(exchange)
     start_ns, end_ns = parse_time("start", start), parse_time("end", end)
+    extra = market_service.parse_fields(fields)
+    if fmt is not export.Format.JSON:
+        return await anyio.to_thread.run_sync(
+            lambda: export.history_export(repository, fmt, name, interval, start_ns, end_ns, venue, fill, extra)
+        )
+    if extra:  # from the store: one query gives the candles and the trades in them
+        body = await anyio.to_thread.run_sync(
+            lambda: market_service.history_fields_body(repository, name, interval, start_ns, end_ns, venue, fill, extra)
+        )
+        return JsonBody(body)
     body = await market_service.answer(
         repository,
         lambda reads: market_service.history_body(reads, name, interval, start_ns, end_ns, venue, fill),

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
 
-from api import records_service
+from api import export, records_service
 from api.deps import MARKET_READER, ExchangeQuery, MarketRepositoryDep, SymbolPath
 from api.errors import ErrorCode, openapi_error_responses
 from api.models import QualityResponse, SymbolsResponse, TradesResponse
 from api.params import parse_exchange, parse_symbol, parse_time
+from api.routes.market import EXPORT_RESPONSES
 from api.security import SECURITY_ERRORS
 
 router = APIRouter(prefix="/market", tags=["market"], dependencies=[MARKET_READER])
@@ -71,16 +73,42 @@ def get_symbols(repository: MarketRepositoryDep) -> SymbolsResponse:
     return records_service.symbols(repository)
 
 
+_EXPORT_NOTE = (
+    "**Bulk export** (`Accept`): `text/csv` or `application/vnd.apache.parquet` streams every trade of "
+    "the range (after `cursor`, when given), read from the store page by page: no page cap. With an explicit "
+    "`limit`, just that page, and `X-Next-Cursor` names the next one when more follow. Columns are the JSON "
+    "items' (`trade_id, price, size, side, timestamp`); CSV has the JSON's strings (decimals at 8 places, "
+    "timestamps ISO 8601 UTC with milliseconds); Parquet is typed: `decimal128(38, 8)`, `timestamp[ms, UTC]`, "
+    "`string`, one row group per 5000 trades, with symbol, exchange and range in its metadata. JSON is the "
+    "default (no `Accept`, `*/*`, `application/json`); an `Accept` that allows none of the three is 406 "
+    "`BAD_REQUEST`."
+)
+
+
 @router.get(
     "/trades/{symbol}",
     response_model=TradesResponse,
     summary="Stored trades",
     description=f"Trades of `symbol` on one venue, by (event time, trade id). Without `start`/`end`: the "
     f"hour up to and including the venue's latest trade. Without `exchange`: the venue with the most "
-    f"recent trade (as `/market/price`).\n\n{_PAGING_NOTE}\n\n{_SCOPE_NOTE}",
-    responses=_PAGE_ERRORS,
+    f"recent trade (as `/market/price`).\n\n{_PAGING_NOTE}\n\n{_EXPORT_NOTE}\n\n{_SCOPE_NOTE}",
+    responses={
+        **_PAGE_ERRORS,
+        **EXPORT_RESPONSES,
+        200: {
+            **EXPORT_RESPONSES[200],
+            "headers": {
+                records_service.NEXT_CURSOR_HEADER: {
+                    "description": "CSV and Parquet with an explicit `limit`: the `cursor` of the next page, "
+                    "when more trades follow.",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+    },
 )
 def get_trades(
+    request: Request,
     repository: MarketRepositoryDep,
     symbol: SymbolPath,
     start: StartQuery = None,
@@ -88,16 +116,14 @@ def get_trades(
     limit: LimitQuery = records_service.DEFAULT_PAGE,
     cursor: CursorQuery = None,
     exchange: ExchangeQuery = None,
-) -> TradesResponse:
-    return records_service.trades(
-        repository,
-        parse_symbol(symbol),
-        parse_exchange(exchange),
-        parse_time("start", start),
-        parse_time("end", end),
-        limit,
-        cursor,
-    )
+) -> TradesResponse | Response:
+    fmt = export.negotiate(export.accept_of(request))
+    name, venue = parse_symbol(symbol), parse_exchange(exchange)
+    start_ns, end_ns = parse_time("start", start), parse_time("end", end)
+    if fmt is not export.Format.JSON:
+        given = limit if "limit" in request.query_params else None  # no limit: the whole range
+        return records_service.trades_export(repository, fmt, name, venue, start_ns, end_ns, given, cursor)
+    return records_service.trades(repository, name, venue, start_ns, end_ns, limit, cursor)
 
 
 @router.get(

@@ -33,10 +33,11 @@ def test_openapi_documents_market_routes_and_hides_alias(api: TestClient) -> Non
     history = paths["/api/v1/market/history/{symbol}"]["get"]
     statuses = {"200", "400", "401", "403", "404", "429", "500", "503"}
     assert set(price["responses"]) == statuses
-    assert set(history["responses"]) == statuses
+    assert set(history["responses"]) == statuses | {"406"}  # an Accept it cannot serve (CSV and Parquet exports)
     assert "most recent trade" in price["description"] and "most recent trade" in history["description"]
     assert {p["name"] for p in price["parameters"]} == {"symbol", "exchange"}
-    assert {p["name"] for p in history["parameters"]} == {"symbol", "interval", "start", "end", "fill", "exchange"}
+    assert {p["name"] for p in history["parameters"]} == {"symbol", "interval", "start", "end", "fill", "exchange",
+                                                          "fields"}
     assert all(p.get("description") for p in price["parameters"] + history["parameters"] if p["name"] != "symbol")
 
     for op in (price, history):
@@ -83,7 +84,9 @@ def test_openapi_documents_market_routes_and_hides_alias(api: TestClient) -> Non
     assert price_props["price"]["type"] == "string" and price_props["volume"]["type"] == "string"
     assert price_props["timestamp"]["type"] == "string"
     assert components["PriceResponse"]["examples"][0]["price"] == "65432.10000000"
-    assert set(components["Candle"]["properties"]) == {"timestamp", "open", "high", "low", "close", "volume"}
+    candle = components["Candle"]
+    assert set(candle["properties"]) == {"timestamp", "open", "high", "low", "close", "volume", "trades", "vwap"}
+    assert set(candle["required"]) == {"timestamp", "open", "high", "low", "close", "volume"}  # `?fields=` only
 
 
 def test_docs_serve_swagger_ui(api: TestClient) -> None:

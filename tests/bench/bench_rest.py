@@ -9,14 +9,18 @@ Three HTTPS servers, one at a time, each one uvicorn worker (uvloop, httptools) 
 - `memory`: the same API with its read model (api/read_model.py) in front of the store, filled
   with the same data the store holds, as the consumer would fill it.
 
-Data: one day of synthetic trades (one a second) and its 1m candles for BENCH-USDT on one venue.
+Data: one day of synthetic trades (one a second) and its 1m candles for BENCH-USDT on one venue,
+and a live order book of 100 levels a side in the API's hub, as the feed would have published it.
 Requests: `/market/price/BENCH-USDT` and `/market/history/BENCH-USDT?interval=1m` over the day
-(1440 candles, the last one still open). A JWT on every request, as a client sends it, rotating
-over 600 accounts so the rate limit runs at its default of 1000 a minute per account.
+(1440 candles, the last one still open); with the read model also `/market/orderbook/BENCH-USDT`
+(depth 20, from the hub) and `/market/trades/BENCH-USDT` (a page of 100 trades of one hour, from
+the store: trades are never held in memory). A JWT on every request, as a client sends it,
+rotating over 600 accounts so the rate limit runs at its default of 1000 a minute per account.
 
 Load: `wrk` (Debian package `wrk`) on loopback, bounded in time: first closed-loop at
 `--connections` for the maximum rate (req/s, p50, p99), then paced (a Lua `delay` per connection)
-near a fixed rate for the latency targets (p99 at 1,000 req/s for price, 200 req/s for history).
+near a fixed rate for the latency targets (p99 at 1,000 req/s for price, 200 req/s for history,
+500 req/s for the order book and trades; the anchor, hello, at 1,000 and 500 req/s alike).
 Figures are printed beside the anchor from the same run; nothing is asserted.
 """
 
@@ -42,6 +46,7 @@ VENUE = "benchx"
 NS = 10**9
 DAY_NS = 86_400 * NS
 MINUTE_NS = 60 * NS
+BOOK_LEVELS = 100
 T0 = 1_723_075_200 * NS  # 2024-08-08T00:00:00Z
 
 Trade = tuple[int, str, Decimal, Decimal]
@@ -101,6 +106,17 @@ def load_store(url: str, database: str) -> None:
     client.close()
 
 
+def publish_book(app: object) -> None:
+    """The order book the feed would have published last: 100 levels a side around the day's close."""
+    from api.ws.protocol import format_levels
+
+    mid = day_of_trades()[-1][2]
+    tick = Decimal("0.01")
+    bids = format_levels([[mid - tick * (i + 1), Decimal(i % 7 + 1) / 10] for i in range(BOOK_LEVELS)])
+    asks = format_levels([[mid + tick * (i + 1), Decimal(i % 5 + 1) / 10] for i in range(BOOK_LEVELS)])
+    app.state.market_hub.publish_book(VENUE, SYMBOL, bids, asks, T0 + DAY_NS - NS)  # type: ignore[attr-defined]
+
+
 # --- server subprocess -------------------------------------------------------------------
 
 
@@ -150,6 +166,7 @@ def serve(mode: str, port: int, url: str, database: str, cert: str, key: str) ->
             repository.memory = MemoryMarket(model, repository)
         keys = NoKeys()
         app = create_app(repository=repository, api_settings=settings, key_repository=keys)  # type: ignore[arg-type]
+        publish_book(app)
     uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, settings, "warning")).run()
 
 
@@ -170,6 +187,8 @@ local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS"))
 if delay_ms then function delay() return delay_ms end end
 """
 PACED_CONNECTIONS = 20  # each waits `delay` between requests: 20 x 1000 / rate ms apart
+# req/s of the paced runs per path: the issues' latency targets, and the anchor at each of them
+PACED_TARGETS = {"hello": (1000, 500), "price": (1000,), "history": (200,), "orderbook": (500,), "trades": (500,)}
 ACCOUNTS = 600  # enough that no account passes 1000 requests a minute in any run here
 
 
@@ -195,6 +214,9 @@ def wrk(
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
     errors = int(non2xx.group(1)) if non2xx else 0
+    done = re.search(r"(\d+) requests in", out)
+    if done is None or int(done.group(1)) == 0:  # nothing answered in time: no latency to report, not 0 ms
+        return {"req_s": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "non_2xx": errors}
     return {"req_s": round(rps), "p50_ms": pct("50"), "p99_ms": pct("99"), "non_2xx": errors}
 
 
@@ -221,6 +243,7 @@ def main() -> None:
     # The anchor runs first and last: the store's background merges after loading can slow the first
     # server measured, so each ratio is taken against the faster of the two hello runs.
     parser.add_argument("--modes", default="hello,store,memory,hello")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measured path")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
@@ -246,6 +269,11 @@ def main() -> None:
             "&start=2024-08-08T00:00:00Z&end=2024-08-09T00:00:00Z"
         )
         price = "/api/v1/market/price/BENCH-USDT"
+        orderbook = "/api/v1/market/orderbook/BENCH-USDT?depth=20&exchange=benchx"
+        trades = (
+            "/api/v1/market/trades/BENCH-USDT?exchange=benchx&limit=100"
+            "&start=2024-08-08T12:00:00Z&end=2024-08-08T13:00:00Z"
+        )
         results: dict[str, dict[str, dict[str, float]]] = {}
         for mode in args.modes.split(","):
             port = free_port()
@@ -256,18 +284,29 @@ def main() -> None:
                 wait_ready(base, cert)
                 figures: dict[str, dict[str, float]] = {}
                 paths = {"hello": "/hello"} if mode == "hello" else {"price": price, "history": history}
+                if mode == "memory":  # the served configuration: the issue's latency targets for these two
+                    paths.update(orderbook=orderbook, trades=trades)
                 for name, path in paths.items():
                     check = httpx.get(base + path, verify=str(cert), headers={"Authorization": f"Bearer {token}"})
                     assert check.status_code == 200, check.text[:300]
                     if name == "history":
                         assert len(check.json()["data"]) == 1440
-                    wrk(base + path, tokens, 2, args.connections, None, work)  # warm-up
+                    if name == "orderbook":
+                        assert len(check.json()["bids"]) == 20
+                    if name == "trades":
+                        assert len(check.json()["data"]) == 100
+                    wrk(base + path, tokens, args.warmup, args.connections, None, work)  # warm-up
                     figures[f"{name}_max"] = wrk(base + path, tokens, args.seconds, args.connections, None, work)
                     # paced: PACED_CONNECTIONS connections, each waiting `delay` between requests
-                    target = 200 if name == "history" else 1000
-                    figures[f"{name}_at_{target}"] = wrk(
-                        base + path, tokens, args.seconds, PACED_CONNECTIONS, PACED_CONNECTIONS * 1000 / target, work
-                    )
+                    for target in PACED_TARGETS[name]:
+                        figures[f"{name}_at_{target}"] = wrk(
+                            base + path,
+                            tokens,
+                            args.seconds,
+                            PACED_CONNECTIONS,
+                            PACED_CONNECTIONS * 1000 / target,
+                            work,
+                        )
                 if mode == "hello" and mode in results:
                     figures = max(results[mode], figures, key=lambda f: f["hello_max"]["req_s"])
                 results[mode] = figures
@@ -305,6 +344,21 @@ def main() -> None:
                 target="< 30 ms",
                 higher_is_better=False,
             )
+            hello_at_500 = results.get("hello", {}).get("hello_at_500", {}).get("p99_ms")
+            for name, figure in (
+                ("orderbook", "GET /market/orderbook (depth 20, live book) p99 at 500 req/s"),
+                ("trades", "GET /market/trades (100 a page, from the store) p99 at 500 req/s"),
+            ):
+                report(
+                    "rest",
+                    figure,
+                    memory[f"{name}_at_500"]["p99_ms"],
+                    "ms",
+                    anchor="hello p99 at 500 req/s",
+                    anchor_value=hello_at_500,
+                    target="< 10 ms",
+                    higher_is_better=False,
+                )
         if hello:
             for mode in ("store", "memory"):
                 if mode in results:
