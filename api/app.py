@@ -41,7 +41,7 @@ from api.security import SecurityGate, SecurityMiddleware
 from api.webapp import install_webapp
 from api.ws import MarketFeed, MarketHub, install_market_websocket
 from infra.config.api import ApiSettings
-from infra.config.settings import Settings, development_jwt_secret, get_settings, portfolio_signing_key
+from infra.config.settings import Settings, get_settings, portfolio_signing_key
 from infra.store.clickhouse import make_client
 from infra.store.repository import MarketRepository, StoreUnavailable
 from infra.store.risk_repository import RiskRepository
@@ -265,10 +265,7 @@ def create_app(
         return await anyio.to_thread.run_sync(keys.get, key_id)
 
     authenticator = Authenticator(
-        # a --dev app without a configured secret: its data directory's random development secret
-        JwtVerifier(options, dev=dev,
-                    dev_secret=lambda: development_jwt_secret(settings if settings is not None else get_settings())),
-        ApiKeyVerifier(lookup_key, ttl_s=options.api_key_cache_seconds),
+        JwtVerifier(options, dev=dev), ApiKeyVerifier(lookup_key, ttl_s=options.api_key_cache_seconds)
     )
     limiter = rate_limiter if rate_limiter is not None else build_rate_limiter(options.rate_limit, options.redis_url)
     app.state.gate = SecurityGate(options, authenticator, limiter)
