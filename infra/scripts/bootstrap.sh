@@ -14,10 +14,14 @@ entasis_bootstrap() {
     "$py" -m venv .venv
   fi
   local stamp=".venv/.installed${extras:+-$extras}"
-  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ clients/python/pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     # torch is not a dependency; if a later feature adds it, pin torch==2.13.0 (CPU wheel on disk).
     .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}"
+    if [ "$extras" = dev ]; then
+      # The Python client is its own package (clients/python); its tests run against this API.
+      .venv/bin/python -m pip install --quiet -e clients/python
+    fi
     touch "$stamp"
   fi
 }

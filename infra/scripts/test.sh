@@ -16,7 +16,7 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 echo "== ruff";          .venv/bin/ruff check .
-echo "== mypy";          .venv/bin/mypy
+echo "== mypy";          .venv/bin/mypy && .venv/bin/mypy --strict clients/python/src
 echo "== import contract"; .venv/bin/lint-imports
 echo "== pytest"
 set +e
