@@ -30,7 +30,7 @@ from api.market_lane import MarketFastLane
 from api.market_memory import MemoryMarket
 from api.metrics import MetricsMiddleware, build_metrics
 from api.openapi_ws import document_websocket
-from api.portfolio_repository import KafkaPortfolioBus
+from api.portfolio_repository import KafkaPortfolioBus, clickhouse_snapshots
 from api.portfolio_service import PortfolioBus
 from api.prediction_memory import LatestPredictions
 from api.ratelimit import RateLimiter, build_rate_limiter
@@ -41,7 +41,8 @@ from api.security import SecurityGate, SecurityMiddleware
 from api.webapp import install_webapp
 from api.ws import MarketFeed, MarketHub, install_market_websocket
 from infra.config.api import ApiSettings
-from infra.config.settings import Settings, get_settings, portfolio_signing_key
+from infra.config.kafka import aiokafka_options
+from infra.config.settings import Settings, development_jwt_secret, get_settings, portfolio_signing_key
 from infra.store.clickhouse import make_client
 from infra.store.repository import MarketRepository, StoreUnavailable
 from infra.store.risk_repository import RiskRepository
@@ -207,6 +208,9 @@ def create_app(
                 db_settings.topic_namespace,
                 AccountDefaults.from_settings(db_settings),
                 signing_key=portfolio_signing_key(db_settings),  # this app's settings, not the process's
+                # start from the agent's snapshots: the replay is bounded, not the topic's length
+                snapshots=clickhouse_snapshots(lambda: make_client(db_settings)),
+                kafka_options=aiokafka_options(db_settings),
             )
             built_bus.start_in_background()  # its replay of pf.events must not hold up the app's start
             app.state.portfolio_bus = built_bus
@@ -265,7 +269,10 @@ def create_app(
         return await anyio.to_thread.run_sync(keys.get, key_id)
 
     authenticator = Authenticator(
-        JwtVerifier(options, dev=dev), ApiKeyVerifier(lookup_key, ttl_s=options.api_key_cache_seconds)
+        # a --dev app without a configured secret: its data directory's random development secret
+        JwtVerifier(options, dev=dev,
+                    dev_secret=lambda: development_jwt_secret(settings if settings is not None else get_settings())),
+        ApiKeyVerifier(lookup_key, ttl_s=options.api_key_cache_seconds),
     )
     limiter = rate_limiter if rate_limiter is not None else build_rate_limiter(options.rate_limit, options.redis_url)
     app.state.gate = SecurityGate(options, authenticator, limiter)

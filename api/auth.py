@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from api.errors import ApiError, ErrorCode
 from api.keys import ApiKeyRecord, ApiKeyVerifier, BeforeLookup, KeyRejected
 from api.network import IPAddress
 from api.principal import KNOWN_SCOPES, Principal, valid_account
-from infra.config.api import DEV_JWT_SECRET, ApiSettings
+from infra.config.api import ApiSettings
 
 REALM = "entasis"
 # Every scheme we accept, as RFC 9110 challenges (X-API-Key has no registered scheme; the
@@ -72,13 +72,19 @@ def _read(path: Path, what: str) -> bytes:
         raise ValueError(f"cannot read the {what} {path}: {exc.strerror}") from None
 
 
-def verification_key(settings: ApiSettings, *, dev: bool) -> Any | None:
+# The development secret of a data directory, read (and made, the first time) only when needed:
+# `infra.config.settings.development_jwt_secret` bound to the process's settings.
+DevSecret = Callable[[], str]
+
+
+def verification_key(settings: ApiSettings, *, dev: bool, dev_secret: DevSecret | None = None) -> Any | None:
     """What tokens are verified with; None when nothing is configured (then every token is
-    refused). A --dev server without a secret uses the development secret."""
+    refused). A --dev server without a secret uses its data directory's development secret
+    (`dev_secret`), random per directory: never a value anyone could read in the source."""
     if settings.jwt_algorithm == "HS256":
         secret = settings.jwt_secret.get_secret_value()
-        if not secret and dev:
-            secret = DEV_JWT_SECRET
+        if not secret and dev and dev_secret is not None:
+            secret = dev_secret()
         return secret.encode() if secret else None
     if settings.jwt_public_key_path is None:
         return None
@@ -89,11 +95,16 @@ def verification_key(settings: ApiSettings, *, dev: bool) -> Any | None:
         raise ValueError(f"not a PEM public key: {settings.jwt_public_key_path}") from None
 
 
-def signing_key(settings: ApiSettings) -> tuple[Any, bool]:
-    """(key, is_development_secret) for `entasis token` and tests."""
+def signing_key(settings: ApiSettings, dev_secret: DevSecret | None = None) -> tuple[Any, bool]:
+    """(key, is_development_secret) for `entasis token` and tests: the configured secret, else the
+    data directory's development secret (`dev_secret`); ValueError when there is neither."""
     if settings.jwt_algorithm == "HS256":
         secret = settings.jwt_secret.get_secret_value()
-        return (secret or DEV_JWT_SECRET).encode(), not secret
+        if secret:
+            return secret.encode(), False
+        if dev_secret is None:
+            raise ValueError("no ENTASIS_API_JWT_SECRET configured")
+        return dev_secret().encode(), True
     if settings.jwt_private_key_path is None:
         raise ValueError("RS256 signing needs ENTASIS_API_JWT_PRIVATE_KEY_PATH")
     pem = _read(settings.jwt_private_key_path, "JWT private key")
@@ -111,8 +122,10 @@ def issue_token(
     ttl_s: float = 3600,
     now: float | None = None,
     extra: dict[str, Any] | None = None,
+    dev_secret: DevSecret | None = None,
 ) -> str:
-    """A token this deployment accepts (audience and issuer included when configured)."""
+    """A token this deployment accepts (audience and issuer included when configured); without a
+    configured secret, signed with `dev_secret` (what a --dev server of the same data directory uses)."""
     if not valid_account(subject):
         raise ValueError(f"not a valid account id: {subject!r}")
     issued = int(now if now is not None else time.time())
@@ -129,7 +142,7 @@ def issue_token(
     if settings.jwt_issuer:
         claims["iss"] = settings.jwt_issuer
     claims.update(extra or {})
-    key, _ = signing_key(settings)
+    key, _ = signing_key(settings, dev_secret)
     return jwt.encode(claims, key, algorithm=settings.jwt_algorithm)
 
 
@@ -147,9 +160,10 @@ class JwtVerifier:
     """Verifies tokens; a verified token is remembered (bounded) until its `exp`, so a client that
     sends the same token on every request pays for the signature check once."""
 
-    def __init__(self, settings: ApiSettings, *, dev: bool, cache_size: int = 4096) -> None:
+    def __init__(self, settings: ApiSettings, *, dev: bool, dev_secret: DevSecret | None = None,
+                 cache_size: int = 4096) -> None:
         self._algorithm = settings.jwt_algorithm
-        self._key = verification_key(settings, dev=dev)
+        self._key = verification_key(settings, dev=dev, dev_secret=dev_secret)
         self._leeway = settings.jwt_leeway_seconds
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer

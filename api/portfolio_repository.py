@@ -15,8 +15,12 @@
   retrying with backoff: an API started before its broker answers 503 until the broker and the
   topics are there, then serves without a restart. The CLI connects in the foreground (`start`).
 
-The fold of every account is held in memory: replaying the topic at start costs time linear
-in its length. Snapshots (or a ClickHouse projection) are the next step when that matters.
+The fold of every account is held in memory. With a snapshot loader (the served API reads the
+portfolio agent's `portfolio_snapshots`, streams/core/portfolio_snapshot.py), a start restores every
+account from its latest snapshot and reads each partition only after its mark: the replay is bounded
+by the agent's snapshot interval, not by the topic's length. Snapshots that do not continue the
+topic (marks past its end, an event that does not follow its account's snapshot) are dropped and the
+topic is folded from the beginning, as without a loader.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -31,23 +36,59 @@ from pydantic import ValidationError
 
 from api.portfolio_service import BusTimeout, BusUnavailable, PortfolioCommand, is_answer
 from infra.config.settings import get_settings, portfolio_signing_key
-from schemas.portfolio import COMMANDS_TOPIC_NAME, EVENTS_TOPIC_NAME, PortfolioEvent, decode_event
+from schemas.portfolio import (
+    ADMIN_TOPIC_NAME,
+    COMMANDS_TOPIC_NAME,
+    EVENTS_TOPIC_NAME,
+    PortfolioEvent,
+    SetBalance,
+    decode_event,
+)
 from schemas.wire import encode_event
 from streams.core.backoff import Backoff
-from streams.core.portfolio import SIGNATURE_HEADER, AccountDefaults, Ledger, command_signature
+from streams.core.portfolio import SIGNATURE_HEADER, AccountDefaults, Ledger, admin_signature, command_signature
+from streams.core.portfolio_snapshot import EventPosition, SnapshotLedger, SnapshotMismatch, SnapshotRow
+from streams.sinks.portfolio_snapshots import load_rows
 
 log = logging.getLogger("api.portfolio")
+
+# The stored snapshots of an events topic (its full name): the rows `SnapshotLedger.restore` takes.
+SnapshotLoader = Callable[[str], Awaitable[list[SnapshotRow]]]
+
+
+def clickhouse_snapshots(client_factory: Callable[[], Any]) -> SnapshotLoader:
+    """The portfolio agent's snapshots (`portfolio_snapshots`), read once at start on a thread with
+    a client of their own (the clients block)."""
+
+    async def load(topic: str) -> list[SnapshotRow]:
+        def read() -> list[SnapshotRow]:
+            client = client_factory()
+            try:
+                return load_rows(client, topic)
+            finally:
+                client.close()
+
+        return await asyncio.to_thread(read)
+
+    return load
 
 
 class KafkaPortfolioBus:
     def __init__(self, bootstrap: str, namespace: str = "", defaults: AccountDefaults | None = None,
-                 catch_up_timeout_s: float = 30.0, signing_key: bytes | None = None) -> None:
+                 catch_up_timeout_s: float = 30.0, signing_key: bytes | None = None,
+                 admin_key: bytes | None = None, snapshots: SnapshotLoader | None = None,
+                 kafka_options: dict[str, Any] | None = None) -> None:
         self.defaults = defaults or AccountDefaults()
         self.commands_topic = f"{namespace}{COMMANDS_TOPIC_NAME}"
+        self.admin_topic = f"{namespace}{ADMIN_TOPIC_NAME}"
         self.events_topic = f"{namespace}{EVENTS_TOPIC_NAME}"
         self._bootstrap = bootstrap
         self._catch_up_timeout_s = catch_up_timeout_s
-        self._ledger = Ledger()
+        self._book = SnapshotLedger()  # the read model, and where each account's last event lies
+        self._snapshots = snapshots
+        self._kafka_options = kafka_options or {}  # SASL (infra/config/kafka.py), where the broker wants it
+        self.replayed = 0  # events folded since the start (after the snapshots it restored)
+        self.restored_accounts = 0
         self._waiting: dict[str, asyncio.Future[PortfolioEvent]] = {}
         self._ready = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
@@ -58,14 +99,17 @@ class KafkaPortfolioBus:
         self.malformed = 0
         # None: the process settings' key (the data directory's file in development), read at start
         self._signing_key = signing_key
+        # set_balance goes to pf.admin.v1 signed with this; None (the API): this process cannot send one
+        self._admin_key = admin_key
 
     async def start(self) -> None:
         """Connect and start replaying pf.events; raises when the broker or the topic is missing
         (the clients are stopped again then). For a caller that can report the failure (the CLI)."""
         if self._signing_key is None:
             self._signing_key = portfolio_signing_key(get_settings())
-        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all")
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False, group_id=None)
+        producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all", **self._kafka_options)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False, group_id=None,
+                                    **self._kafka_options)
         try:
             await producer.start()
             await consumer.start()
@@ -79,6 +123,7 @@ class KafkaPortfolioBus:
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             end = await consumer.end_offsets(tps)
+            await self._restore(consumer, tps, end)
         except BaseException:
             for client in (consumer, producer):
                 await client.stop()
@@ -117,33 +162,76 @@ class KafkaPortfolioBus:
         for future in self._waiting.values():
             future.cancel()
 
+    async def _restore(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition],
+                       end: dict[TopicPartition, int]) -> None:
+        """Start from the stored snapshots, when there are any that fit the topic: the read model
+        takes them, and each partition is read after its mark."""
+        self._book = SnapshotLedger()
+        if self._snapshots is None:
+            return
+        try:
+            rows = await self._snapshots(self.events_topic)
+            book, start = SnapshotLedger.restore(rows)
+        except Exception as exc:  # the database is down, or rows unreadable: slower, not wrong
+            log.warning("portfolio snapshots not used (%r): replaying the whole events topic", exc)
+            return
+        ends = {tp.partition: end[tp] for tp in tps}
+        if any(first > ends.get(p, 0) for p, first in start.items()):
+            log.warning("portfolio snapshots cover events the topic does not hold: replaying it whole")
+            return
+        for tp in tps:
+            if start.get(tp.partition):
+                consumer.seek(tp, start[tp.partition])
+        self._book = book
+        self.restored_accounts = sum(1 for row in rows if not row.is_mark)
+
     async def _run(self, tps: list[TopicPartition], end: dict[TopicPartition, int]) -> None:
         consumer = self._consumer
         assert consumer is not None
-        if all(end[tp] == 0 for tp in tps):
-            self._ready.set()
         while True:
-            batches = await consumer.getmany(*tps, timeout_ms=200)
-            for records in batches.values():
-                for record in records:
-                    self._on_event(record.value)
             if not self._ready.is_set():
                 positions = [await consumer.position(tp) for tp in tps]
                 if all(pos >= end[tp] for pos, tp in zip(positions, tps, strict=True)):
                     self._ready.set()
+            batches = await consumer.getmany(*tps, timeout_ms=200)
+            refold = False
+            for records in batches.values():
+                for record in records:
+                    if not self._on_record(record):
+                        refold = True
+                        break
+                if refold:
+                    break
+            if refold:
+                # the snapshots did not continue the topic: everything again, from the beginning
+                self._ready.clear()
+                self._book, self.replayed = SnapshotLedger(), 0
+                await consumer.seek_to_beginning(*tps)
+                end = await consumer.end_offsets(tps)
 
-    def _on_event(self, raw: Any) -> None:
+    def _on_record(self, record: Any) -> bool:
+        """Fold one record; False when the restored snapshots turn out not to fit the topic."""
+        try:
+            return self._on_event(record.value, EventPosition(record.partition, record.offset))
+        except SnapshotMismatch as exc:
+            log.warning("portfolio snapshots do not continue the events topic (%s): replaying it whole", exc)
+            return False
+
+    def _on_event(self, raw: Any, position: EventPosition | None = None) -> bool:
         try:
             event = decode_event(raw)
-            self._ledger.apply(event)
+            if not self._book.fold(event, position):
+                return True  # already in the snapshot it was restored from
         except (ValidationError, ValueError) as exc:
             self.malformed += 1  # the agent is the only writer; this is a bug to log, not to crash on
             log.error("unreadable portfolio event: %s", exc)
-            return
+            return True
+        self.replayed += 1
         if is_answer(event):
             future = self._waiting.get(event.command_id)
             if future is not None and not future.done():
                 future.set_result(event)
+        return True
 
     async def _caught_up(self) -> None:
         if self._producer is None:  # not connected (yet): answer at once rather than wait for a replay
@@ -160,11 +248,16 @@ class KafkaPortfolioBus:
         self._waiting[command.command_id] = future  # before sending: the answer may come at once
         try:
             key, value = command.account.encode(), encode_event(command)
-            assert self._signing_key is not None  # set by start()
-            signature = command_signature(self._signing_key, key, value).encode()
+            if isinstance(command, SetBalance):
+                # an operator's command: its own topic and key, which the API does not hold
+                if self._admin_key is None:
+                    raise BusUnavailable("set_balance needs the portfolio admin key (entasis portfolio set-balance)")
+                topic, signature = self.admin_topic, admin_signature(self._admin_key, key, value).encode()
+            else:
+                assert self._signing_key is not None  # set by start()
+                topic, signature = self.commands_topic, command_signature(self._signing_key, key, value).encode()
             try:
-                await self._producer.send_and_wait(self.commands_topic, value, key=key,
-                                                   headers=[(SIGNATURE_HEADER, signature)])
+                await self._producer.send_and_wait(topic, value, key=key, headers=[(SIGNATURE_HEADER, signature)])
             except Exception as exc:  # aiokafka's errors: broker down, topic missing, timeouts
                 log.warning("could not write a portfolio command: %r", exc)
                 raise BusUnavailable("could not write the command") from exc
@@ -177,4 +270,4 @@ class KafkaPortfolioBus:
 
     async def ledger(self) -> Ledger:
         await self._caught_up()
-        return self._ledger
+        return self._book.ledger

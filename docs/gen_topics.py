@@ -61,8 +61,10 @@ FLOW: dict[str, tuple[str, str]] = {
     topics.BOOK_TOP.name: ("book agent", "API (WebSocket fan-out), prediction agent (book imbalance)"),
     topics.RISK.name: ("risk agent (which also stores `risk_estimates`)", "external consumers"),
     topics.PREDICTIONS.name: ("prediction agent (which also stores `predictions`)", "external consumers"),
-    topics.PF_COMMANDS.name: ("API (`POST`/`DELETE /portfolio/positions`), `entasis portfolio set-balance`",
+    topics.PF_COMMANDS.name: ("API (`POST`/`DELETE /portfolio/positions`), signed with the API's key",
                               "portfolio agent"),
+    topics.PF_ADMIN.name: ("`entasis portfolio set-balance` (an operator), signed with the admin key",
+                           "portfolio agent"),
     topics.PF_EVENTS.name: ("portfolio agent", "portfolio event sink, API read model, `entasis portfolio rebuild`"),
     topics.VWAP.name: ("VWAP agent (which also stores `vwap`)", "external consumers"),
     topics.QUALITY.name: ("candles agent, book agent, stale-feed monitor, live connectors", "quality sink"),
@@ -74,7 +76,8 @@ FLOW: dict[str, tuple[str, str]] = {
 TOPIC_MODELS: dict[str, list[type]] = {
     topics.TRADES.name: [TradeRow],
     topics.BOOK.name: [BookDelta, BookSnapshot, BookTicker],
-    topics.PF_COMMANDS.name: [OpenPosition, ClosePosition, SetBalance],
+    topics.PF_COMMANDS.name: [OpenPosition, ClosePosition],
+    topics.PF_ADMIN.name: [SetBalance],
     topics.PF_EVENTS.name: [
         AccountOpened, BalanceSet, PositionOpened, PositionRejected, PositionClosed, CloseRejected, RequestReplayed,
     ],
@@ -174,8 +177,16 @@ TOPIC_NOTES: dict[str, str] = {
         "passed. Stored in `predictions` and `prediction_outcomes` (view `prediction_audit`)."
     ),
     topics.PF_COMMANDS.name: (
-        "`kind` tells the three commands apart. Commands are requests, not facts: the agent decides "
-        "each against the account's state and answers on `pf.events.v1`."
+        "`kind` tells the two orders apart. Commands are requests, not facts: the agent decides "
+        "each against the account's state and answers on `pf.events.v1`. Each carries the API's "
+        "HMAC-SHA256 in the `entasis-signature` header (ENTASIS_PORTFOLIO_SIGNING_KEY); the agent "
+        "decides nothing unsigned, and refuses a `set_balance` here whoever signed it."
+    ),
+    topics.PF_ADMIN.name: (
+        "An operator's commands: `set_balance` only, signed with ENTASIS_PORTFOLIO_ADMIN_KEY (header "
+        "`entasis-signature`, its own domain), a key the API does not hold. As many partitions as "
+        "`pf.commands.v1`, so Faust gives one worker both topics' partition of an account "
+        "(co-partitioning); a balance change is decided between the account's orders, in arrival order."
     ),
     topics.PF_EVENTS.name: (
         "The source of truth of every position and balance: kept forever, never compacted; positions "

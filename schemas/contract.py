@@ -22,7 +22,7 @@ from schemas.codecs import book as book_codec
 from schemas.codecs import trades as trades_codec
 from schemas.codecs.envelope import VERSION_KEY
 from schemas.events import BookDelta, BookSnapshot, Candle, DeadLetter, QualityEvent
-from schemas.portfolio import COMMAND_ADAPTER, EVENT_ADAPTER
+from schemas.portfolio import ADMIN_ADAPTER, EVENT_ADAPTER, ORDER_ADAPTER
 from schemas.prediction import Prediction, PredictionOutcome
 from schemas.risk import RiskEstimate
 from schemas.vwap import Vwap
@@ -39,7 +39,8 @@ _MODELS: dict[str, Any] = {
     topics.BOOK_TOP.name: BookSnapshot,
     topics.RISK.name: RiskEstimate,
     topics.PREDICTIONS.name: Prediction | PredictionOutcome,
-    topics.PF_COMMANDS.name: COMMAND_ADAPTER,
+    topics.PF_COMMANDS.name: ORDER_ADAPTER,
+    topics.PF_ADMIN.name: ADMIN_ADAPTER,
     topics.PF_EVENTS.name: EVENT_ADAPTER,
     topics.VWAP.name: Vwap,
     topics.QUALITY.name: QualityEvent,

@@ -30,7 +30,9 @@ DecimalStr = Annotated[
 ]
 Symbol = Annotated[str, StringConstraints(pattern=SYMBOL_PATTERN)]
 Venue = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
-NanoTime = Annotated[int, Field(ge=0)]
+# Nanoseconds since the epoch within int64: what Arrow's timestamp[ns] and ClickHouse's DateTime64(9)
+# hold (schemas.limits.MAX_TIME_NS), so no decoded time can fail a sink's insert.
+NanoTime = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
 class Event(BaseModel):

@@ -32,6 +32,8 @@ MAX_PRICE = Decimal("1e30")  # exclusive: Decimal(38, 8) holds 30 integer digits
 MAX_SIZE = Decimal("1e20")  # exclusive
 MIN_TIME_NS = 0
 MAX_TIME_NS = 2**63 - 1
+MAX_COUNT = 2**32 - 1  # the store's UInt32 counters (trades in a candle, revisions, windows)
+MAX_UPDATE_ID = 2**64 - 1  # UInt64 update ids
 VENUE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
 
 _SYMBOL = re.compile(SYMBOL_PATTERN)
@@ -74,6 +76,23 @@ def symbol_problem(value: object) -> str | None:
 def venue_problem(value: object) -> str | None:
     if not isinstance(value, str) or not _VENUE.fullmatch(value):
         return f"venue must match {VENUE_PATTERN}, got {value!r:.40}"
+    return None
+
+
+def amount_problem(value: object, what: str) -> str | None:
+    """A computed amount the store rounds to 8 places (risk, predictions): finite, not negative,
+    under 1e30 (any number of places: it is rounded, never refused for them)."""
+    if not isinstance(value, Decimal) or not value.is_finite():
+        return f"{what} must be a finite decimal, got {value!r}"
+    if value < 0 or value >= MAX_PRICE:
+        return f"{what} must be within 0..{MAX_PRICE}, got {value:.3e}"
+    return None
+
+
+def count_problem(value: object, what: str, bound: int = MAX_COUNT) -> str | None:
+    """A counter the store keeps unsigned (`bound` its largest value)."""
+    if type(value) is not int or not 0 <= value <= bound:
+        return f"{what} must be an integer within 0..{bound}, got {value!r:.40}"
     return None
 
 

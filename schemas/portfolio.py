@@ -22,6 +22,9 @@ from schemas.events import DecimalStr, NanoTime, Symbol
 
 COMMANDS_TOPIC_NAME = "pf.commands.v1"
 EVENTS_TOPIC_NAME = "pf.events.v1"
+# An operator's commands (`set_balance`), never the API's: their own topic and signing key
+# (streams/agents/portfolio.py), so the API's key cannot set a balance.
+ADMIN_TOPIC_NAME = "pf.admin.v1"
 
 Account = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@|+-]{0,127}$")]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -33,6 +36,7 @@ IdempotencyKey = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,128}$
 # money arithmetic is exact (streams/core/portfolio.py); beyond them a command is refused at the door.
 MAX_SIZE = Decimal("1e20")  # exclusive
 MAX_MONEY = Decimal("1e30")  # exclusive: prices, balances, notional limits
+MAX_POSITIONS = 2**31 - 1  # a limit on open positions (kept in snapshots and the store as a 64-bit integer)
 Size = Annotated[DecimalStr, Field(gt=0, lt=MAX_SIZE, decimal_places=8)]
 Leverage = Annotated[DecimalStr, Field(ge=1, le=100, decimal_places=8)]
 Price = Annotated[DecimalStr, Field(gt=0, lt=MAX_MONEY, decimal_places=8)]
@@ -102,13 +106,18 @@ class SetBalance(_Command):
 
     kind: Literal["set_balance"] = "set_balance"
     balance: Money
-    max_open_positions: Annotated[int, Field(ge=0)] | None = None
+    max_open_positions: Annotated[int, Field(ge=0, le=MAX_POSITIONS)] | None = None
     max_symbol_notional: Annotated[DecimalStr, Field(ge=0, lt=MAX_MONEY)] | None = None
     issued_ts_ns: NanoTime
 
 
 Command = Annotated[OpenPosition | ClosePosition | SetBalance, Field(discriminator="kind")]
 COMMAND_ADAPTER: TypeAdapter[OpenPosition | ClosePosition | SetBalance] = TypeAdapter(Command)
+# What each topic admits: orders on pf.commands.v1 (the API's), set_balance on pf.admin.v1 (an
+# operator's). The agent decodes both with COMMAND_ADAPTER and refuses a kind on the wrong topic.
+ORDER_ADAPTER: TypeAdapter[OpenPosition | ClosePosition] = TypeAdapter(
+    Annotated[OpenPosition | ClosePosition, Field(discriminator="kind")])
+ADMIN_ADAPTER: TypeAdapter[SetBalance] = TypeAdapter(SetBalance)
 
 
 # --- events ----------------------------------------------------------------------------------
@@ -116,7 +125,7 @@ COMMAND_ADAPTER: TypeAdapter[OpenPosition | ClosePosition | SetBalance] = TypeAd
 
 class _Event(_Message):
     schema_version: Literal["portfolio_event.v1"] = EVENT_FORMAT
-    seq: Annotated[int, Field(ge=1)]  # the account's event number
+    seq: Annotated[int, Field(ge=1, le=2**63 - 1)]  # the account's event number
     ts_ns: NanoTime
 
 
@@ -126,14 +135,14 @@ class AccountOpened(_Event):
 
     kind: Literal["account_opened"] = "account_opened"
     balance: DecimalStr
-    max_open_positions: Annotated[int, Field(ge=0)]
+    max_open_positions: Annotated[int, Field(ge=0, le=MAX_POSITIONS)]
     max_symbol_notional: DecimalStr = Field(ge=0)
 
 
 class BalanceSet(_Event):
     kind: Literal["balance_set"] = "balance_set"
     balance: DecimalStr
-    max_open_positions: Annotated[int, Field(ge=0)]
+    max_open_positions: Annotated[int, Field(ge=0, le=MAX_POSITIONS)]
     max_symbol_notional: DecimalStr = Field(ge=0)
 
 

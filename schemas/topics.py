@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from schemas.codecs import book, book_top, candles, dead_letters, portfolio, predictions, quality, risk, trades, vwap
 from schemas.events import INTERVAL_NS
-from schemas.portfolio import COMMANDS_TOPIC_NAME, EVENTS_TOPIC_NAME
+from schemas.portfolio import ADMIN_TOPIC_NAME, COMMANDS_TOPIC_NAME, EVENTS_TOPIC_NAME
 from schemas.prediction import PREDICTION_TOPIC_NAME
 from schemas.risk import RISK_TOPIC_NAME
 from schemas.vwap import VWAP_TOPIC_NAME
@@ -52,6 +52,10 @@ RISK = TopicSpec(RISK_TOPIC_NAME, RAW_PARTITIONS, "venue:symbol", risk.RISK_ESTI
 PREDICTIONS = TopicSpec(PREDICTION_TOPIC_NAME, RAW_PARTITIONS, "venue:symbol",
                         " | ".join(predictions.FORMATS), 90 * DAY_MS)
 PF_COMMANDS = TopicSpec(COMMANDS_TOPIC_NAME, RAW_PARTITIONS, "account", portfolio.PORTFOLIO_COMMAND, 7 * DAY_MS)
+# set_balance only, from an operator (`entasis portfolio set-balance`), signed with the admin key.
+# As many partitions as pf.commands.v1: Faust assigns equal-sized topics' partitions together
+# (co-partitioning), so one worker decides an account's orders and its balance changes.
+PF_ADMIN = TopicSpec(ADMIN_TOPIC_NAME, RAW_PARTITIONS, "account", portfolio.PORTFOLIO_COMMAND, 7 * DAY_MS)
 # the source of truth of every position and balance: kept forever, never compacted
 PF_EVENTS = TopicSpec(EVENTS_TOPIC_NAME, RAW_PARTITIONS, "account", portfolio.PORTFOLIO_EVENT, None)
 VWAP = TopicSpec(VWAP_TOPIC_NAME, RAW_PARTITIONS, "venue:symbol", vwap.VWAP, 30 * DAY_MS)
@@ -59,7 +63,8 @@ QUALITY = TopicSpec("md.quality.v1", 1, "venue:symbol", quality.QUALITY, 30 * DA
 DEAD_LETTER = TopicSpec("md.deadletter.v1", 1, "source", dead_letters.DEAD_LETTER, 30 * DAY_MS)
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
-    TRADES, BOOK, *CANDLES.values(), BOOK_TOP, RISK, PREDICTIONS, PF_COMMANDS, PF_EVENTS, VWAP, QUALITY, DEAD_LETTER,
+    TRADES, BOOK, *CANDLES.values(), BOOK_TOP, RISK, PREDICTIONS, PF_COMMANDS, PF_ADMIN, PF_EVENTS, VWAP, QUALITY,
+    DEAD_LETTER,
 )
 
 

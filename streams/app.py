@@ -14,6 +14,7 @@ from typing import Any
 import faust
 from clickhouse_connect.driver.client import Client
 
+from infra.config.kafka import ssl_context
 from infra.config.settings import Settings
 from schemas import topics
 from schemas.events import Candle, DeadLetter, QualityEvent
@@ -43,6 +44,7 @@ from streams.agents.vwap import register_vwap_agent
 from streams.runtime.emit import topic_emitter
 from streams.runtime.keyed import forget_on_revoke
 from streams.runtime.metrics import (
+    DatabaseProbe,
     MeteredClickHouseSink,
     WorkerMetrics,
     attach_state,
@@ -51,6 +53,7 @@ from streams.runtime.metrics import (
 )
 from streams.sinks.checkpoints import ClickHouseCheckpointStore
 from streams.sinks.clickhouse import ClickHouseSink
+from streams.sinks.portfolio_snapshots import ClickHousePortfolioSnapshotStore
 
 
 @dataclass
@@ -83,6 +86,12 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         # under the data directory rather than `<app id>-data` in whatever folder the worker ran.
         "datadir": str(Path(settings.data_dir) / "faust" / "{conf.name}"),
     }
+    if settings.kafka_security_protocol != "PLAINTEXT":
+        # SASL on the broker (docker-compose): Faust's own credentials class, from the same settings
+        # as every other client (infra/config/kafka.py)
+        conf["broker_credentials"] = faust.SASLCredentials(
+            username=settings.kafka_username, password=settings.kafka_password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism, ssl_context=ssl_context(settings))
     if settings.broker_flavour == "tansu":
         # Tansu holds a group join for half the session timeout: keep it short so a
         # (re)started worker gets its partitions in about a second, not five.
@@ -134,7 +143,9 @@ def build_worker(
         metrics.child(metrics.dead_letters, "dead", letter.source).inc()
 
     emit_candle: CandleEmitter = candle_emitter or publish_candle
-    sink: ClickHouseSink = MeteredClickHouseSink(client_factory, metrics)
+    # ENTASIS_WORKER_METRICS=false: nothing timed or observed per batch (to measure what that costs)
+    metered = settings.worker.metrics
+    sink = MeteredClickHouseSink(client_factory, metrics) if metered else ClickHouseSink(client_factory)
     config = CandleConfig(
         lateness_ns=settings.candle.lateness_ms * 10**6,
         grace_ns=settings.candle.grace_ms * 10**6,
@@ -145,13 +156,13 @@ def build_worker(
     monitor = StaleFeedMonitor(settings.stale_feed_seconds)
     batch, within = settings.sink.batch_messages, settings.sink.flush_seconds
 
-    def observe(agent: str) -> Callable[[int, float], None]:
-        return lambda messages, seconds: metrics.observe_agent(agent, messages, seconds)
+    def observe(agent: str) -> Callable[[int, float], None] | None:
+        return (lambda messages, seconds: metrics.observe_agent(agent, messages, seconds)) if metered else None
 
-    candle_seconds = metrics.agent_seconds.labels("candles")
+    candle_observe = metrics.agent_seconds.labels("candles").observe if metered else None
     agents = {
         "candles": app.agent(trades_topic, name="candles")(
-            make_candle_agent(state, emit_candle, emit_quality, emit_dead, observe=candle_seconds.observe)
+            make_candle_agent(state, emit_candle, emit_quality, emit_dead, observe=candle_observe)
         ),
         "trade_sink": app.agent(trades_topic, name="trade_sink")(
             make_trade_sink(sink, batch, within, observe("trade_sink"))
@@ -181,7 +192,9 @@ def build_worker(
                                      book_top_topic=app.topic(topics.BOOK_TOP.full_name(ns)), sink=sink)
     agents.update(predict.agents)
     portfolio = register_portfolio_agent(app, settings, commands_topic=app.topic(topics.PF_COMMANDS.full_name(ns)),
-                                         events_topic=app.topic(topics.PF_EVENTS.full_name(ns)))
+                                         events_topic=app.topic(topics.PF_EVENTS.full_name(ns)),
+                                         admin_topic=app.topic(topics.PF_ADMIN.full_name(ns)),
+                                         snapshots=ClickHousePortfolioSnapshotStore(sink))
     agents.update(portfolio.agents)
     agents["portfolio_event_sink"] = app.agent(app.topic(topics.PF_EVENTS.full_name(ns)), name="portfolio_event_sink")(
         make_portfolio_event_sink(sink, batch, within, observe("portfolio_event_sink"))
@@ -203,6 +216,7 @@ def build_worker(
     # What the agents count already is read at scrape time (streams/runtime/metrics.py).
     attach_state(metrics, lambda: app.monitor, state, sink.rows_written)
     track_assignment(app, metrics)
+    metrics.database = DatabaseProbe(client_factory)  # `/readyz`: a client of its own, never the sink's
     if settings.worker.metrics_port:
         @app.task
         async def serve_metrics() -> None:

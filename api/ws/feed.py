@@ -27,6 +27,7 @@ from api.read_model import MemTrade, ReadModel, VersionedCandle, candle_version
 from api.risk_memory import LatestRisk
 from api.ws.hub import MarketHub
 from api.ws.protocol import MAX_DEPTH, CandleBar, format_levels
+from infra.config.kafka import aiokafka_options
 from infra.config.settings import Settings
 from infra.store.repository import CandleRow
 from schemas import topics
@@ -118,6 +119,7 @@ class MarketFeed:
         self.risk_estimates = risk_estimates
         self.forecasts = forecasts
         self.bootstrap = settings.kafka_bootstrap
+        self._kafka_options = aiokafka_options(settings)  # SASL where the broker wants it
         self.client_id = client_id
         ns = settings.topic_namespace
         self.trades_topic = topics.TRADES.full_name(ns)
@@ -167,6 +169,7 @@ class MarketFeed:
                 # one listing per batch (docs/embedded.md); 100 ms halved the broker's CPU and cut the
                 # API's by 60 %, for at most ~50 ms more on a tick
                 fetch_max_wait_ms=100,
+                **self._kafka_options,
             )
             try:
                 await consumer.start()

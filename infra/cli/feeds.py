@@ -65,7 +65,7 @@ class TrackingPublisher:
 
 def _tracker(settings: Settings, stop: threading.Event | None) -> TrackingPublisher:
     trades_topic = topics.TRADES.full_name(settings.topic_namespace)
-    return TrackingPublisher(KafkaPublisher(settings.kafka_bootstrap), trades_topic, stop)
+    return TrackingPublisher(KafkaPublisher.for_settings(settings), trades_topic, stop)
 
 
 def replay_into(settings: Settings, path: Path, speed: float | None = None, stop: threading.Event | None = None,
@@ -87,17 +87,18 @@ def replay_into(settings: Settings, path: Path, speed: float | None = None, stop
 
 
 def live_into(settings: Settings, feeds: tuple[Feed, ...], stop: threading.Event,
-              endpoint: str | None = None) -> FeedResult:
-    """The live connectors until `stop` is set."""
+              endpoint: str | None = None, record_dir: str | None = None) -> FeedResult:
+    """The live connectors until `stop` is set; with `record_dir` (`--record`) they record every
+    frame they receive there."""
     import asyncio
 
-    from infra.cli.live import connector_config, connectors_for, run_connectors
+    from infra.cli.live import connector_config, connectors_for, metrics_address, run_connectors
 
     tracker = _tracker(settings, None)  # stopped through `stop`, not by raising inside a publish
     started = time.monotonic()
-    connectors = connectors_for(feeds, tracker, connector_config(settings, endpoint))
+    connectors = connectors_for(feeds, tracker, connector_config(settings, endpoint, record_dir))
     try:
-        asyncio.run(run_connectors(connectors, stop))
+        asyncio.run(run_connectors(connectors, stop, metrics_at=metrics_address(settings)))
     finally:
         tracker.close()
         tracker.result.elapsed_s = time.monotonic() - started

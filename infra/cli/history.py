@@ -2,7 +2,8 @@
 
     entasis history import FILE... --venue binance --symbol BTC-USDT --interval 1h
     entasis history simulate [--days 90] [--seed 7] [--symbols BTC-USDT ETH-USDT] [--end ISO]
-    entasis history backfill --venue binance --symbol BTC-USDT --interval 1h --days 90 [--endpoint URL]
+    entasis history backfill --venues binance:BTC-USDT,coinbase:ETH-USD --interval 1h --days 90 [--endpoint URL]
+    entasis history backfill --venue binance --symbol BTC-USDT ...    (one feed; the same)
 
 `import` reads CSV (`timestamp_utc_iso,open,high,low,close,volume`, bar open time in UTC,
 ascending) or Parquet files with the same columns, validates every file whole, and publishes
@@ -11,10 +12,12 @@ final candles on the candle topics of the interval and of the coarser intervals 
 the risk and prediction agents fold them as they do the pipeline's own candles; candles the
 store already holds as final are skipped, so importing a file twice changes nothing.
 
-`backfill` fetches the venue's candles of the last `--days` days that the store lacks (ccxt
-`fetch_ohlcv`, paged, retried with backoff: streams/ingest/backfill.py) and imports them through
-the same path; a venue that keeps refusing ends it with an error naming the venue and the range
-still missing, after the bars already fetched are imported.
+`backfill` fetches each feed's candles of the last `--days` days that the store lacks (ccxt
+`fetch_ohlcv`, paged, retried with backoff: streams/ingest/backfill.py; the venues at once, one
+ccxt client and rate limiter each) and imports them through the same path as they come; a venue
+that keeps refusing ends its feeds with an error naming the venue and the range still missing,
+after the bars already fetched are imported. `up --venues` runs it before the live feed
+(`backfill_for_up`).
 
 `simulate` is the warm default of the simulated feed: a seeded history of the feed's symbols
 ending where the live feed starts, through the same path. `up` calls
@@ -26,6 +29,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -45,6 +49,7 @@ from streams.ingest.history import (
 from streams.ingest.publisher import KafkaPublisher, Publisher
 
 if TYPE_CHECKING:  # the backfill imports ccxt (~0.5 s): only `history backfill` pays for it
+    from streams.core.backoff import Backoff
     from streams.ingest.backfill import BackfillResult
 
 
@@ -61,7 +66,7 @@ def import_into(settings: Settings, paths: Sequence[Path], venue: str, symbol: s
     venue, symbol, bars = load_files(paths, venue, symbol, interval, now_ns or time.time_ns())
     stored, client = _store(settings)
     own = publisher is None
-    out = publisher if publisher is not None else KafkaPublisher(settings.kafka_bootstrap)
+    out = publisher if publisher is not None else KafkaPublisher.for_settings(settings)
     try:
         return publish_history(bars, venue, symbol, interval, out, namespace=settings.topic_namespace, stored=stored)
     finally:
@@ -78,7 +83,7 @@ def simulate_history_into(settings: Settings, *, end_ns: int, days: int = 90, se
     then one day and the current day's minutes as 1-minute bars, with 5m, 1h and 1d derived."""
     stored, client = _store(settings)
     own = publisher is None
-    out = publisher if publisher is not None else KafkaPublisher(settings.kafka_bootstrap)
+    out = publisher if publisher is not None else KafkaPublisher.for_settings(settings)
     try:
         return publish_simulated_history(out, symbols, end_ns=end_ns, days=days, seed=seed,
                                          namespace=settings.topic_namespace, stored=stored)
@@ -102,64 +107,183 @@ def cmd_history_import(settings: Settings, args: Any) -> int:
     return 0
 
 
-def backfill_into(settings: Settings, venue: str, symbol: str, interval: str, days: int, *,
-                  endpoint: str | None = None, now_ns: int | None = None, exchange: Any = None,
-                  publisher: Publisher | None = None, progress: bool = True) -> BackfillResult:
-    """`history backfill`: the venue's missing candles through the import path. `exchange` (a
-    ccxt.pro client) defaults to the venue's, pointed at `endpoint` (an exchange double) when given."""
+@dataclass
+class FeedBackfill:
+    """One feed's backfill: the venue's result, or why it could not be asked at all."""
+
+    venue: str
+    symbol: str
+    interval: str
+    days: int
+    result: BackfillResult | None = None
+    failure: str | None = None  # the venue's markets, a symbol it does not list, ...: nothing fetched
+
+    @property
+    def key(self) -> str:
+        return f"{self.venue}:{self.symbol}"
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None and self.result is not None and self.result.error is None
+
+    def lines(self) -> list[str]:
+        """What the command prints: one line, and one more for an unserved range."""
+        from streams.ingest.backfill import iso
+
+        head = f"{self.key} {self.interval}"
+        result = self.result
+        if self.failure is not None:
+            return [f"{head}: {self.failure}; nothing fetched"]
+        assert result is not None
+        out = []
+        if not result.runs:
+            out.append(f"{head}: the last {self.days} days are all stored; nothing fetched")
+        elif result.summary is None and result.error is None:
+            out.append(f"{head}: the venue has no candles in the missing range")
+        if result.summary is not None:
+            out.append(f"{result.summary} ({result.fetched.pages} pages fetched, {result.fetched.retries} retries)")
+        if result.unserved and result.summary is not None:
+            ranges = ", ".join(f"[{iso(a)}, {iso(b)})" for a, b in result.unserved[:3])
+            more = f" and {len(result.unserved) - 3} more" if len(result.unserved) > 3 else ""
+            out.append(f"{head}: not served by the venue (before its history, or no trades): {ranges}{more}")
+        return out
+
+
+def parse_targets(venues: str | None, venue: str | None, symbol: str | None) -> list[tuple[str, str]]:
+    """The (venue, symbol) pairs of `--venues binance:BTC-USDT,...` or of `--venue` with
+    `--symbol`; BadHistory when neither or both are given, or a pair is malformed."""
+    from schemas.venues import InvalidFeed, parse_feeds
+
+    if venues and (venue or symbol):
+        raise BadHistory("--venues", None, "give --venues, or --venue with --symbol, not both")
+    if venues:
+        try:
+            return [(f.venue, f.symbol) for f in parse_feeds(venues)]
+        except InvalidFeed as exc:
+            raise BadHistory("--venues", None, str(exc)) from None
+    if not (venue and symbol):
+        raise BadHistory("--venues", None, "name the feeds: --venues binance:BTC-USDT,... (or --venue and --symbol)")
+    return [(venue, symbol)]
+
+
+def backfill_feeds_into(settings: Settings, targets: Sequence[tuple[str, str]], interval: str, days: int, *,
+                        endpoint: str | None = None, now_ns: int | None = None, exchanges: dict[str, Any] | None = None,
+                        publisher: Publisher | None = None, stored: StoredOpenTimes | None = None,
+                        progress: bool = True, retries: int = 5, backoff: Backoff | None = None) -> list[FeedBackfill]:
+    """`history backfill` of several feeds: every (venue, symbol) checked first (BadHistory
+    before the store or a venue is asked anything), then each venue's feeds one after the other,
+    the venues at once, each under its own ccxt client and rate limiter. `exchanges` (venue ->
+    ccxt.pro client) replaces the venues' own clients, pointed at `endpoint` (an exchange double)
+    when given. "Now" is each venue's clock (`venue_now_ns`) unless `now_ns` is given. `publisher`
+    and `stored` (what the store holds) replace the broker and the database (tests)."""
     import asyncio
 
     from tqdm import tqdm
 
-    from streams.core.history import check_target
-    from streams.ingest.backfill import backfill_history
+    from streams.ingest.backfill import backfill_history, check_backfill, venue_now_ns
     from streams.ingest.venues.ccxt_client import plain_exchange
 
-    check_target(venue, symbol, interval)  # before the store or the venue is asked anything
-    stored, client = _store(settings)
+    checked = [check_backfill(v, s, interval, days) for v, s in targets]
+    feeds = list(dict.fromkeys((v, s) for v, s, _ in checked))
+    client = None
+    if stored is None:
+        stored, client = _store(settings)
     own_publisher = publisher is None
-    out = publisher if publisher is not None else KafkaPublisher(settings.kafka_bootstrap)
+    out = publisher if publisher is not None else KafkaPublisher.for_settings(settings)
+    jobs = [FeedBackfill(v, s, interval, days) for v, s in feeds]
+    bars = [tqdm(unit=" bars", disable=not progress, desc=f"backfill {job.key}", position=i, leave=True)
+            for i, job in enumerate(jobs)]
 
-    async def run() -> BackfillResult:
-        ccxt_client = exchange if exchange is not None else plain_exchange(venue.strip().lower(), endpoint)
+    async def venue_task(venue: str) -> None:
+        given = (exchanges or {}).get(venue)
+        ccxt_client = given if given is not None else plain_exchange(venue, endpoint)
         try:
-            with tqdm(unit=" bars", disable=not progress, desc=f"backfill {venue}:{symbol}") as bar:
-                return await backfill_history(ccxt_client, venue, symbol, interval, days, out,
-                                              now_ns=now_ns or time.time_ns(), stored=stored,
-                                              namespace=settings.topic_namespace, progress=bar.update)
+            now = now_ns or await venue_now_ns(ccxt_client, time.time_ns())
+            for job, bar in zip(jobs, bars, strict=True):
+                if job.venue != venue:
+                    continue
+                try:
+                    job.result = await backfill_history(
+                        ccxt_client, venue, job.symbol, interval, days, out, now_ns=now, stored=stored,
+                        namespace=settings.topic_namespace, retries=retries, backoff=backoff,
+                        progress=bar.update)
+                except BadHistory:
+                    raise
+                except Exception as exc:  # the venue's markets, an unlisted symbol, a refusal that is no NetworkError
+                    job.failure = f"{venue} could not be asked for {job.symbol} ({type(exc).__name__}: {exc})"
         finally:
-            if exchange is None:
+            if given is None:
                 await ccxt_client.close()
 
+    async def run() -> None:
+        await asyncio.gather(*(venue_task(v) for v in dict.fromkeys(v for v, _ in feeds)))
+
     try:
-        return asyncio.run(run())
+        asyncio.run(run())
     finally:
-        client.close()
+        for bar in bars:
+            bar.close()
+        if client is not None:
+            client.close()
         if own_publisher:
             out.close()  # type: ignore[attr-defined]
+    return jobs
+
+
+def backfill_into(settings: Settings, venue: str, symbol: str, interval: str, days: int, **kw: Any) -> BackfillResult:
+    """One feed's backfill (`backfill_feeds_into`); its failure to ask the venue at all is raised."""
+    job = backfill_feeds_into(settings, [(venue, symbol)], interval, days, **kw)[0]
+    if job.failure is not None:
+        raise RuntimeError(job.failure)
+    assert job.result is not None
+    return job.result
 
 
 def cmd_history_backfill(settings: Settings, args: Any) -> int:
     try:
-        result = _guarded(settings, "backfill", lambda: backfill_into(
-            settings, args.venue, args.symbol, args.interval, args.days, endpoint=args.endpoint,
-            progress=not args.quiet))
+        targets = parse_targets(args.venues, args.venue, args.symbol)
+        jobs = _guarded(settings, "backfill", lambda: backfill_feeds_into(
+            settings, targets, args.interval, args.days, endpoint=args.endpoint, progress=not args.quiet))
     except BadHistory as exc:
         print(f"entasis history backfill: {exc}; nothing fetched", file=sys.stderr)
         return 2
-    if result is None:
+    if jobs is None:
         return 2
-    if not result.runs:
-        print(f"{args.venue}:{args.symbol} {args.interval}: the last {args.days} days are all stored; nothing fetched")
-    elif result.summary is None and result.error is None:
-        print(f"{args.venue}:{args.symbol} {args.interval}: the venue has no candles in the missing range")
-    if result.summary is not None:
-        print(f"{result.summary} ({result.fetched.pages} pages fetched, {result.fetched.retries} retries)")
-    if result.error is not None:
-        print(f"entasis history backfill: {result.error}; the candles fetched before are imported, "
-              "run it again to fetch the rest", file=sys.stderr)
-        return 1
-    return 0
+    for job in jobs:
+        for line in job.lines():
+            print(line)
+    failed = [job for job in jobs if not job.ok]
+    for job in failed:
+        if job.result is not None and job.result.error is not None:
+            print(f"entasis history backfill: {job.result.error}; the candles fetched before are imported, "
+                  "run it again to fetch the rest", file=sys.stderr)
+        elif job.failure is not None:
+            print(f"entasis history backfill: {job.failure}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def backfill_for_up(settings: Settings, feeds: Sequence[Any], days: int, *, endpoint: str | None = None
+                    ) -> list[str]:
+    """`up --venues`: before the live feed starts, what the risk window and the prediction
+    warm-up need (`days`, 90 by default, of the predict interval and of every risk interval;
+    ENTASIS_PREDICT_INTERVAL, ENTASIS_RISK_INTERVALS) for every feed, through the backfill. A
+    venue that refuses is reported and the live feed starts anyway (run `entasis history
+    backfill` later: it fetches only what is missing). The lines to print."""
+    intervals = list(dict.fromkeys([settings.predict.interval, *settings.risk.intervals]))
+    targets = [(f.venue, f.symbol) for f in feeds]
+    lines = []
+    for interval in intervals:
+        try:
+            jobs = backfill_feeds_into(settings, targets, interval, days, endpoint=endpoint, progress=False)
+        except Exception as exc:  # the store or the broker: the live feed still starts
+            lines.append(f"{interval}: backfill failed ({type(exc).__name__}: {exc}); the live feed starts without it")
+            continue
+        for job in jobs:
+            lines += job.lines()
+            if job.result is not None and job.result.error is not None:
+                lines.append(f"{job.result.error}; the live feed starts anyway, `entasis history backfill` "
+                             "fetches the rest later")
+    return lines
 
 
 def cmd_history_simulate(settings: Settings, args: Any) -> int:
@@ -217,8 +341,10 @@ def add_parser(sub: Any) -> None:
     imp.add_argument("--interval", required=True, choices=tuple(INTERVAL_NS), help="the files' bar interval")
     imp.set_defaults(func=cmd_history_import)
     back = history_sub.add_parser("backfill", help="fetch a live venue's candles (ccxt fetch_ohlcv) and import them")
-    back.add_argument("--venue", required=True, help="a live venue, e.g. binance")
-    back.add_argument("--symbol", required=True, help="BASE-QUOTE, e.g. BTC-USDT")
+    back.add_argument("--venues", metavar="VENUE:SYMBOL,...",
+                      help="the feeds, comma-separated, e.g. binance:BTC-USDT,coinbase:ETH-USD (venues at once)")
+    back.add_argument("--venue", help="one live venue, e.g. binance (with --symbol; or use --venues)")
+    back.add_argument("--symbol", help="BASE-QUOTE, e.g. BTC-USDT (with --venue)")
     back.add_argument("--interval", default="1h", choices=tuple(INTERVAL_NS), help="bar interval (default 1h)")
     back.add_argument("--days", type=int, default=90, help="days back from now (default 90)")
     back.add_argument("--endpoint", help="an exchange double URL instead of the venue")

@@ -2,7 +2,8 @@
 venue, all publishing to the broker, until told to stop.
 
 The connector module (ccxt, ~1.5 s to import) is imported where it is used: `entasis` imports this
-module for `--record` on every command."""
+module for `--record` on every command. `--record DIR` is an argument like any other: `connect`
+passes it to `connector_config`, `up` through `Stack.run` and `feeds.live_into`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from infra.config.settings import Settings
 from schemas.venues import Feed
@@ -25,26 +26,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# `--record DIR` of `connect` and `up`. Kept here, not passed along: `up` reaches
-# `connector_config` through the stack and feeds modules, whose signatures carry no recording.
-RECORD_DIR: str | None = None
-
-
-class RecordTo(argparse.Action):
-    """Stores `--record DIR` and makes it the recording folder of the connectors this process starts."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        global RECORD_DIR
-        setattr(namespace, self.dest, values)
-        RECORD_DIR = str(values)
-
 
 def add_record_argument(command: argparse.ArgumentParser) -> None:
     command.add_argument(
-        "--record", metavar="DIR", action=RecordTo,
+        "--record", metavar="DIR",
         help="record every frame the live venues send into DIR (gzip, one file per venue, symbol and UTC day: "
-             "<venue>_<symbol>_<YYYYMMDD>.gz); `entasis replay DIR` replays them")
+             "<venue>_<symbol>_<YYYYMMDD>.gz); `entasis replay DIR` replays them. Live venues only: `up` "
+             "without --venues refuses it (the simulated feed has no venue frames to record)")
 
 
 def configured_feeds(settings: Settings, override: Sequence[str] | str | None = None) -> tuple[Feed, ...]:
@@ -53,7 +41,8 @@ def configured_feeds(settings: Settings, override: Sequence[str] | str | None = 
 
 
 def connector_config(settings: Settings, endpoint: str | None = None, record_dir: str | None = None) -> ConnectorConfig:
-    """The connectors' settings; `record_dir` (else `--record`) is where they record their frames."""
+    """The connectors' settings; `record_dir` (`--record`, handed down by `connect` and by `up`
+    through the stack and `feeds.live_into`) is where they record their frames, None: nowhere."""
     from streams.ingest.connector import ConnectorConfig
 
     return ConnectorConfig(
@@ -64,7 +53,7 @@ def connector_config(settings: Settings, endpoint: str | None = None, record_dir
         stagger_s=settings.connector.stagger_ms / 1000,
         namespace=settings.topic_namespace,
         endpoint=(endpoint or settings.exchange_endpoint) or None,
-        record_dir=record_dir or RECORD_DIR,
+        record_dir=record_dir or None,
     )
 
 
@@ -104,10 +93,22 @@ def stats_line(connector: VenueConnector) -> str:
     return f"{connector.venue}: " + "; ".join(parts) + f"; {connector.malformed_frames} malformed frames"
 
 
+def metrics_address(settings: Settings) -> tuple[str, int] | None:
+    """Where the connectors serve `/metrics`, `/healthz`, `/readyz` (ENTASIS_CONNECTOR_METRICS_*); None: nowhere."""
+    port = settings.connector.metrics_port
+    return (settings.connector.metrics_host, port) if port else None
+
+
 async def run_connectors(connectors: Sequence[VenueConnector], stop: threading.Event | asyncio.Event,
-                         report_every_s: float = 60.0) -> None:
+                         report_every_s: float = 60.0, metrics_at: tuple[str, int] | None = None) -> None:
     """Runs every connector, each supervised on its own, until `stop` is set (a thread's Event
-    is polled); logs each venue's counters every `report_every_s`."""
+    is polled); logs each venue's counters every `report_every_s`. With `metrics_at` (host,
+    port), serves their metrics and readiness there (streams/runtime/metrics.py) meanwhile."""
+    runner = None
+    if metrics_at is not None:
+        from streams.runtime.metrics import ConnectorMetrics, serve
+
+        runner = await serve(ConnectorMetrics(connectors), *metrics_at, what="connector")
     tasks = [asyncio.create_task(supervise(c), name=f"connector-{c.venue}") for c in connectors]
     next_report = asyncio.get_running_loop().time() + report_every_s
     try:
@@ -124,3 +125,5 @@ async def run_connectors(connectors: Sequence[VenueConnector], stop: threading.E
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if runner is not None:
+            await runner.cleanup()

@@ -27,6 +27,7 @@ from infra.cli import live as live_cli
 from infra.cli import portfolio as portfolio_cli
 from infra.cli import replay as replay_cli
 from infra.cli import risk as risk_cli
+from infra.cli import status as status_cli
 from infra.config.run import BadRunId, for_run, is_run
 from infra.config.settings import Settings, get_settings
 
@@ -49,8 +50,10 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     from infra.cli.topics import create_topics
+    from infra.config.kafka import librdkafka_options
 
-    created = create_topics(settings.kafka_bootstrap, settings.topic_namespace, replication=settings.topic_replication)
+    created = create_topics(settings.kafka_bootstrap, settings.topic_namespace, replication=settings.topic_replication,
+                            security=librdkafka_options(settings))
     print(f"topics created: {created or 'none (all exist)'}")
     return 0
 
@@ -124,18 +127,22 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     """Print a JWT this deployment accepts (for development and scripts: `$(entasis token)`)."""
     from api.auth import issue_token, signing_key
     from api.principal import KNOWN_SCOPES
+    from infra.config.settings import development_jwt_secret
 
     scopes = [s for part in (args.scope or [" ".join(KNOWN_SCOPES)]) for s in part.split()]
     try:
         api_settings = settings.api
-        _, is_dev_secret = signing_key(api_settings)
-        token = issue_token(api_settings, args.account, scopes, ttl_s=args.ttl)
+        # no secret configured: the data directory's random development secret (made on first use)
+        dev_secret = lambda: development_jwt_secret(settings)  # noqa: E731
+        _, is_dev_secret = signing_key(api_settings, dev_secret)
+        token = issue_token(api_settings, args.account, scopes, ttl_s=args.ttl, dev_secret=dev_secret)
     except ValueError as exc:
         print(f"entasis token: {exc}", file=sys.stderr)
         return 2
     if is_dev_secret:
-        print("entasis token: signed with the development secret (no ENTASIS_API_JWT_SECRET set): "
-              "only a server started with --dev accepts it", file=sys.stderr)
+        print(f"entasis token: signed with the development secret of {settings.data_dir} (no "
+              "ENTASIS_API_JWT_SECRET set): only a server started with --dev on that data directory accepts it",
+              file=sys.stderr)
     print(token)
     return 0
 
@@ -215,7 +222,7 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
 BENCHMARKS = {"candles": "bench_candles", "pipeline": "bench_pipeline", "parser": "bench_parser",
               "chdb": "bench_chdb_server", "orderbook": "bench_orderbook", "risk": "bench_risk",
               "connector": "bench_connector", "predict": "bench_predict", "ws": "bench_ws", "rest": "bench_rest",
-              "soak": "bench_soak"}
+              "soak": "bench_soak", "replay": "bench_replay_store"}
 SOAKS = {"soak"}  # run for many minutes on purpose: by name only, never by `bench all`
 
 
@@ -269,7 +276,7 @@ def cmd_connect(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
     import threading
 
-    from infra.cli.live import configured_feeds, connector_config, connectors_for, run_connectors
+    from infra.cli.live import configured_feeds, connector_config, connectors_for, metrics_address, run_connectors
     from schemas.venues import InvalidFeed
     from streams.ingest.publisher import KafkaPublisher
 
@@ -282,11 +289,11 @@ def cmd_connect(settings: Settings, args: argparse.Namespace) -> int:
     if not feeds:
         print("no venues configured: set ENTASIS_VENUES or pass --venues", file=sys.stderr)
         return 2
-    publisher = KafkaPublisher(settings.kafka_bootstrap)
-    connectors = connectors_for(feeds, publisher, connector_config(settings, args.endpoint))
+    publisher = KafkaPublisher.for_settings(settings)
+    connectors = connectors_for(feeds, publisher, connector_config(settings, args.endpoint, args.record))
     stop = threading.Event()
     try:
-        asyncio.run(run_connectors(connectors, stop))
+        asyncio.run(run_connectors(connectors, stop, metrics_at=metrics_address(settings)))
     except KeyboardInterrupt:
         stop.set()
     finally:
@@ -321,6 +328,11 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     if live and args.replay:
         print("--venues and --replay exclude each other: live feeds or a recording", file=sys.stderr)
         return 2
+    if args.record and not live:
+        print(f"--record {args.record}: nothing to record: it records the frames of live venues (--venues or "
+              f"ENTASIS_VENUES), and {'a replay' if args.replay else 'the simulated feed'} has none; the simulated "
+              "feed is reproduced by its seed (--seed), a replay by its input", file=sys.stderr)
+        return 2
     if args.replay:
         # a replay has no live feed that could go stale (MARKET_002 would only hide the data), and
         # decides time by event time only: a wall-clock idle close would depend on the pace
@@ -332,7 +344,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
                      exit_after_feed=args.exit_after_feed, sim_rate=args.rate, seed=args.seed,
                      live=live, endpoint=args.endpoint, double_port=args.exchange_double,
                      book_gaps=args.book_gaps, history_days=args.history_days,
-                     ready_timeout_s=args.ready_timeout)
+                     ready_timeout_s=args.ready_timeout, record_dir=args.record)
 
 
 def _wait_child(proc: Any) -> int:
@@ -363,7 +375,8 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--book-gaps", type=float, default=0.0, metavar="RATE",
                     help="simulated feed: drop this share of book diffs (watch book_gap -> book_resync)")
     up.add_argument("--history-days", type=int, default=90, metavar="DAYS",
-                    help="simulated feed: days of seeded candle history imported first (0: none)")
+                    help="days of candle history before the feed starts (default 90; 0: none): seeded for the "
+                         "simulated feed, backfilled from the venues (1h and the risk intervals) for --venues")
     up.add_argument("--data-dir", help="where the embedded database lives (default .entasis)")
     up.add_argument("--ready-timeout", type=float, default=180.0, metavar="SECONDS",
                     help="how long to wait for /readyz and the feed's symbols before giving up (default 180)")
@@ -480,6 +493,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to each benchmark, e.g. --trades 100000")
     bench.set_defaults(func=cmd_bench)
     risk_cli.add_parser(sub)
+    status_cli.add_parser(sub)
     portfolio_cli.add_parser(sub)
     history_cli.add_parser(sub)
     return p

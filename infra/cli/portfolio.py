@@ -1,8 +1,10 @@
 """`entasis portfolio set-balance ACCOUNT AMOUNT`: set an account's paper balance (and, with
 `--max-open-positions` / `--max-symbol-notional`, its limits).
 
-It is a command like any other: a `SetBalance` on `pf.commands.v1`, keyed by the account, so the
-portfolio agent applies it in order with the account's orders and records a `BalanceSet` event;
+It is an operator's command, not the API's: a `SetBalance` on its own topic `pf.admin.v1`, keyed by
+the account and signed with the portfolio admin key (ENTASIS_PORTFOLIO_ADMIN_KEY, or the data
+directory's `portfolio-admin.key`), which the API does not hold. The portfolio agent decides it
+between the account's orders (the two topics are co-partitioned) and records a `BalanceSet` event;
 the CLI waits for that event (printing it) and exits 1 when no answer comes in `--timeout`
 seconds. Accounts that never had a balance set start with `ENTASIS_PORTFOLIO_INITIAL_BALANCE`
 (default 100000) when their first command is decided.
@@ -34,10 +36,17 @@ def _decimal(text: str) -> Decimal:
 async def _set_balance(settings: Any, command: SetBalance, timeout_s: float) -> int:
     from api.portfolio_repository import KafkaPortfolioBus
     from api.portfolio_service import BusTimeout, BusUnavailable
-    from infra.config.settings import portfolio_signing_key
+    from infra.config.kafka import aiokafka_options
+    from infra.config.settings import portfolio_admin_key
 
-    bus = KafkaPortfolioBus(settings.kafka_bootstrap, settings.topic_namespace,
-                            signing_key=portfolio_signing_key(settings))
+    try:
+        admin_key = portfolio_admin_key(settings)
+    except ValueError as exc:
+        print(f"entasis portfolio set-balance: {exc}", file=sys.stderr)
+        return 2
+    # the orders' key is not needed to set a balance (and an operator need not hold it)
+    bus = KafkaPortfolioBus(settings.kafka_bootstrap, settings.topic_namespace, signing_key=b"",
+                            admin_key=admin_key, kafka_options=aiokafka_options(settings))
     try:
         await bus.start()
         event = await bus.submit(command, timeout_s)
@@ -62,12 +71,14 @@ def cmd_set_balance(settings: Any, args: argparse.Namespace) -> int:
 
 def cmd_rebuild(settings: Any, args: argparse.Namespace) -> int:
     """The ClickHouse projection is disposable: replay the whole event topic into it."""
+    from infra.config.kafka import aiokafka_options
     from infra.store.clickhouse import make_client
     from schemas import topics
     from schemas.codecs.portfolio import events_table
     from streams.agents.portfolio import read_topic
 
-    raws = asyncio.run(read_topic(settings.kafka_bootstrap, topics.PF_EVENTS.full_name(settings.topic_namespace)))
+    raws = asyncio.run(read_topic(settings.kafka_bootstrap, topics.PF_EVENTS.full_name(settings.topic_namespace),
+                                  **aiokafka_options(settings)))
     table = events_table(raws)
     client = make_client(settings)
     try:

@@ -4,10 +4,14 @@ optionally into an isolated run (infra/config/run.py), and a digest of what the 
 all of it is stored (infra/store/digest.py).
 
 `entasis replay --from clickhouse --venue V --symbols S,... --start T --end T --run-id NAME`:
-the trades the live database stored, republished in event-time order onto the raw trade topic
-of an isolated run (see `stored_trade_messages`). Only trades: the order books cannot be
-replayed from what is stored (periodic snapshots of the top levels, not the diffs between them),
-so a run fed from ClickHouse has no books, book snapshots or book-derived features.
+the trades and book snapshots the live database stored, republished in time order onto the raw
+trade and book topics of an isolated run (`replay_stored_into`). The trades are read as Arrow
+columns, a window of whole hours per query, and cut into raw batches and rendered by Arrow's
+string kernels (`TradeColumns`, `StoredTradeBatcher`): no Python object per trade. The books are
+what is stored: the top levels every 10 s of event time, each republished as a
+`book_snapshot.v1` that the book agent takes as the book; the diffs between them are not stored,
+so the run's book moves from snapshot to snapshot (see the README, "Replay what the system
+stored").
 
 `--digest` needs a worker of the same run (`entasis worker --run-id NAME`): the replay only
 publishes. Once the last published trade of every stream is stored, the digests are read until
@@ -17,27 +21,35 @@ prediction agents and their sinks), then printed.
 
 from __future__ import annotations
 
+import bisect
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import orjson
+
 from infra.config.run import is_run
 from infra.config.settings import Settings
 from infra.store.digest import TableDigest, render_report, table_digests
+from schemas.codecs.envelope import VERSION_KEY
+from schemas.codecs.trades import TRADE_BATCH
 
 if TYPE_CHECKING:
     from infra.cli.feeds import FeedResult
+    from streams.ingest.publisher import Publisher
 
 
 def prepare_run(settings: Settings) -> None:
     """The run's database, tables and topics (idempotent): a run starts from nothing."""
     from infra.cli.topics import create_topics
+    from infra.config.kafka import librdkafka_options
     from infra.store.clickhouse import ensure_database, make_client
     from infra.store.migrate import apply_migrations
 
@@ -47,7 +59,8 @@ def prepare_run(settings: Settings) -> None:
         apply_migrations(client)
     finally:
         client.close()
-    create_topics(settings.kafka_bootstrap, settings.topic_namespace, replication=settings.topic_replication)
+    create_topics(settings.kafka_bootstrap, settings.topic_namespace, replication=settings.topic_replication,
+                  security=librdkafka_options(settings))
 
 
 def read_digests(settings: Settings) -> list[TableDigest]:
@@ -240,67 +253,328 @@ def parse_utc_ns(text: str) -> int:
 Row = tuple[str, str, Decimal, Decimal, str, int, int]  # symbol, trade_id, price, size, side, event, recv
 
 
-def stored_trade_messages(rows: Iterable[Row], venue: str) -> Iterator[tuple[int, str, bytes]]:
-    """(pacing time, symbol, trade_batch.v1 message) from stored trades in event-time order:
-    each stream's trades in batches of at most 100 trades spanning at most 50 ms of event time,
-    a batch published once a later trade (of any stream) is past its span, so the messages come
-    in the order their batches opened. The pacing time is the batch's last trade: a paced replay
-    publishes no trade before its time. Pure: the same rows give the same messages."""
-    from schemas.codecs.trades import TradeRow, encode_rows
+@dataclass
+class TradeColumns:
+    """Stored trades of one venue as columns, in event-time order (the query's ORDER BY): each
+    trade's wire row already rendered as JSON text (`["id","price","size","side",event,recv]`, by
+    Arrow's string kernels, never a Python object per field), its symbol as a code into `names`,
+    its id, its event time, and its position in the whole input (`pos`: ties between streams)."""
 
-    open_batches: dict[str, list[TradeRow]] = {}
-    for symbol, trade_id, price, size, side, event_ns, recv_ns in rows:
-        for other in [s for s, b in open_batches.items() if event_ns - b[0].event_ts_ns > _MAX_SPAN_NS]:
-            batch = open_batches.pop(other)
-            yield batch[-1].event_ts_ns, other, encode_rows(venue, other, batch)
-        batch = open_batches.setdefault(symbol, [])
-        batch.append(TradeRow(trade_id, price, size, side, event_ns, recv_ns))
-        if len(batch) == _MAX_BATCH:
-            del open_batches[symbol]
-            yield event_ns, symbol, encode_rows(venue, symbol, batch)
-    for symbol, batch in sorted(open_batches.items(), key=lambda item: item[1][0].event_ts_ns):
-        yield batch[-1].event_ts_ns, symbol, encode_rows(venue, symbol, batch)
+    names: list[str]
+    codes: np.ndarray
+    rows: Any  # pyarrow StringArray: the wire row of each trade, as JSON text
+    trade_id: Any  # pyarrow StringArray
+    event_ns: np.ndarray
+    pos: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Row], start: int = 0) -> TradeColumns:
+        """From row tuples (symbol, id, price, size, side, event ns, recv ns); Decimals become
+        their exact decimal text. For tests and small inputs: the same path as the store's."""
+        import pyarrow as pa
+
+        listed = list(rows)
+
+        def text(v: Any) -> str:
+            return format(v, "f") if isinstance(v, Decimal) else str(v)
+
+        table = pa.table({
+            "symbol": pa.array([r[0] for r in listed], type=pa.string()),
+            "trade_id": pa.array([str(r[1]) for r in listed], type=pa.string()),
+            "price": pa.array([text(r[2]) for r in listed], type=pa.string()),
+            "size": pa.array([text(r[3]) for r in listed], type=pa.string()),
+            "side": pa.array([_SIDE_CODES[str(r[4])] for r in listed], type=pa.int8()),
+            "event_ns": pa.array([r[5] for r in listed], type=pa.int64()),
+            "recv_ns": pa.array([r[6] for r in listed], type=pa.int64()),
+        })
+        return cls.from_arrow(table, start)
+
+    @classmethod
+    def from_arrow(cls, table: Any, start: int) -> TradeColumns:
+        """From an Arrow table of the `STORED_TRADES_SQL` columns; rows numbered from `start`."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        table = table.combine_chunks()
+        symbols = table.column("symbol").chunk(0) if table.num_rows else pa.array([], type=pa.string())
+        if not pa.types.is_dictionary(symbols.type):
+            symbols = pc.dictionary_encode(symbols)
+        names = [str(n) for n in symbols.dictionary.to_pylist()]
+        codes = symbols.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        ids = table.column("trade_id").combine_chunks().cast(pa.string())
+        text = [table.column(c).combine_chunks().cast(pa.string()) for c in ("price", "size")]
+        side = pa.array(_SIDE_JSON).take(table.column("side").combine_chunks().cast(pa.int8()))
+        times = [table.column(c).combine_chunks().cast(pa.int64()) for c in ("event_ns", "recv_ns")]
+        if pc.any(pc.match_substring_regex(ids, r'["\\\x00-\x1f]')).as_py():
+            quoted = pa.array([orjson.dumps(i).decode() for i in ids.to_pylist()], type=pa.string())
+        else:  # nothing to escape: quotes around the text
+            quoted = pc.binary_join_element_wise('"', ids, '"', "")
+        rows = pc.binary_join_element_wise(
+            "[", quoted, ',"', text[0], '","', text[1], '",', side, ",", times[0].cast(pa.string()), ",",
+            times[1].cast(pa.string()), "]", "")
+        return cls(names, codes, rows, ids, times[0].to_numpy().astype(np.int64, copy=False),
+                   np.arange(start, start + table.num_rows, dtype=np.int64))
+
+    def take(self, rows: np.ndarray) -> TradeColumns:
+        import pyarrow as pa
+
+        index = pa.array(rows, type=pa.int64())
+        return TradeColumns(self.names, self.codes[rows], self.rows.take(index), self.trade_id.take(index),
+                            self.event_ns[rows], self.pos[rows])
+
+    def then(self, later: TradeColumns) -> TradeColumns:
+        """These rows, then `later`'s, with `later`'s symbols mapped onto these names."""
+        import pyarrow as pa
+
+        index = {n: i for i, n in enumerate(self.names)}
+        remap = np.array([index.setdefault(n, len(index)) for n in later.names], dtype=np.int64)
+        later_codes = remap[later.codes] if len(later.codes) else later.codes.astype(np.int64)
+        return TradeColumns(list(index), np.concatenate((self.codes, later_codes)),
+                            pa.concat_arrays([self.rows, later.rows]),
+                            pa.concat_arrays([self.trade_id, later.trade_id]),
+                            np.concatenate((self.event_ns, later.event_ns)), np.concatenate((self.pos, later.pos)))
+
+
+_SIDE_CODES = {"unknown": 0, "buy": 1, "sell": 2}  # `trades.side`: Enum8('unknown' = 0, 'buy' = 1, 'sell' = 2)
+_SIDE_JSON = ['"unknown"', '"buy"', '"sell"']
+
+# (last trade's event ns, first trade's input position): the order messages are published in
+Key = tuple[int, int]
+# (pacing ns, symbol, value, last trade id or None for a book snapshot, trades in it)
+Message = tuple[int, str, bytes, str | None, int]
+
+
+class StoredTradeBatcher:
+    """Stored trades -> `trade_batch.v1` messages, as the connectors and the capture replay cut
+    them: per stream, batches of at most 100 trades spanning at most 50 ms of event time, each
+    stream's trades in event-time order. Messages come out in the order of their last trade's
+    event time (ties: the batch that opened first), which is also their pacing time: a paced
+    replay publishes a batch when its last trade happened. Pure and chunk-proof: the input may
+    come in pieces of any size (`add`), the messages are the same.
+
+    Columnar: a batch's message is its rows' JSON text joined by Arrow (`binary_join` over list
+    offsets), the bytes orjson would write for the same message, never a Python object per trade."""
+
+    def __init__(self, venue: str) -> None:
+        self.venue = venue
+        self._rest: TradeColumns | None = None  # rows of batches not closed yet
+        self._held: list[tuple[Key, str, bytes, str, int]] = []  # closed, waiting for earlier ones
+
+    def add(self, columns: TradeColumns, *, last: bool = False) -> list[Message]:
+        """The messages (pacing ns, symbol, value, last trade id, trades) that `columns` (the
+        next rows) complete, in publishing order; with `last`, every message left."""
+        rows = columns if self._rest is None else self._rest.then(columns)
+        self._rest = None
+        if not len(rows):
+            return self._release(_NEVER if last else None)
+        closed, rest_rows, open_from = self._cut(rows, last)
+        self._held.extend(closed)
+        self._held.sort(key=lambda item: item[0])
+        self._rest = rows.take(rest_rows) if len(rest_rows) else None
+        return self._release(_NEVER if last else open_from)
+
+    def _release(self, before: Key | None) -> list[Message]:
+        if before is None:
+            return []
+        cut = bisect.bisect_left(self._held, before, key=lambda item: item[0])
+        out, self._held = self._held[:cut], self._held[cut:]
+        return [(key[0], symbol, value, last_id, n) for key, symbol, value, last_id, n in out]
+
+    def _cut(self, rows: TradeColumns, last: bool) -> tuple[list[tuple[Key, str, bytes, str, int]], np.ndarray, Key]:
+        """The closed batches of `rows`, the rows of the open ones, and the smallest key an open
+        batch can still get (closed batches from that key on wait for the next piece)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        ets = rows.event_ns
+        newest = int(ets[-1])
+        out: list[tuple[Key, str, bytes, str, int]] = []
+        keep: list[np.ndarray] = []
+        open_from: Key = _NEVER
+        order = np.argsort(rows.codes, kind="stable")
+        bounds = np.flatnonzero(np.diff(rows.codes[order])) + 1
+        for idx in np.split(order, bounds):
+            if not len(idx):
+                continue
+            symbol = rows.names[int(rows.codes[idx[0]])]
+            t = ets[idx]
+            span_ends = np.searchsorted(t, t + _MAX_SPAN_NS, side="right")
+            n, i = len(idx), 0
+            starts: list[int] = []
+            while i < n:  # one step per batch
+                j = min(i + _MAX_BATCH, int(span_ends[i]))
+                if j - i < _MAX_BATCH and j == n and not last and newest <= int(t[i]) + _MAX_SPAN_NS:
+                    # a later piece may still add to it (a trade within its span), or close it
+                    open_from = min(open_from, (int(t[i]), int(rows.pos[idx[i]])))
+                    keep.append(idx[i:])
+                    break
+                starts.append(i)
+                i = j
+            if not starts:
+                continue
+            offsets = np.array([*starts, i], dtype=np.int32)
+            mine = pa.array(idx[:i], type=pa.int64())
+            lists = pa.ListArray.from_arrays(pa.array(offsets), rows.rows.take(mine))
+            head = orjson.dumps({VERSION_KEY: TRADE_BATCH, "venue": self.venue, "symbol": symbol,
+                                 "trades": []})[:-2].decode()  # ...,"trades":[
+            values = pc.binary_join_element_wise(head, pc.binary_join(lists, ","), "]}", "").cast(pa.binary())
+            ends = offsets[1:]
+            last_ids = rows.trade_id.take(pa.array(idx[ends - 1], type=pa.int64())).to_pylist()
+            lasts, firsts = t[ends - 1].tolist(), rows.pos[idx[offsets[:-1]]].tolist()
+            counts = np.diff(offsets).tolist()
+            out.extend(((lt, fp), symbol, value, last_id, k)
+                       for lt, fp, value, last_id, k in zip(lasts, firsts, values.to_pylist(), last_ids, counts,
+                                                            strict=True))
+        rest = np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+        return out, rest, open_from
+
+
+_NEVER: Key = (2**63, 2**63)
+
+
+def stored_trade_messages(rows: Iterable[Row], venue: str) -> Iterator[tuple[int, str, bytes]]:
+    """(pacing ns, symbol, trade_batch.v1 message) of stored trades given as rows, in
+    publishing order (`StoredTradeBatcher`). Pure: the same rows give the same messages."""
+    for pace, symbol, value, _, _ in StoredTradeBatcher(venue).add(TradeColumns.from_rows(rows), last=True):
+        yield pace, symbol, value
 
 
 STORED_TRADES_SQL = (
-    "SELECT symbol, trade_id, price, size, toString(side), toUnixTimestamp64Nano(event_ts), "
-    "toUnixTimestamp64Nano(recv_ts) FROM trades FINAL "
+    "SELECT symbol, trade_id, toString(price) AS price, toString(size) AS size, CAST(side, 'Int8') AS side, "
+    "toUnixTimestamp64Nano(event_ts) AS event_ns, toUnixTimestamp64Nano(recv_ts) AS recv_ns FROM trades FINAL "
     "WHERE venue = {venue:String} AND symbol IN {symbols:Array(String)} "
     "AND event_ts >= fromUnixTimestamp64Nano({start:Int64}) AND event_ts < fromUnixTimestamp64Nano({end:Int64}) "
     "ORDER BY event_ts, symbol, trade_id"
 )
+STORED_BOOKS_SQL = (
+    "SELECT symbol, toUnixTimestamp64Nano(event_ts), toUnixTimestamp64Nano(recv_ts), last_update_id, "
+    "bid_prices, bid_sizes, ask_prices, ask_sizes FROM book_snapshots FINAL "
+    "WHERE venue = {venue:String} AND symbol IN {symbols:Array(String)} "
+    "AND event_ts >= fromUnixTimestamp64Nano({start:Int64}) AND event_ts < fromUnixTimestamp64Nano({end:Int64}) "
+    "ORDER BY event_ts, symbol, last_update_id"
+)
+_PIECE_ROWS = 500_000  # rows per query at most (a busier hour alone is one query): bounds what is held
+_HOURS_SQL = (
+    "SELECT toInt64(toUnixTimestamp(toStartOfHour(event_ts))) * 1000000000 AS h, count() FROM trades "
+    "WHERE venue = {venue:String} AND symbol IN {symbols:Array(String)} "
+    "AND event_ts >= fromUnixTimestamp64Nano({start:Int64}) AND event_ts < fromUnixTimestamp64Nano({end:Int64}) "
+    "GROUP BY h ORDER BY h"
+)
+_HOUR_NS = 3600 * 10**9
 
 
-def replay_stored_into(settings: Settings, request: StoredRequest, speed: float | None = None) -> FeedResult:
-    """Republish the stored trades of `request` onto the raw trade topic of `settings` (a run)."""
-    from infra.cli.feeds import _tracker
+def stored_windows(hours: Sequence[tuple[int, int]], start_ns: int, end_ns: int,
+                   budget: int = _PIECE_ROWS) -> list[tuple[int, int]]:
+    """[from, to) windows covering [start_ns, end_ns) made of whole hours (the first and last cut
+    to the range), each holding at most `budget` rows by the hourly `(hour ns, rows)` counts
+    unless one hour alone holds more: one query per window bounds the rows a query returns."""
+    windows: list[tuple[int, int]] = []
+    first, rows = start_ns, 0
+    for hour, count in hours:
+        if rows and rows + count > budget:
+            windows.append((first, max(first, hour)))
+            first, rows = max(first, hour), 0
+        rows += count
+    if rows or not windows:
+        windows.append((first, end_ns))
+    else:
+        windows[-1] = (windows[-1][0], end_ns)
+    return windows
+
+
+def stored_trade_pieces(client: Any, params: dict[str, Any]) -> Iterator[TradeColumns]:
+    """The stored trades of the query as column pieces, one query (Arrow over HTTP, never row
+    tuples) per window of at most `_PIECE_ROWS` rows (`stored_windows`)."""
+    hours = [(int(h), int(n)) for h, n in client.query(_HOURS_SQL, parameters=params).result_rows]
+    start = 0
+    for a, b in stored_windows(hours, params["start"], params["end"]):
+        table = client.query_arrow(STORED_TRADES_SQL, parameters={**params, "start": a, "end": b})
+        if table.num_rows:
+            yield TradeColumns.from_arrow(table, start)
+            start += table.num_rows
+
+
+def stored_trade_message_stream(client: Any, params: dict[str, Any], venue: str) -> Iterator[Message]:
+    """The messages of the stored trades of the query, in publishing order (`StoredTradeBatcher`)."""
+    batcher = StoredTradeBatcher(venue)
+    for piece in stored_trade_pieces(client, params):
+        yield from batcher.add(piece)
+    yield from batcher.add(TradeColumns.from_rows([]), last=True)
+
+
+def stored_book_messages(rows: Iterable[Sequence[Any]], venue: str) -> Iterator[tuple[int, str, bytes]]:
+    """(event ns, symbol, book_batch.v1 message of one `book_snapshot.v1`) of stored book
+    snapshots (the top levels the book agent stores every 10 s of event time), in the rows' order.
+    The book agent takes each as the book: what it stores from them is what it stored before."""
+    from schemas.codecs.book import encode_book_batch
+    from schemas.events import BookSnapshot
+
+    for symbol, event_ns, recv_ns, last_id, bid_p, bid_s, ask_p, ask_s in rows:
+        snapshot = BookSnapshot(venue=venue, symbol=symbol, event_ts_ns=event_ns, recv_ts_ns=recv_ns,
+                                last_update_id=last_id, bids=tuple(zip(bid_p, bid_s, strict=True)),
+                                asks=tuple(zip(ask_p, ask_s, strict=True)))
+        yield event_ns, symbol, encode_book_batch(venue, symbol, [snapshot])
+
+
+def replay_stored_into(settings: Settings, request: StoredRequest, speed: float | None = None,
+                       publisher: Publisher | None = None) -> FeedResult:
+    """Republish the stored trades and book snapshots of `request` onto the raw trade and book
+    topics of `settings` (a run), merged in time order (trades by their batch's last trade,
+    snapshots by their event time), paced at `speed` times real time when given."""
+    import heapq
+
+    from infra.cli.feeds import FeedResult
     from infra.store.clickhouse import make_client
+    from schemas import topics
+    from streams.ingest.publisher import KafkaPublisher
     from streams.ingest.replay import Pacer
 
-    tracker = _tracker(settings, None)
+    out = publisher if publisher is not None else KafkaPublisher.for_settings(settings)
     pacer = Pacer(speed) if speed is not None else None
-    topic = tracker.trades_topic
+    trades_topic = topics.TRADES.full_name(settings.topic_namespace)
+    book_topic = topics.BOOK.full_name(settings.topic_namespace)
+    result = FeedResult()
     client = make_client(settings, database=request.database)
+    # the books' rows stream while the trades' windows are queried: a client (a session) of their own
+    book_client = make_client(settings, database=request.database)
+    books = 0
     started = time.monotonic()
+    params = {"venue": request.venue, "symbols": list(request.symbols), "start": request.start_ns,
+              "end": request.end_ns}
+    prefix = f"{request.venue}:"
     try:
-        params = {
-            "venue": request.venue,
-            "symbols": list(request.symbols),
-            "start": request.start_ns,
-            "end": request.end_ns,
-        }
-        with client.query_row_block_stream(STORED_TRADES_SQL, parameters=params) as blocks:
-            rows = (row for block in blocks for row in block)
-            for event_ns, symbol, value in stored_trade_messages(rows, request.venue):  # type: ignore[arg-type]
+        trades = stored_trade_message_stream(client, params, request.venue)
+        with book_client.query_row_block_stream(STORED_BOOKS_SQL, parameters=params) as blocks:
+            book_rows = (row for block in blocks for row in block)
+            snapshots = ((t, s, v, None, 0) for t, s, v in stored_book_messages(book_rows, request.venue))
+            merged = heapq.merge(trades, snapshots, key=lambda m: m[0])
+            publish = out.publish
+            last_ids = result.last_trade_ids
+            published = 0
+            for pace, symbol, value, last_id, n in merged:
                 if pacer is not None:
-                    pacer.wait_for(event_ns)
-                tracker.publish(topic, f"{request.venue}:{symbol}".encode(), value)
-        tracker.result.detail = f"from {request.database}.trades"
+                    pacer.wait_for(pace)
+                key = prefix + symbol
+                if last_id is None:
+                    publish(book_topic, key.encode(), value)
+                    books += 1
+                else:
+                    publish(trades_topic, key.encode(), value)
+                    last_ids[key] = last_id
+                    published += n
+        result.trades_published = published
+        out.flush()
+        result.detail = f"from {request.database}.trades, and {books} book snapshots from book_snapshots"
     finally:
         client.close()
-        tracker.close()
-        tracker.result.elapsed_s = time.monotonic() - started
-    return tracker.result
+        book_client.close()
+        if publisher is None:
+            out.close()  # type: ignore[attr-defined]
+        result.elapsed_s = time.monotonic() - started
+    return result
 
 
 def add_arguments(replay: Any) -> None:

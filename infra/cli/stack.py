@@ -184,6 +184,9 @@ class Stack:
         client = make_client(self.settings)
         try:
             client.command("TRUNCATE TABLE IF EXISTS candle_checkpoints")
+            # the portfolio's snapshots name offsets of the old broker's pf.events too (the worker
+            # would also notice a mark past the end, but not one a new history has already passed)
+            client.command("TRUNCATE TABLE IF EXISTS portfolio_snapshots")
         finally:
             client.close()
 
@@ -232,7 +235,11 @@ class Stack:
 
     def run(self, replay: Path | None, speed: float | None, exit_after_feed: bool, sim_rate: float, seed: int,
             live: tuple[Feed, ...] = (), endpoint: str | None = None, double_port: int | None = None,
-            book_gaps: float = 0.0, history_days: int = 90, ready_timeout_s: float = 180.0) -> int:
+            book_gaps: float = 0.0, history_days: int = 90, ready_timeout_s: float = 180.0,
+            record_dir: str | None = None) -> int:
+        """`history_days`: the warm history before the feed starts: seeded for the simulated feed,
+        backfilled from the venues for live feeds (`backfill_for_up`), none for a replay.
+        `record_dir`: the live connectors record their frames there (`--record`; live feeds only)."""
         from infra.cli import feeds
 
         started = time.monotonic()
@@ -246,12 +253,23 @@ class Stack:
             if live and double_port:
                 endpoint = self.start_exchange_double(double_port, speed)
             base = f"https://{self.settings.api.host}:{self.settings.api.port}"
+            if live and not self.settings.connector.metrics_port:
+                # the live feed's connectors serve their metrics too: on a port free now, on loopback
+                connector = self.settings.connector.model_copy(update={"metrics_port": _free_port()})
+                self.settings = self.settings.model_copy(update={"connector": connector})
             if live:
                 print(f"live feeds: {', '.join(map(str, live))}" + (f" through the exchange double {endpoint}"
                                                                       if endpoint else ""))
 
                 def feed() -> None:
-                    feed_result["summary"] = feeds.live_into(self.settings, live, stop=stop, endpoint=endpoint)
+                    if history_days:
+                        # what risk and predictions need (90 days of 1h by default), before the live data
+                        from infra.cli.history import backfill_for_up
+
+                        for line in backfill_for_up(self.settings, live, history_days, endpoint=endpoint):
+                            print(f"history backfill: {line}", flush=True)
+                    feed_result["summary"] = feeds.live_into(self.settings, live, stop=stop, endpoint=endpoint,
+                                                             record_dir=record_dir)
             elif replay is not None:
                 def feed() -> None:
                     feed_result["summary"] = feeds.replay_into(self.settings, replay, speed=speed, stop=stop)
@@ -289,6 +307,9 @@ class Stack:
                     raise RuntimeError("the feed failed before the API served its symbols; see the output above")
 
             worker_base = f"http://{self.settings.worker.metrics_host}:{self.settings.worker.metrics_port}"
+            connector_base = (f"http://{self.settings.connector.metrics_host}:{self.settings.connector.metrics_port}"
+                              if live else None)
+            self._write_up_file(base, worker_base, connector_base)
             print(f"waiting until the worker consumes and the API is ready and serves "
                   f"{', '.join(symbols) or 'the replay'} (at most {ready_timeout_s:.0f}s)...", flush=True)
             deadline = time.monotonic() + ready_timeout_s
@@ -300,7 +321,11 @@ class Stack:
                   f"({'new' if self.tls_created else 'reused'}), development JWT secret, every client address "
                   f"allowed. Try:\n  TOKEN=$(.venv/bin/entasis token)\n  curl --cacert {self.tls_cert} "
                   f"-H \"Authorization: Bearer $TOKEN\" {base}/api/v1/market/price/ETH-USDT\n"
-                  f"Metrics: API {base}/metrics, worker {worker_base}/metrics", flush=True)
+                  f"Metrics: API {base}/metrics, worker {worker_base}/metrics"
+                  + (f", connectors {connector_base}/metrics" if connector_base else "")
+                  + "\nStatus: .venv/bin/entasis status"
+                  + ("" if self.data_dir.resolve() == Path(".entasis").resolve() else f" --data-dir {self.data_dir}"),
+                  flush=True)
             while not feed_done.wait(0.5):
                 self._check_children()
             if "summary" in feed_result:
@@ -319,15 +344,30 @@ class Stack:
             self._drain(feed_result.get("summary"))
             return 0
         finally:
+            from infra.cli.status import remove_up_file
+
+            remove_up_file(self.data_dir)
             self.stop_all()
+
+    def _write_up_file(self, api: str, worker: str, connectors: str | None) -> None:
+        """Where this system answers, for `entasis status` (its ports are chosen at start)."""
+        from infra.cli.status import write_up_file
+
+        s = self.settings
+        write_up_file(self.data_dir, api=api, cafile=str(self.tls_cert.resolve()), worker=worker,
+                      connectors=connectors, bootstrap=s.kafka_bootstrap, namespace=s.topic_namespace,
+                      clickhouse_url=s.clickhouse.url, clickhouse_database=s.clickhouse.database,
+                      data_dir=str(self.data_dir.resolve()), stale_feed_seconds=s.stale_feed_seconds)
 
     def _api_getter(self, base: str) -> Getter:
         """The readiness probe's client: the API's own certificate and a short-lived token for
         market reads, signed as `entasis token` signs (the API runs with --dev)."""
         from api.auth import issue_token
         from api.principal import MARKET_READ
+        from infra.config.settings import development_jwt_secret
 
-        token = issue_token(self.settings.api, "entasis-up", [MARKET_READ], ttl_s=600)
+        token = issue_token(self.settings.api, "entasis-up", [MARKET_READ], ttl_s=600,
+                            dev_secret=lambda: development_jwt_secret(self.settings))
         return http_getter(base, self.tls_cert, token)
 
     def _check_children(self) -> None:

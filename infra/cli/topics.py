@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -9,12 +11,13 @@ from schemas.topics import ALL_TOPICS, TopicSpec
 
 
 def create_topics(bootstrap: str, namespace: str = "", specs: tuple[TopicSpec, ...] = ALL_TOPICS,
-                  with_config: bool = True, replication: int = 1) -> list[str]:
+                  with_config: bool = True, replication: int = 1, security: dict[str, Any] | None = None) -> list[str]:
     """Create what is missing; returns the names created now. Existing topics are left as they are.
 
     `with_config=False` skips topic configs for brokers that reject them (Tansu's memory
-    storage has no retention or compaction to configure)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    storage has no retention or compaction to configure). `security`: librdkafka's SASL
+    properties (infra/config/kafka.py `librdkafka_options`)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(security or {})})
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = [
         NewTopic(spec.full_name(namespace), num_partitions=spec.partitions, replication_factor=replication,

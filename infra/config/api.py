@@ -21,8 +21,10 @@ from pydantic_settings import NoDecode
 
 Network = IPv4Network | IPv6Network
 
-# Signs tokens only for a server started with --dev (`entasis token` uses it when no secret is
-# configured); `startup_problems` refuses it, and every secret shorter than 32 bytes, otherwise.
+# The constant development secret of earlier versions, published in this file: nothing signs or
+# checks with it any more (a --dev server and `entasis token` use a random secret per data directory,
+# `infra.config.settings.development_jwt_secret`); `startup_problems` refuses it as a configured
+# secret, with every secret shorter than 32 bytes.
 DEV_JWT_SECRET = "entasis-development-secret-never-use-in-production"
 
 

@@ -112,7 +112,9 @@ class PredictSettings(Section):
     models: Names = ("ensemble", "lstm")
     min_scored: int = Field(default=200, ge=1)
     min_independent: int = Field(default=20, ge=0)
-    checkpoint_every_s: int = Field(default=3600, ge=0)  # event time between checkpoints of a stream
+    # event time between checkpoints of a stream: a day, so folding a 90-day history writes 90 of
+    # them, not 2160 (~0.6 MB each); a restart replays at most a day of stored candles
+    checkpoint_every_s: int = Field(default=86400, ge=0)
     bootstrap_bars: int = Field(default=2000, ge=0)  # stored candles replayed into a fresh stream
     book_depth: int = Field(default=5, ge=1)  # levels per side in the imbalance feature
     load_attempts: int = Field(default=3, ge=1)
@@ -125,13 +127,22 @@ class PortfolioSettings(Section):
     # Paper trading: every account starts with this balance and these limits (a per-account
     # balance is set with `entasis portfolio set-balance`).
     initial_balance: Decimal = Decimal("100000")
-    max_open_positions: int = Field(default=50, ge=1)
+    max_open_positions: int = Field(default=50, ge=1, le=2**31 - 1)
     max_symbol_notional: Decimal = Decimal("1000000")
     # HMAC key the API signs every command with and the portfolio agent checks (issue 18, finding
     # 7: the broker takes any local producer). Unset: a random key in `<data_dir>/portfolio-signing.key`
     # (mode 0600), shared by the API and the worker of one data directory; required in production,
     # where they do not share a directory. At least 32 characters.
     signing_key: SecretStr | None = Field(default=None, min_length=32)
+    # HMAC key of the operator's commands (`set_balance`, `entasis portfolio set-balance`) on their own
+    # topic `pf.admin.v1`: the worker checks it, the CLI signs with it, the API never holds it, so the
+    # API's key cannot set a balance. Unset: a random key in `<data_dir>/portfolio-admin.key` (0600);
+    # required in production. At least 32 characters.
+    admin_key: SecretStr | None = Field(default=None, min_length=32)
+    # The portfolio agent stores every changed account of an events partition each time this many
+    # events of it were folded (ClickHouse `portfolio_snapshots`): a restart or a rebalance folds at
+    # most about this many events per partition instead of the whole `pf.events.v1`.
+    snapshot_every: int = Field(default=1000, ge=1)
 
 
 class ConnectorSettings(Section):
@@ -143,6 +154,10 @@ class ConnectorSettings(Section):
     stale_seconds: float = Field(default=15.0, gt=0)
     backoff_max_seconds: float = Field(default=30.0, gt=0)
     stagger_ms: int = Field(default=250, ge=0)
+    # `/metrics`, `/healthz`, `/readyz` of `entasis connect` (and of `up --venues`' feed) on
+    # `metrics_host:metrics_port`; 0 = not served. Loopback by default: no auth, as the worker's.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
 
 class VwapSettings(Section):
@@ -157,6 +172,9 @@ class WorkerSettings(Section):
     # (the metrics are still counted, for tests). Loopback by default: the worker has no auth.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    # False: no metric is counted at all (no sink timing, no per-batch observation; the
+    # endpoints still answer, with what is read at scrape time). For measuring what they cost.
+    metrics: bool = True
 
 
 class Settings(BaseSettings):
@@ -173,6 +191,16 @@ class Settings(BaseSettings):
     # Broker. `broker_flavour=tansu` turns on the embedded-broker workarounds (see
     # streams/app.py); they never apply to a real Kafka.
     kafka_bootstrap: str = "127.0.0.1:19092"
+    # How every Kafka client of this process authenticates (infra/config/kafka.py). PLAINTEXT: not
+    # at all (the embedded broker, on loopback). SASL_PLAINTEXT / SASL_SSL: as `kafka_username` with
+    # `kafka_password` and `kafka_sasl_mechanism` (docker-compose: SCRAM-SHA-512 on every listener a
+    # client can reach, one user per service, ACLs per user); SASL_SSL checks the broker's
+    # certificate against `kafka_ssl_cafile` (or the system's authorities).
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_username: str = ""
+    kafka_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: Path | None = None
     broker_flavour: Literal["tansu", "kafka"] = "tansu"
     topic_namespace: str = ""  # replays use their own, e.g. "replay-0001."
     topic_replication: int = Field(default=1, ge=1)  # 3 on a real cluster
@@ -226,6 +254,14 @@ class Settings(BaseSettings):
         ):
             data["api"] = {**(api or {}), "redis_url": os.environ["REDIS_URL"]}
         return data
+
+    @model_validator(mode="after")
+    def _kafka_credentials(self) -> Settings:
+        if self.kafka_security_protocol != "PLAINTEXT" and not (
+                self.kafka_username and self.kafka_password.get_secret_value()):
+            raise ValueError(f"ENTASIS_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                             "ENTASIS_KAFKA_USERNAME and ENTASIS_KAFKA_PASSWORD")
+        return self
 
     def to_env(self) -> dict[str, str]:
         """These settings as ENTASIS_* variables, to hand them to a child process."""
@@ -294,6 +330,8 @@ def get_settings() -> Settings:
 
 
 PORTFOLIO_SIGNING_KEY_FILE = "portfolio-signing.key"
+PORTFOLIO_ADMIN_KEY_FILE = "portfolio-admin.key"
+DEV_JWT_SECRET_FILE = "jwt-dev.secret"
 
 
 def portfolio_signing_key(settings: Settings) -> bytes:
@@ -305,15 +343,43 @@ def portfolio_signing_key(settings: Settings) -> bytes:
         return configured.get_secret_value().encode()
     if settings.profile == "production":
         raise ValueError("ENTASIS_PORTFOLIO_SIGNING_KEY must be set in production (the API and the worker share it)")
+    return data_dir_secret(settings, PORTFOLIO_SIGNING_KEY_FILE)
+
+
+def portfolio_admin_key(settings: Settings) -> bytes:
+    """The key of the operator's portfolio commands (`set_balance` on `pf.admin.v1`): the setting,
+    else (not in production) the data directory's random key (0600), as `portfolio_signing_key`."""
+    configured = settings.portfolio.admin_key
+    if configured is not None:
+        return configured.get_secret_value().encode()
+    if settings.profile == "production":
+        raise ValueError("ENTASIS_PORTFOLIO_ADMIN_KEY must be set in production (the worker and the operator share it)")
+    return data_dir_secret(settings, PORTFOLIO_ADMIN_KEY_FILE)
+
+
+def development_jwt_secret(settings: Settings) -> str:
+    """The HS256 secret of development tokens (`entasis token` without ENTASIS_API_JWT_SECRET, and an
+    API started with --dev, as `entasis up` does): random per data directory, created on first use
+    (0600 in a 0700 directory), so a token minted for one data directory is refused by the API of
+    another, and another OS user cannot mint one. Never in production, which must configure its
+    secret."""
+    if settings.profile == "production":
+        raise ValueError("ENTASIS_API_JWT_SECRET must be set in production (no development secret there)")
+    return data_dir_secret(settings, DEV_JWT_SECRET_FILE).decode()
+
+
+def data_dir_secret(settings: Settings, name: str) -> bytes:
+    """`<data_dir>/<name>`: 32 random bytes as hex, created on first use with mode 0600 in a 0700
+    directory, so only the user running the processes of this data directory can read it."""
     directory = Path(settings.data_dir)
     if not directory.is_dir():
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)  # the mode passed to mkdir goes through the umask
-    path = directory / PORTFOLIO_SIGNING_KEY_FILE
+    path = directory / name
     if not path.exists():
         # written whole under a temporary name, then linked in: a process racing us either wins
         # the link or reads a complete file, never half of one
-        temporary = directory / f".{PORTFOLIO_SIGNING_KEY_FILE}.{os.getpid()}.{os.urandom(4).hex()}"
+        temporary = directory / f".{name}.{os.getpid()}.{os.urandom(4).hex()}"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             os.fchmod(fd, 0o600)  # whatever the umask

@@ -21,7 +21,7 @@ import orjson
 from schemas.book_ticker import BookTicker
 from schemas.codecs.envelope import VERSION_KEY, WireError, load, version_of
 from schemas.events import BookDelta, BookSnapshot
-from schemas.limits import level_problem, stream_problem
+from schemas.limits import MAX_UPDATE_ID, count_problem, level_problem, stream_problem
 
 BOOK_BATCH = "book_batch.v1"
 TICKER_BATCH = "book_ticker_batch.v1"
@@ -83,6 +83,10 @@ def _decode_book_batch(msg: dict[str, Any]) -> tuple[str, str, list[BookUpdate]]
             update = model.model_validate(u)
             for price, size in (*update.bids, *update.asks):
                 if problem := level_problem(price, size):
+                    raise WireError(f"malformed {BOOK_BATCH}: {problem}")
+            for name in ("first_update_id", "last_update_id", "prev_update_id"):  # UInt64 once stored
+                value = getattr(update, name, None)
+                if value is not None and (problem := count_problem(value, name, MAX_UPDATE_ID)):
                     raise WireError(f"malformed {BOOK_BATCH}: {problem}")
             updates.append(update)
         return (*_head(msg), updates)

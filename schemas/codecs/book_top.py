@@ -10,8 +10,18 @@ import pyarrow as pa
 
 from schemas.codecs.envelope import DEC_LIST, TS, EventCodec
 from schemas.events import BookSnapshot
+from schemas.limits import MAX_UPDATE_ID, count_problem, level_problem
 
-CODEC = EventCodec(BookSnapshot)
+
+def storable(snapshot: BookSnapshot) -> str | None:
+    """Levels the `book_snapshots` Decimal(38, 8) arrays hold, an update id its UInt64 holds."""
+    for price, size in (*snapshot.bids, *snapshot.asks):
+        if problem := level_problem(price, size):
+            return problem
+    return count_problem(snapshot.last_update_id, "last_update_id", MAX_UPDATE_ID)
+
+
+CODEC = EventCodec(BookSnapshot, storable)
 BOOK_SNAPSHOT = CODEC.format
 FORMATS = (BOOK_SNAPSHOT,)
 encode = CODEC.encode

@@ -9,8 +9,19 @@ import pyarrow as pa
 
 from schemas.codecs.envelope import TS, EventCodec, decimals
 from schemas.events import Candle
+from schemas.limits import MAX_PRICE, count_problem, decimal_problem, price_problem
 
-CODEC = EventCodec(Candle)
+
+def storable(candle: Candle) -> str | None:
+    """What the `candles` table cannot hold: prices and volume its Decimal(38, 8) would round or
+    overflow, counters past its UInt32 columns."""
+    return (price_problem(candle.open) or price_problem(candle.high) or price_problem(candle.low)
+            or price_problem(candle.close)
+            or decimal_problem(candle.volume, "volume", MAX_PRICE, allow_zero=True)
+            or count_problem(candle.trades, "trades") or count_problem(candle.revision, "revision"))
+
+
+CODEC = EventCodec(Candle, storable)
 CANDLE = CODEC.format
 FORMATS = (CANDLE,)
 encode = CODEC.encode

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -27,6 +27,9 @@ DEC_LIST = pa.list_(DEC)
 TS = pa.timestamp("ns", tz="UTC")
 MAX_DECIMALS = 8  # the store's scale: finer values would be rounded, so decoders refuse them
 _QUANT = Decimal(1).scaleb(-MAX_DECIMALS)
+# Decimal(38, 8) holds 38 digits: rounding to 8 places in the default 28-digit context would raise
+# for a value of 20 integer digits or more, one the column holds.
+_STORE = Context(prec=38)
 
 
 class WireError(ValueError):
@@ -63,7 +66,7 @@ def decimals(values: Sequence[Decimal | str | None], *, quantize: bool = False) 
     than 8 places raises, unless `quantize` (computed values such as risk amounts) rounds it first."""
     out = [None if v is None else v if isinstance(v, Decimal) else Decimal(v) for v in values]
     if quantize:
-        out = [None if v is None else v.quantize(_QUANT) for v in out]
+        out = [None if v is None else v.quantize(_QUANT, context=_STORE) for v in out]
     return pa.array(out, type=DEC)
 
 
@@ -72,10 +75,13 @@ M = TypeVar("M", bound=BaseModel)
 
 class EventCodec(Generic[M]):
     """The codec of a format that is one pydantic event per message (candles, quality events,
-    risk estimates, ...): the model's JSON, `schema_version` included."""
+    risk estimates, ...): the model's JSON, `schema_version` included. `check` says what is wrong
+    with a valid model that the store still cannot hold (schemas.limits): a decoder lets through
+    only what its sink can insert, so one bad value costs one dead letter, never a failed batch."""
 
-    def __init__(self, model: type[M]):
+    def __init__(self, model: type[M], check: Callable[[M], str | None] | None = None):
         self.model = model
+        self.check = check
         self.format: str = model.model_fields[VERSION_KEY].default
 
     def encode(self, event: M) -> bytes:
@@ -94,10 +100,17 @@ class EventCodec(Generic[M]):
         """The validated event. Unlike the model alone, a message must name its format: a model
         would fill a missing `schema_version` with its default."""
         msg = self.decode_fields(raw)
+        return self.validate(msg)
+
+    def validate(self, msg: dict[str, Any]) -> M:
+        """The model of a decoded message, checked against what the store holds."""
         try:
-            return self.model.model_validate(msg)
+            event = self.model.model_validate(msg)
         except ValueError as exc:  # pydantic.ValidationError
             raise WireError(f"malformed {self.format}: {exc}") from exc
+        if self.check is not None and (problem := self.check(event)):
+            raise WireError(f"malformed {self.format}: {problem}")
+        return event
 
     def decode_many(self, raws: Sequence[bytes], on_error: Callable[[bytes, WireError], None] | None = None
                     ) -> list[M]:

@@ -1,4 +1,4 @@
-"""`pf.commands.v1` and `pf.events.v1`: one portfolio command or event per message, the model's
+"""`pf.commands.v1`, `pf.admin.v1` and `pf.events.v1`: one portfolio command or event per message, the model's
 JSON, told apart by its `kind` (schemas/portfolio.py).
 
 Both carry `schema_version` like every other format. `pf.events.v1` is kept forever and holds
@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from schemas.codecs.envelope import TS, WireError
 from schemas.portfolio import (
+    ADMIN_ADAPTER,
     COMMAND_ADAPTER,
     COMMAND_FORMAT,
     EVENT_ADAPTER,
@@ -44,6 +45,14 @@ def decode_command(raw: bytes | str) -> PortfolioCommand:
         return COMMAND_ADAPTER.validate_json(raw)
     except ValueError as exc:  # pydantic.ValidationError, invalid JSON included
         raise WireError(f"malformed {PORTFOLIO_COMMAND}: {exc}") from exc
+
+
+def decode_admin_command(raw: bytes | str) -> SetBalance:
+    """A value of `pf.admin.v1`: a `set_balance` and nothing else."""
+    try:
+        return ADMIN_ADAPTER.validate_json(raw)
+    except ValueError as exc:
+        raise WireError(f"malformed {PORTFOLIO_COMMAND} (set_balance): {exc}") from exc
 
 
 def decode_event(raw: bytes | str) -> PortfolioEvent:

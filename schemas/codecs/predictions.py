@@ -9,10 +9,25 @@ from decimal import Decimal
 import pyarrow as pa
 
 from schemas.codecs.envelope import TS, EventCodec, WireError, decimals, load, version_of
+from schemas.limits import amount_problem, count_problem
 from schemas.prediction import Prediction, PredictionOutcome, Scores
 
-PREDICTION_CODEC = EventCodec(Prediction)
-OUTCOME_CODEC = EventCodec(PredictionOutcome)
+
+def _prediction_storable(e: Prediction) -> str | None:
+    """Amounts `predictions` holds once rounded to 8 places; UInt32 counters."""
+    return (amount_problem(e.price, "price")
+            or (amount_problem(e.prediction, "prediction") if e.prediction is not None else None)
+            or count_problem(e.remaining_candles, "remaining_candles")
+            or count_problem(e.scores.scored, "scores.scored")
+            or count_problem(e.recent_scores.scored, "recent_scores.scored"))
+
+
+def _outcome_storable(e: PredictionOutcome) -> str | None:
+    return amount_problem(e.price, "price") or amount_problem(e.realised_price, "realised_price")
+
+
+PREDICTION_CODEC = EventCodec(Prediction, _prediction_storable)
+OUTCOME_CODEC = EventCodec(PredictionOutcome, _outcome_storable)
 PREDICTION = PREDICTION_CODEC.format
 PREDICTION_OUTCOME = OUTCOME_CODEC.format
 FORMATS = (PREDICTION, PREDICTION_OUTCOME)
@@ -32,10 +47,7 @@ def decode(raw: bytes | str) -> Prediction | PredictionOutcome:
     codec = _BY_FORMAT.get(version) if isinstance(version, str) else None
     if codec is None:
         raise WireError(f"expected one of {FORMATS}, got {version!r}")
-    try:
-        return codec.model.model_validate(msg)
-    except ValueError as exc:  # pydantic.ValidationError
-        raise WireError(f"malformed {version}: {exc}") from exc
+    return codec.validate(msg)
 
 
 # --- the `predictions` and `prediction_outcomes` tables (infra/store/migrations/0006_predictions.sql)

@@ -31,6 +31,7 @@ CODECS: dict[str, TopicCodec] = {
     topics.RISK.name: TopicCodec(risk, risk.FORMATS, risk.decode),
     topics.PREDICTIONS.name: TopicCodec(predictions, predictions.FORMATS, predictions.decode),
     topics.PF_COMMANDS.name: TopicCodec(portfolio, (portfolio.PORTFOLIO_COMMAND,), portfolio.decode_command),
+    topics.PF_ADMIN.name: TopicCodec(portfolio, (portfolio.PORTFOLIO_COMMAND,), portfolio.decode_admin_command),
     topics.PF_EVENTS.name: TopicCodec(portfolio, (portfolio.PORTFOLIO_EVENT,), portfolio.decode_event),
     VWAP_TOPIC_NAME: TopicCodec(vwap, vwap.FORMATS, vwap.decode),
     topics.QUALITY.name: TopicCodec(quality, quality.FORMATS, quality.decode),

@@ -7,9 +7,18 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from schemas.codecs.envelope import TS, EventCodec, decimals
+from schemas.limits import amount_problem, count_problem
 from schemas.risk import RiskEstimate
 
-CODEC = EventCodec(RiskEstimate)
+
+def storable(e: RiskEstimate) -> str | None:
+    """Amounts `risk_estimates` holds once rounded to 8 places; a window its UInt32 holds."""
+    return (amount_problem(e.price, "price") or amount_problem(e.var_95, "var_95")
+            or amount_problem(e.expected_shortfall, "expected_shortfall")
+            or amount_problem(e.volatility, "volatility") or count_problem(e.window, "window"))
+
+
+CODEC = EventCodec(RiskEstimate, storable)
 RISK_ESTIMATE = CODEC.format
 FORMATS = (RISK_ESTIMATE,)
 encode = CODEC.encode

@@ -7,9 +7,18 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from schemas.codecs.envelope import TS, EventCodec, decimals
+from schemas.limits import MAX_PRICE, count_problem, decimal_problem, price_problem
 from schemas.vwap import Vwap
 
-CODEC = EventCodec(Vwap)
+
+def storable(e: Vwap) -> str | None:
+    """What `vwap` holds: Decimal(38, 8) price and volume (not rounded: refused beyond 8 places),
+    UInt32 counters."""
+    return (price_problem(e.vwap) or decimal_problem(e.volume, "volume", MAX_PRICE)
+            or count_problem(e.window_minutes, "window_minutes") or count_problem(e.candles, "candles"))
+
+
+CODEC = EventCodec(Vwap, storable)
 VWAP = CODEC.format
 FORMATS = (VWAP,)
 encode = CODEC.encode

@@ -11,6 +11,7 @@ from schemas.codecs import candles
 from schemas.codecs.envelope import WireError
 from streams.core.candle_admission import Verdict
 from streams.runtime.decoded import decoded
+from streams.runtime.emit import emit_all
 
 View = TypeVar("View")
 Out = TypeVar("Out")
@@ -55,8 +56,9 @@ def candle_agent(state: CandleFolder[View, Out], decode: Callable[[bytes], View]
         # a malformed candle is counted and passed over: the candle sink dead-letters it
         async for event, view in decoded(stream, decode, CandleMessageError, state):
             produced = await state.fold(view, event.message.tp)
+            # all of a candle's events in one produce batch, acknowledged before the next candle
+            await emit_all(emit, produced)
             for item in produced:
-                await emit(item)
                 state.published += 1
                 yield item
             if produced and after is not None:

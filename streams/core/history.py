@@ -31,6 +31,7 @@ from decimal import Decimal, InvalidOperation
 import numpy as np
 
 from schemas.events import INTERVAL_NS, Candle, Interval
+from schemas.limits import MAX_PRICE, MAX_TIME_NS, decimal_problem, price_problem
 from schemas.symbols import normalize_symbol
 from streams.core.simulation import SIM_VENUE, SimSymbol
 from streams.core.venues.registry import VENUES
@@ -127,6 +128,8 @@ def parse_bar(row: Sequence[object]) -> Bar:
     except ValueError as exc:
         raise ValueError(f"bad timestamp: {exc}") from None
     o, h, low, c, v = (parse_decimal(name, value) for name, value in zip(COLUMNS[1:], row[1:], strict=True))
+    if not 0 <= ts <= MAX_TIME_NS - DAY_NS:  # the bar and its last nanosecond, within int64 ns
+        raise ValueError(f"timestamp {row[0]!r} is before 1970 or past what int64 nanoseconds hold")
     if min(o, h, low, c) <= 0:
         raise ValueError("prices must be positive")
     if h < low:
@@ -135,6 +138,10 @@ def parse_bar(row: Sequence[object]) -> Bar:
         raise ValueError(f"open {o} or close {c} outside [low {low}, high {h}]")
     if v < 0:
         raise ValueError(f"negative volume {v}")
+    # what the candle topics and the store hold (schemas.limits): refused here, by line, rather
+    # than dead-lettered one candle at a time after the import said it published them
+    if problem := (price_problem(h) or decimal_problem(v, "volume", MAX_PRICE, allow_zero=True)):
+        raise ValueError(problem)
     return Bar(ts, o, h, low, c, v)
 
 

@@ -83,13 +83,22 @@ MONEY = Context(prec=100, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, Div
 # nothing without a valid one. A captured command produced again is a duplicate (`decided`) or,
 # past the id window, stale (`stale_before_ns`): it is never decided twice either.
 SIGNATURE_HEADER = "entasis-signature"
-_SIGNATURE_DOMAIN = b"entasis pf.commands v1\x00"
+COMMANDS_SIGNATURE_DOMAIN = b"entasis pf.commands v1\x00"
+# `set_balance` is an operator's command, not the API's (issue 18, finding 7): it travels on its own
+# topic (`pf.admin.v1`), signed with another key (ENTASIS_PORTFOLIO_ADMIN_KEY) under another
+# domain, so neither the API's key nor a signature copied from the commands topic can set a balance.
+ADMIN_SIGNATURE_DOMAIN = b"entasis pf.admin v1\x00"
 
 
-def command_signature(secret: bytes, key: bytes, value: bytes) -> str:
+def command_signature(secret: bytes, key: bytes, value: bytes, domain: bytes = COMMANDS_SIGNATURE_DOMAIN) -> str:
     # the key's length goes first so no (key, value) split of the same bytes signs alike
-    message = _SIGNATURE_DOMAIN + len(key).to_bytes(4, "big") + key + value
+    message = domain + len(key).to_bytes(4, "big") + key + value
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def admin_signature(secret: bytes, key: bytes, value: bytes) -> str:
+    """The signature of an operator's command on `pf.admin.v1`."""
+    return command_signature(secret, key, value, ADMIN_SIGNATURE_DOMAIN)
 
 
 def header_value(headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None, name: str) -> bytes | None:
@@ -103,10 +112,11 @@ def header_value(headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | No
     return None
 
 
-def signature_valid(secret: bytes, key: bytes, value: bytes, signature: bytes | None) -> bool:
+def signature_valid(secret: bytes, key: bytes, value: bytes, signature: bytes | None,
+                    domain: bytes = COMMANDS_SIGNATURE_DOMAIN) -> bool:
     if signature is None:
         return False
-    return hmac.compare_digest(command_signature(secret, key, value).encode(), signature)
+    return hmac.compare_digest(command_signature(secret, key, value, domain).encode(), signature)
 
 
 HOUR_NS = 3600 * 10**9

@@ -29,7 +29,7 @@ class PredictAgentConfig:
     models: tuple[str, ...] = MODELS
     min_scored: int = 200
     min_independent: int = 20
-    checkpoint_every_s: int = 3600  # event time between checkpoints of a stream
+    checkpoint_every_s: int = 86400  # event time between checkpoints of a stream
     bootstrap_bars: int = 2000  # stored candles replayed into a stream that starts without a checkpoint
     book_depth: int = 5  # levels per side in the imbalance feature
     load_attempts: int = 3  # a store that cannot be reached is retried before the stream starts fresh

@@ -129,12 +129,13 @@ def _binance_symbols(msg: Any) -> Iterable[str]:
 def _coinbase_symbols(msg: Any) -> Iterable[str]:
     """Advanced Trade: `events[*]` carry `product_id`, or `trades[*]` / `updates` / `tickers[*]`
     that do."""
-    if not isinstance(msg, dict):
+    if not isinstance(msg, dict) or not isinstance(msg.get("events"), list):
         return
-    for event in msg.get("events") or ():
+    for event in msg["events"]:
         if not isinstance(event, dict):
             continue
-        for holder in (event, *(event.get("trades") or ()), *(event.get("tickers") or ())):
+        inner = [item for name in ("trades", "tickers") if isinstance(event.get(name), list) for item in event[name]]
+        for holder in (event, *inner):
             if isinstance(holder, dict):
                 symbol = _ours(holder.get("product_id"), normalize_symbol)
                 if symbol is not None:

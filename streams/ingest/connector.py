@@ -87,6 +87,7 @@ class FeedStats:
     duplicates: int = 0
     backfilled: int = 0
     missing: int = 0  # trade ids never seen, after backfill (consecutive-id venues only)
+    trade_gaps: int = 0  # holes those ids fell in: one `trade_gap` event each
     books: int = 0
     book_gaps: int = 0
     book_resyncs: int = 0
@@ -324,6 +325,7 @@ class VenueConnector:
             last = state.last_trade
             assert last is not None  # a step is only measured from a published trade
             state.stats.missing += step - 1
+            state.stats.trade_gaps += 1
             self._quality(state.feed.symbol, QualityKind.TRADE_GAP, trade.event_ts_ns,
                           {"after_trade_id": last.trade_id, "next_trade_id": trade.trade_id, "missing": step - 1})
 

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from confluent_kafka import KafkaError, Message, Producer
+
+from infra.config.kafka import librdkafka_options
+
+if TYPE_CHECKING:
+    from infra.config.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +85,11 @@ class KafkaPublisher:
 
     Delivery failures are counted as they are reported and raised by the next `flush()`.
     A full local queue (BufferError) is drained by polling, up to `queue_full_timeout_s`."""
+
+    @classmethod
+    def for_settings(cls, settings: Settings, **conf: Any) -> KafkaPublisher:
+        """A publisher to the settings' broker, authenticated as they say (infra/config/kafka.py)."""
+        return cls(settings.kafka_bootstrap, **{**librdkafka_options(settings), **conf})
 
     def __init__(self, bootstrap: str, *, queue_full_timeout_s: float = 30.0, **conf: Any) -> None:
         config = producer_config(bootstrap, conf)

@@ -45,6 +45,7 @@ from tqdm import tqdm
 from schemas.book_ticker import BookTicker
 from schemas.codecs import book, dead_letters, trades
 from schemas.events import DeadLetter, Trade
+from schemas.limits import MAX_TIME_NS
 from schemas.symbols import InvalidSymbol, stream_key
 from schemas.topics import BOOK, DEAD_LETTER, TRADES
 from streams.core.batching import TradeBatch, TradeBatcher
@@ -218,7 +219,8 @@ def read_capture(capture: CaptureFile, keep: Callable[[bytes], bool] | None = No
         if not line or (keep is not None and not keep(line)):
             continue
         head, sep, _ = line.partition(b" ")
-        if sep and head.isdigit():
+        # at most 19 digits: int64 nanoseconds (and Python refuses to read a 4300-digit number)
+        if sep and head.isdigit() and len(head) <= 19 and int(head) <= MAX_TIME_NS:
             last_recv = int(head)
             yield CaptureLine(last_recv, True, line, capture)
         else:
@@ -263,7 +265,11 @@ def _blocks(path: Path) -> Iterator[bytes | _Truncated]:
         pending = first
         while pending:
             started = True
-            out = inflate.decompress(pending)
+            try:
+                out = inflate.decompress(pending)
+            except zlib.error:  # corrupted from here on: what came before is kept, as for a cut file
+                yield _TRUNCATED
+                return
             if out:
                 yield out
             pending = b""

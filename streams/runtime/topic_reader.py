@@ -2,32 +2,72 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-async def read_topic(bootstrap: str, topic: str) -> list[bytes]:
-    """Every message value on `topic` up to its end offsets at the time of the call."""
+
+@dataclass(frozen=True)
+class TopicRecord:
+    partition: int
+    offset: int
+    value: bytes
+
+
+@dataclass
+class TopicHistory:
+    """Records read, in partition order, and each partition's end offset when the read began."""
+
+    records: list[TopicRecord] = field(default_factory=list)
+    end: dict[int, int] = field(default_factory=dict)
+
+
+async def read_topic(bootstrap: str, topic: str, **options: Any) -> list[bytes]:
+    """Every message value on `topic` up to its end offsets at the time of the call. `options`:
+    the client's authentication (infra/config/kafka.py `aiokafka_options`)."""
+    return [record.value for record in (await read_topic_records(bootstrap, topic, **options)).records]
+
+
+async def read_topic_records(bootstrap: str, topic: str, start: Mapping[int, int] | None = None,
+                             **options: Any) -> TopicHistory:
+    """Every message of `topic` from `start` (partition -> first offset to read; partitions not
+    named: from the beginning) up to the end offsets at the time of the call. A start at or past a
+    partition's end reads nothing there (past it: the caller compares with `end`)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    start = dict(start or {})
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, **options)
     await consumer.start()
     try:
         await consumer.topics()  # metadata, so the topic's partitions are known
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not tps:
-            return []
+            return TopicHistory()
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
-        values: list[bytes] = []
+        history = TopicHistory(end={tp.partition: end[tp] for tp in tps})
+        reading = []
+        for tp in tps:
+            first = start.get(tp.partition, 0)
+            if first >= end[tp]:
+                continue  # nothing to read there (or a start past the end: the caller decides)
+            if first > 0:
+                consumer.seek(tp, first)
+            reading.append(tp)
 
         async def behind() -> bool:
-            return any([await consumer.position(tp) < end[tp] for tp in tps])
+            return any([await consumer.position(tp) < end[tp] for tp in reading])
 
-        while await behind():
-            batches = await consumer.getmany(*tps, timeout_ms=500)
-            for records in batches.values():
-                values.extend(r.value for r in records
-                              if r.value is not None and r.offset < end[TopicPartition(r.topic, r.partition)])
-        return values
+        by_partition: dict[int, list[TopicRecord]] = {tp.partition: [] for tp in reading}
+        while reading and await behind():
+            batches = await consumer.getmany(*reading, timeout_ms=500)
+            for tp, records in batches.items():
+                by_partition[tp.partition].extend(
+                    TopicRecord(r.partition, r.offset, r.value) for r in records
+                    if r.value is not None and r.offset < end[tp])
+        history.records = [record for p in sorted(by_partition) for record in by_partition[p]]
+        return history
     finally:
         await consumer.stop()

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Mapping
 from decimal import Decimal as D
 from typing import Any
 
 import faust
 
 from infra.config.settings import PortfolioSettings, Settings
+from schemas.events import DeadLetter
 from schemas.portfolio import (
     AccountOpened,
     ClosePosition,
@@ -26,10 +28,11 @@ from schemas.portfolio import (
     SetBalance,
 )
 from schemas.wire import encode_event
-from streams.agents.portfolio import PortfolioWiring, register_portfolio_agent
-from streams.core.portfolio import SIGNATURE_HEADER, command_signature
+from streams.agents.portfolio import PortfolioWiring, TopicHistory, TopicRecord, register_portfolio_agent
+from streams.core.portfolio import SIGNATURE_HEADER, admin_signature, command_signature
 
 SIGNING_KEY = b"tests-only-portfolio-signing-key-0123456789"
+ADMIN_KEY = b"tests-only-portfolio-admin-key-0123456789ab"
 _app_ids = itertools.count()
 _ids = itertools.count(1)
 SETTINGS = Settings(portfolio=PortfolioSettings(initial_balance=D("1000"), max_open_positions=5,
@@ -47,6 +50,7 @@ class Harness:
     def __init__(self, log: list[bytes]) -> None:
         self.log = log  # the events topic, shared by every "worker" of a test
         self.published: list[PortfolioEvent] = []
+        self.dead: list[DeadLetter] = []
         app = faust.App(f"t-pf-{next(_app_ids)}", broker="kafka://127.0.0.1:1", value_serializer="raw",
                         key_serializer="raw", store="memory://")
 
@@ -54,22 +58,30 @@ class Harness:
             self.published.append(event)
             self.log.append(encode_event(event))
 
-        async def history() -> list[bytes]:
-            return list(self.log)
+        async def history(start: Mapping[int, int]) -> TopicHistory:
+            # one partition, offsets = positions in the log (no snapshots here: `start` is empty)
+            records = [TopicRecord(0, offset, value) for offset, value in enumerate(self.log)]
+            return TopicHistory([r for r in records if r.offset >= start.get(0, 0)], {0: len(self.log)})
+
+        async def dead_letter(letter: DeadLetter) -> None:
+            self.dead.append(letter)
 
         self.wiring: PortfolioWiring = register_portfolio_agent(
             app, SETTINGS, commands_topic=app.topic("t.pf.commands"), events_topic=app.topic("t.pf.events"),
-            emit_event=emit, history=history, signing_key=SIGNING_KEY)
+            admin_topic=app.topic("t.pf.admin"), emit_event=emit, history=history, signing_key=SIGNING_KEY,
+            admin_key=ADMIN_KEY, emit_dead_letter=dead_letter)
 
-    async def run(self, commands: list[Any], keys: list[str] | None = None) -> None:
+    async def run(self, commands: list[Any], keys: list[str] | None = None, *, admin: bool = False) -> None:
+        """Put `commands` on the orders' topic (signed with the API's key) or, with `admin`, on the
+        operator's topic (signed with the admin key), and wait until the agent has read them all."""
         state = self.wiring.state
         start = state.messages
-        async with self.wiring.agents["portfolio"].test_context() as agent:
+        async with self.wiring.agents["portfolio_admin" if admin else "portfolio"].test_context() as agent:
             for i, command in enumerate(commands):
                 key = (keys[i] if keys else command.account).encode()
                 raw = command if isinstance(command, bytes) else encode_event(command)
-                await agent.put(raw, key=key, wait=False,
-                                headers={SIGNATURE_HEADER: command_signature(SIGNING_KEY, key, raw).encode()})
+                signature = admin_signature(ADMIN_KEY, key, raw) if admin else command_signature(SIGNING_KEY, key, raw)
+                await agent.put(raw, key=key, wait=False, headers={SIGNATURE_HEADER: signature.encode()})
             for _ in range(1000):
                 if state.messages - start == len(commands):
                     break
@@ -90,13 +102,13 @@ async def test_two_orders_that_fit_alone_but_not_together_give_one_open_and_one_
 async def test_balance_close_idempotency_and_malformed_input() -> None:
     h = Harness([])
     first = open_cmd("b", "2", "100", key="k")
+    await h.run([SetBalance(account="b", command_id="set-1", balance=D("500"), issued_ts_ns=1)], admin=True)
     await h.run([
-        SetBalance(account="b", command_id="set-1", balance=D("500"), issued_ts_ns=1),
         first,
         open_cmd("b", "2", "100", key="k"),  # a retry: the first result again
         b"{not a command",
         open_cmd("b", "1", "1", key=None).model_copy(update={"account": "b"}),
-    ], keys=["b", "b", "b", "b", "someone-else"])  # the last one is keyed wrongly
+    ], keys=["b", "b", "b", "someone-else"])  # the last one is keyed wrongly
     state = h.wiring.state
     assert state.malformed == 2
     opened = [e for e in h.published if isinstance(e, PositionOpened)]

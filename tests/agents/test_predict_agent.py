@@ -34,7 +34,7 @@ HOUR = 3600 * 10**9
 T0 = 1_700_000_000 // 3600 * 3600 * 10**9
 KEY = b"binance:BTC-USDT"
 CONFIG = PredictAgentConfig(models=("ensemble",), horizons=("1h", "4h"), min_scored=5, min_independent=1,
-                            retry_delay_s=0.0)
+                            retry_delay_s=0.0, checkpoint_every_s=3600)  # every 1h candle (the default: a day)
 
 
 def bars(n: int, seed: int = 1) -> list[Bar]:
@@ -216,7 +216,8 @@ async def test_book_snapshots_feed_the_imbalance_of_their_candle() -> None:
 
 async def test_one_minute_streams_checkpoint_every_hour_of_event_time() -> None:
     minute = 60 * 10**9
-    config = PredictAgentConfig(interval="1m", models=("ensemble",), horizons=("1h",), retry_delay_s=0.0)
+    config = PredictAgentConfig(interval="1m", models=("ensemble",), horizons=("1h",), retry_delay_s=0.0,
+                                checkpoint_every_s=3600)
     state = PredictAgentState(config, store := MemoryModelStore())
     series = [Bar(T0 + i * minute, b.open, b.high, b.low, b.close, b.volume, b.close_exact)
               for i, b in enumerate(bars(150))]

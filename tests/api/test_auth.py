@@ -459,16 +459,31 @@ def test_no_secret_configured_refuses_every_token(make_app: Callable[..., FastAP
     assert error_of(response)["details"] == {"reason": "token authentication is not configured"}
 
 
-def test_dev_app_accepts_development_tokens(repository: MarketRepository, key_repository: ApiKeyRepository) -> None:
+def test_dev_app_accepts_development_tokens(repository: MarketRepository, key_repository: ApiKeyRepository,
+                                           tmp_path: Path) -> None:
+    """A --dev app without a secret checks tokens with its data directory's random development
+    secret (issue 18, finding 11): the tokens `entasis token` mints there pass; tokens signed with
+    another data directory's secret, or with the constant earlier versions published, do not."""
     from api.auth import issue_token
-    from infra.config.api import ApiSettings
+    from infra.config.api import DEV_JWT_SECRET, ApiSettings
+    from infra.config.settings import Settings, development_jwt_secret
 
     unconfigured = ApiSettings(jwt_secret="")  # type: ignore[call-arg]
-    dev_app = create_app(repository=repository, api_settings=unconfigured, key_repository=key_repository, dev=True)
-    token = issue_token(unconfigured, new_account(), [MARKET_READ])  # `entasis token` without a secret
+    mine, other = Settings(data_dir=tmp_path / "mine"), Settings(data_dir=tmp_path / "other")
+    dev_app = create_app(repository=repository, settings=mine, api_settings=unconfigured,
+                         key_repository=key_repository, dev=True)
+    account = new_account()
+    token = issue_token(unconfigured, account, [MARKET_READ], dev_secret=lambda: development_jwt_secret(mine))
+    foreign = issue_token(unconfigured, account, [MARKET_READ], dev_secret=lambda: development_jwt_secret(other))
+    constant = jwt.encode(claims_for(account), DEV_JWT_SECRET, algorithm="HS256")
     with TestClient(dev_app, client=(new_address(), 1)) as client:
         assert client.get(PRICE, headers=bearer(token)).status_code == 200
-    prod_app = create_app(repository=repository, api_settings=unconfigured, key_repository=key_repository)
+        for refused in (foreign, constant):
+            response = client.get(PRICE, headers=bearer(refused))
+            assert response.status_code == 401
+            assert error_of(response)["details"] == {"reason": "invalid token signature"}
+    prod_app = create_app(repository=repository, settings=mine, api_settings=unconfigured,
+                          key_repository=key_repository)
     with TestClient(prod_app, client=(new_address(), 1)) as client:
         assert client.get(PRICE, headers=bearer(token)).status_code == 401
 

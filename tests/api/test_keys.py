@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jwt
@@ -173,11 +175,21 @@ def test_token_cli() -> None:
     assert claims["sub"] == "alice" and claims["scope"] == "market:read analysis:read"
     assert claims["exp"] - claims["iat"] == 120 and done.stderr == ""
 
-    dev = _token_cli()
-    assert dev.returncode == 0
-    claims = jwt.decode(dev.stdout.strip(), DEV_JWT_SECRET, algorithms=["HS256"])
-    assert claims["sub"] == "dev" and set(claims["scope"].split()) == set(KNOWN_SCOPES)
-    assert "development secret" in dev.stderr and "--dev" in dev.stderr
+    # no secret configured: signed with the data directory's random development secret (0600 file)
+    with tempfile.TemporaryDirectory() as work:
+        data_dir = Path(work) / "data"
+        dev = _token_cli(ENTASIS_DATA_DIR=str(data_dir))
+        assert dev.returncode == 0, dev.stderr
+        secret = (data_dir / "jwt-dev.secret").read_text().strip()
+        assert stat.S_IMODE((data_dir / "jwt-dev.secret").stat().st_mode) == 0o600 and len(secret) >= 32
+        claims = jwt.decode(dev.stdout.strip(), secret, algorithms=["HS256"])
+        assert claims["sub"] == "dev" and set(claims["scope"].split()) == set(KNOWN_SCOPES)
+        assert "development secret" in dev.stderr and "--dev" in dev.stderr
+        with pytest.raises(jwt.InvalidSignatureError):  # the constant of earlier versions signs nothing now
+            jwt.decode(dev.stdout.strip(), DEV_JWT_SECRET, algorithms=["HS256"])
+        # production has no development secret: the configured one or nothing
+        prod = _token_cli(ENTASIS_DATA_DIR=str(data_dir), ENTASIS_PROFILE="production")
+        assert prod.returncode == 2 and "ENTASIS_API_JWT_SECRET must be set" in prod.stderr and prod.stdout == ""
 
     bad = _token_cli("--account", "not valid")
     assert bad.returncode == 2 and "not a valid account id" in bad.stderr

@@ -19,6 +19,12 @@
 Prints a table, then the figures as JSON on the last line (and to `--json`). Starts and stops
 its own Tansu, chdb owner and worker, also on error and Ctrl-C. Reported, never asserted.
 
+`--metrics on|off|both` (default on): the worker's Prometheus metrics counted, served and scraped
+every `--scrape-every` seconds (on), or not counted at all (`ENTASIS_WORKER_METRICS=false`, off).
+`both` runs the pipeline with and without them on the same broker and database, in `--metrics-rounds`
+rounds of alternating order (off, on, then on, off, ...: the embedded broker slows as it fills,
+so neither setting always runs on the fuller broker), and reports the best of each and their ratio.
+
 The worker inherits this environment, and Faust reads its own settings from it (over the
 App's arguments), so a consumer setting can be tried without code changes, e.g.
 `CONSUMER_MAX_FETCH_SIZE=16777216 python -m tests.bench.bench_pipeline`. `--profile-worker
@@ -273,6 +279,7 @@ class PipelineRun:
     cpu_s: dict[str, float] = field(default_factory=dict)
     worker_steady_cpu_share: float = 0.0
     worker_exit: int | None = None
+    scrapes: int = 0  # /metrics answers during the run (--scrape-every)
 
 
 # Faust's INFO lines that mark start-up phases; the log stamps them with the local wall clock.
@@ -296,8 +303,47 @@ def startup_milestones(log: bytes, spawned_wall: float) -> dict[str, float]:
     return found
 
 
+@contextlib.contextmanager
+def scraping(settings: Settings, every_s: float) -> Iterator[list[int]]:
+    """GET the worker's /metrics every `every_s` while the block runs, as Prometheus would (more
+    often: it usually scrapes every 15 s); yields the list of answered scrapes' sizes in bytes."""
+    answered: list[int] = []
+    port = settings.worker.metrics_port
+    if not every_s or not port:
+        yield answered
+        return
+    import urllib.request
+
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.wait(every_s):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                    answered.append(len(response.read()))
+            except OSError:
+                pass  # not listening yet (start-up), or gone
+
+    thread = threading.Thread(target=scrape, name="scraper", daemon=True)
+    thread.start()
+    try:
+        yield answered
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
 def run_pipeline(settings: Settings, feed: Feed, rate: float, work: Path, pids: dict[str, int],
-                 children: list[subprocess.Popen[bytes]], timeout_s: float, profile: Path | None = None) -> PipelineRun:
+                 children: list[subprocess.Popen[bytes]], timeout_s: float, profile: Path | None = None,
+                 scrape_every_s: float = 0.0) -> PipelineRun:
+    with scraping(settings, scrape_every_s) as scrapes:
+        out = _run_pipeline(settings, feed, rate, work, pids, children, timeout_s, profile)
+    out.scrapes = len(scrapes)
+    return out
+
+
+def _run_pipeline(settings: Settings, feed: Feed, rate: float, work: Path, pids: dict[str, int],
+                  children: list[subprocess.Popen[bytes]], timeout_s: float, profile: Path | None) -> PipelineRun:
     out = PipelineRun()
     prepare(settings)
     out.expected_candles = expected_candles(feed, settings)
@@ -415,7 +461,8 @@ def report(feed: Feed, raw: Baseline, run: PipelineRun, import_s: float) -> dict
     after_first = run.trades_done_s - run.first_rows_s
     steady = rates(after_first, n - run.first_rows, round((n - run.first_rows) / feed.per_message))
     # Start-up estimate: the time to the first insert minus what its rows take at the steady rate.
-    startup = run.first_rows_s - run.first_rows / steady["trades_per_s"]
+    # (a feed so small that the first insert held it all has no steady part to extrapolate)
+    startup = run.first_rows_s - run.first_rows / steady["trades_per_s"] if steady["trades_per_s"] else run.first_rows_s
     figures: dict[str, Any] = {
         "trades": n,
         "messages": msgs,
@@ -553,6 +600,73 @@ def embedded(work: Path) -> Iterator[tuple[str, str, dict[str, int], list[subpro
         stop_process(broker)
 
 
+def metrics_settings(bootstrap: str, clickhouse_url: str, metrics: str, scrape_every_s: float) -> Settings:
+    """A fresh namespace, database and worker id, with the worker's metrics on (counted, and served
+    on a free port when scraped) or off (not counted at all)."""
+    tag = uuid.uuid4().hex[:8]
+    on = metrics == "on"
+    return Settings(kafka_bootstrap=bootstrap, broker_flavour="tansu", clickhouse_url=clickhouse_url,
+                    clickhouse_database=f"bench_{tag}", topic_namespace=f"bench-{tag}.",
+                    worker_id=f"bench-worker-{tag}", worker_metrics=on,
+                    worker_metrics_port=free_port() if on and scrape_every_s else 0)
+
+
+def metrics_order(rounds: int) -> list[str]:
+    """off, on, then on, off, ...: each setting runs first as often as second."""
+    return [mode for r in range(rounds) for mode in (("off", "on") if r % 2 == 0 else ("on", "off"))]
+
+
+def metrics_report(feed: Feed, runs: list[tuple[str, PipelineRun]], scrape_every_s: float) -> dict[str, Any]:
+    """Pipeline throughput with and without the worker's metrics, best of each, and the ratio."""
+    n = feed.trades
+
+    def rate(run: PipelineRun) -> float:
+        assert run.candles_done_s is not None
+        return n / run.candles_done_s
+
+    def steady(run: PipelineRun) -> float | None:
+        """None when the first insert held every trade (a feed too small to have a steady part)."""
+        assert run.trades_done_s is not None and run.first_rows_s is not None
+        if run.first_rows >= n or run.trades_done_s <= run.first_rows_s:
+            return None
+        return (n - run.first_rows) / (run.trades_done_s - run.first_rows_s)
+
+    def best_of(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return max(known) if known else None
+
+    def ratio_of(on: float | None, off: float | None) -> float | None:
+        return on / off if on is not None and off else None
+
+    def shown(value: float | None) -> str:
+        return f"{value:12,.0f}" if value is not None else f"{'-':>12}"
+
+    by_mode = {mode: [r for m, r in runs if m == mode] for mode in ("on", "off")}
+    best = {mode: max(rate(r) for r in found) for mode, found in by_mode.items()}
+    best_steady = {mode: best_of([steady(r) for r in found]) for mode, found in by_mode.items()}
+    print()
+    scraped = f", scraped every {scrape_every_s:g} s" if scrape_every_s else ", not scraped"
+    print(f"worker metrics, {n:,} trades a run, {len(runs)} runs in this order: {', '.join(m for m, _ in runs)}")
+    for mode, run in runs:
+        print(f"  metrics {mode:3}  spawn -> trades + candles {rate(run):12,.0f} trades/s   steady {shown(steady(run))}"
+              f" trades/s" + (f"   {run.scrapes} scrapes" if mode == "on" and scrape_every_s else ""))
+    ratio, ratio_steady = best["on"] / best["off"], ratio_of(best_steady["on"], best_steady["off"])
+    steady_text = f"{ratio_steady:.3f} steady (cost {1 - ratio_steady:+.1%})" if ratio_steady else "no steady part"
+    print(f"best with metrics (counted{scraped}) / best without: {ratio:.3f} end to end (cost {1 - ratio:+.1%}), "
+          f"{steady_text}; target: a cost under 3 %")
+    anchor = "same pipeline, ENTASIS_WORKER_METRICS=false"
+    report_figure("pipeline", f"with worker metrics (counted{scraped}), spawn -> trades + candles stored",
+                  best["on"], "trades/s", anchor=anchor, anchor_value=best["off"],
+                  target="metrics cost < 3 % (ratio >= 0.97)")
+    if best_steady["on"] is not None and best_steady["off"] is not None:
+        report_figure("pipeline", f"with worker metrics (counted{scraped}), steady after the first insert",
+                      best_steady["on"], "trades/s", anchor=anchor, anchor_value=best_steady["off"],
+                      target="metrics cost < 3 % (ratio >= 0.97)")
+    return {"order": [m for m, _ in runs], "trades_per_s": {m: [rate(r) for r in rs] for m, rs in by_mode.items()},
+            "steady_trades_per_s": {m: [steady(r) for r in rs] for m, rs in by_mode.items()},
+            "ratio_on_to_off": ratio, "ratio_steady_on_to_off": ratio_steady, "scrape_every_s": scrape_every_s}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--trades", type=int, default=500_000, help="simulated trades (default 500000)")
@@ -565,6 +679,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, database)")
     parser.add_argument("--profile-worker", type=Path,
                         help="sample the worker with py-spy into this file (.svg, .json or collapsed text)")
+    parser.add_argument("--metrics", choices=("on", "off", "both"), default="on",
+                        help="the worker's metrics: on (counted, served, scraped), off (not counted), or both, "
+                             "measured in one run with their ratio (default on)")
+    parser.add_argument("--metrics-rounds", type=int, default=2,
+                        help="--metrics both: rounds of one run each, in alternating order (default 2)")
+    parser.add_argument("--scrape-every", type=float, default=1.0, metavar="SECONDS",
+                        help="with metrics on: GET the worker's /metrics this often during a run (0: never, "
+                             "and not served; default 1)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, _interrupted)
     signal.signal(signal.SIGTERM, _interrupted)
@@ -573,16 +695,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"feed: {feed.trades:,} trades in {len(feed.messages):,} messages", file=sys.stderr)
     import_s = time_imports()
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    modes = metrics_order(args.metrics_rounds) if args.metrics == "both" else [args.metrics]
+    runs: list[tuple[str, PipelineRun]] = []
     try:
         with embedded(work) as (bootstrap, clickhouse_url, pids, children):
             raw = baseline(bootstrap, feed, args.raw_repeat)
-            tag = uuid.uuid4().hex[:8]
-            settings = Settings(kafka_bootstrap=bootstrap, broker_flavour="tansu", clickhouse_url=clickhouse_url,
-                                clickhouse_database=f"bench_{tag}", topic_namespace=f"bench-{tag}.",
-                                worker_id=f"bench-worker-{tag}")
-            run = run_pipeline(settings, feed, args.rate, work, pids, children, args.timeout,
-                               args.profile_worker.resolve() if args.profile_worker else None)
-        figures = report(feed, raw, run, import_s)
+            for i, mode in enumerate(modes):
+                settings = metrics_settings(bootstrap, clickhouse_url, mode, args.scrape_every)
+                profile = args.profile_worker.resolve() if args.profile_worker and i == len(modes) - 1 else None
+                if len(modes) > 1:
+                    print(f"  pipeline run {i + 1}/{len(modes)}: metrics {mode}", file=sys.stderr)
+                runs.append((mode, run_pipeline(settings, feed, args.rate, work, pids, children, args.timeout,
+                                                profile, scrape_every_s=args.scrape_every if mode == "on" else 0.0)))
+        # the table and figures of one run as before: the last one with metrics as asked
+        shown = next(run for mode, run in reversed(runs) if mode == ("on" if args.metrics == "both" else args.metrics))
+        figures = report(feed, raw, shown, import_s)
+        figures["worker_metrics"] = args.metrics
+        if args.metrics == "both":
+            figures["metrics"] = metrics_report(feed, runs, args.scrape_every)
     except KeyboardInterrupt:
         print(f"interrupted; logs in {work}", file=sys.stderr)
         return 130

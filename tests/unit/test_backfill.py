@@ -136,8 +136,10 @@ def test_an_interrupted_backfill_resumes_with_only_what_is_missing() -> None:
     venue, second = FakeVenue(), ListPublisher()
     result = run(venue, second, store)
     assert result.error is None
-    assert venue.calls[0][2] == FIRST_MS + 40 * H  # the first call asks for the first missing bar
-    assert len(published(second)) == 32
+    # the first call asks for the day of the first missing bar, whole (its first 16 hours are stored)
+    assert venue.calls[0][2] == FIRST_MS + 24 * H
+    assert len(published(second)) == 32  # the stored hours are not published again
+    assert [c.open_ts_ns // 1_000_000 for c in published(second, "1d")] == [FIRST_MS + 24 * H, FIRST_MS + 48 * H]
     store.take(second)
     assert len(store.open_ns["1h"]) == 72
     # a third run finds nothing missing and asks the venue nothing

@@ -25,7 +25,7 @@ from infra.config.settings import PortfolioSettings, Settings, portfolio_signing
 from schemas.events import DeadLetter
 from schemas.portfolio import OpenPosition, PortfolioEvent, PositionOpened, PositionType, SetBalance
 from schemas.wire import encode_event
-from streams.agents.portfolio import PortfolioWiring, register_portfolio_agent
+from streams.agents.portfolio import PortfolioWiring, TopicHistory, register_portfolio_agent
 
 SECRET = b"k" * 64
 _app_ids = itertools.count()
@@ -69,8 +69,8 @@ class Agent:
         async def emit(event: PortfolioEvent) -> None:
             self.published.append(event)
 
-        async def history() -> list[bytes]:
-            return []
+        async def history(start: object) -> TopicHistory:
+            return TopicHistory()
 
         async def dead_letter(letter: DeadLetter) -> None:
             self.dead.append(letter)

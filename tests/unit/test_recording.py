@@ -213,16 +213,29 @@ def test_a_malformed_frame_of_a_symbols_file_is_a_dead_letter(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("command", ["connect", "up"])
-def test_record_reaches_the_connectors_config(command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_record_is_an_argument_handed_to_the_connectors_config(command: str, tmp_path: Path) -> None:
     from infra.cli import live
     from infra.cli.main import parser
     from infra.config.settings import Settings
 
-    monkeypatch.setattr(live, "RECORD_DIR", None)
-    assert live.connector_config(Settings()).record_dir is None
     args = parser().parse_args([command, "--record", str(tmp_path / "rec")])
     assert args.record == str(tmp_path / "rec")
-    assert live.connector_config(Settings()).record_dir == str(tmp_path / "rec")
+    assert live.connector_config(Settings(), None, args.record).record_dir == str(tmp_path / "rec")
+    # nothing is left behind for the next connectors of the process: parsing set no global
+    assert live.connector_config(Settings()).record_dir is None
+
+
+def test_up_with_nothing_live_to_record_refuses_record(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from infra.cli.main import main
+
+    monkeypatch.delenv("ENTASIS_VENUES", raising=False)  # no live venue: the simulated feed
+
+    code = main(["up", "--record", str(tmp_path / "rec"), "--data-dir", str(tmp_path / "data")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "nothing to record" in err and "simulated feed" in err
+    assert not (tmp_path / "rec").exists() and not (tmp_path / "data").exists()  # nothing started
 
 
 def test_a_recording_cut_short_replays_what_was_flushed(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from decimal import Decimal
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.cli.replay import parse_utc_ns, stored_trade_messages
+from infra.cli.replay import StoredTradeBatcher, TradeColumns, parse_utc_ns, stored_trade_messages
 
 ROOT = Path(__file__).resolve().parents[2]
 MS = 1_000_000
@@ -48,16 +49,51 @@ def test_each_stream_keeps_event_time_order_and_batches_close_on_their_span() ->
         row("BTC-USDT", 11, 120),
     ]
     messages = list(stored_trade_messages(rows, "binance"))
-    # at 60 ms the ETH batch opened at 0 ms is past its 50 ms span (and BTC's opened at 5 ms too)
+    # the ETH batch opened at 0 ms takes the trade at 40 ms, not the one at 60 ms (past its 50 ms span)
     assert decoded(messages) == [
-        ("ETH-USDT", ["1", "2"]),
         ("BTC-USDT", ["10"]),
+        ("ETH-USDT", ["1", "2"]),
         ("ETH-USDT", ["3"]),
         ("BTC-USDT", ["11"]),
     ]
-    firsts = [json.loads(value)["trades"][0][4] for _, _, value in messages]
-    assert firsts == sorted(firsts)  # messages in the order their batches opened: event-time order
-    assert [m[0] for m in messages] == [T0 + 40 * MS, T0 + 5 * MS, T0 + 60 * MS, T0 + 120 * MS]  # paced on the last
+    lasts = [json.loads(value)["trades"][-1][4] for _, _, value in messages]
+    assert lasts == sorted(lasts)  # messages in the order of their last trade: when the batch was whole
+    assert [m[0] for m in messages] == [T0 + 5 * MS, T0 + 40 * MS, T0 + 60 * MS, T0 + 120 * MS]  # paced on the last
+
+
+def test_the_messages_do_not_depend_on_how_the_input_is_cut() -> None:
+    """The replay reads the store in pieces of whatever size its blocks come in: any cut gives
+    the messages of the whole input at once."""
+    rng = random.Random(5)
+    rows, ms = [], 0
+    for i in range(3000):
+        ms += rng.choice((0, 0, 1, 3, 20, 49, 50, 51, 200))
+        rows.append(row(rng.choice(("ETH-USDT", "BTC-USDT", "SOL-USDT")), i, ms))
+    whole = StoredTradeBatcher("binance").add(TradeColumns.from_rows(rows), last=True)
+    assert sum(m[4] for m in whole) == len(rows)
+    for _ in range(5):
+        cuts = sorted(rng.sample(range(1, len(rows)), rng.randint(1, 40)))
+        batcher, got = StoredTradeBatcher("binance"), []
+        for a, b in zip([0, *cuts], [*cuts, len(rows)], strict=True):
+            got += batcher.add(TradeColumns.from_rows(rows[a:b], start=a))
+        got += batcher.add(TradeColumns.from_rows([], start=len(rows)), last=True)
+        assert got == whole
+
+
+def test_batches_follow_the_span_and_size_rules_per_stream() -> None:
+    rng = random.Random(9)
+    rows, ms = [], 0
+    for i in range(2000):
+        ms += rng.choice((0, 1, 10, 60))
+        rows.append(row(rng.choice(("ETH-USDT", "BTC-USDT")), i, ms))
+    ids: dict[str, list[str]] = {}
+    for _, symbol, value in stored_trade_messages(rows, "binance"):
+        trades = json.loads(value)["trades"]
+        assert 1 <= len(trades) <= 100
+        assert trades[-1][4] - trades[0][4] <= 50 * MS  # one batch spans at most 50 ms of event time
+        ids.setdefault(symbol, []).extend(t[0] for t in trades)
+    for symbol, got in ids.items():
+        assert got == [r[1] for r in rows if r[0] == symbol]  # every trade once, in event-time order
 
 
 def test_a_batch_holds_at_most_100_trades() -> None:
@@ -112,3 +148,17 @@ def test_bad_arguments_are_refused_before_anything_is_read(args: tuple[str, ...]
     out = cli(*args)
     assert out.returncode == 2, out.stderr
     assert reason in out.stderr
+
+
+def test_the_messages_are_the_bytes_orjson_writes_for_them_odd_ids_included() -> None:
+    """The rows are rendered by Arrow's string kernels: the same bytes as orjson's rendering of the
+    same message, with ids that need escaping escaped."""
+    import orjson
+
+    rows = [row("ETH-USDT", 1, 0), row("ETH-USDT", 2, 1)]
+    rows.append(("ETH-USDT", 'a"b\\c\x01', Decimal("0.00000001"), Decimal("12345678901234.5"), "sell", T0 + 2 * MS, 5))
+    ((_, _, value),) = list(stored_trade_messages(rows, "binance"))
+    expected = orjson.dumps({"schema_version": "trade_batch.v1", "venue": "binance", "symbol": "ETH-USDT", "trades": [
+        [r[1], format(r[2], "f"), format(r[3], "f"), r[4], r[5], r[6]] for r in rows]})
+    assert value == expected
+    assert json.loads(value)["trades"][2][0] == 'a"b\\c\x01'

@@ -9,8 +9,10 @@ ignored (`@depth@100ms` and `@depth` are the recorded depth stream).
 
 REST: `exchangeInfo` built from the recorded symbols, `depth` from the double's own book (the
 recorded snapshot with every diff played so far applied, so a snapshot taken at any point
-bridges the diffs that follow it), and `trades` (the latest `limit`; `historicalTrades` also
-takes `fromId`) from the trades played so far, so a client can backfill what it missed while disconnected.
+bridges the diffs that follow it), `trades` (the latest `limit`; `historicalTrades` also
+takes `fromId`) from the trades played so far, so a client can backfill what it missed while
+disconnected, and `klines`, the candle history (`ohlcv.py`: seeded before the recording's first
+trade, the played trades after it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
+from infra.dev.exchange_double.ohlcv import Print
 from infra.dev.exchange_double.server import Connection, Recorded, VenueDouble
 from streams.core.venues.binance import VENUES
 
@@ -36,6 +39,12 @@ _FILES: dict[Market, tuple[str, ...]] = {
 _PREFIX: dict[Market, str] = {"spot": "/api/v3", "usdm": "/fapi/v1"}
 _QUOTES = ("USDT", "USDC", "BUSD", "USD", "BTC", "ETH")
 _TRADES_KEPT = 50_000
+_KLINE_MINUTES = {"1m": 1, "3m": 3, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "2h": 120, "4h": 240, "6h": 360,
+                  "8h": 480, "12h": 720, "1d": 1440}
+
+
+def _print(trade: dict[str, Any]) -> Print:
+    return trade["T"] * 1_000_000, Decimal(trade["p"]), Decimal(trade["q"])
 
 
 def _channel(stream: str) -> str:
@@ -160,6 +169,7 @@ class BinanceDouble(VenueDouble):
             web.get(f"{rest}/depth", self._depth),
             web.get(f"{rest}/trades", self._trades),
             web.get(f"{rest}/historicalTrades", self._trades),
+            web.get(f"{rest}/klines", self._klines),
             web.get(f"{rest}/ping", self._ping),
             web.get(f"{rest}/time", self._time),
         ]
@@ -226,6 +236,37 @@ class BinanceDouble(VenueDouble):
         else:
             chosen = trades[-limit:]
         return web.json_response([self._rest_trade(t) for t in chosen])
+
+    # ---- candle history (infra/dev/exchange_double/ohlcv.py) ------------------------------------
+
+    def recorded_prints(self, symbol: str) -> list[Print]:
+        if not self.recording:
+            self.recording = list(self.load())
+        return [_print(r.message) for r in self.recording if r.message.get("e") == "trade" and r.message["s"] == symbol]
+
+    def played_prints(self, symbol: str) -> list[Print]:
+        return [_print(t) for t in self.trades.get(symbol, [])]
+
+    async def _klines(self, request: web.Request) -> web.Response:
+        """`GET /api/v3/klines` (`/fapi/v1/klines`): `symbol`, `interval`, `startTime`/`endTime`
+        (ms, optional), `limit` (default 500, at most 1000 spot, 1500 USD-M); rows oldest first."""
+        symbol = request.query.get("symbol", "")
+        step = _KLINE_MINUTES.get(request.query.get("interval", ""))
+        if symbol not in self.symbols:
+            return web.json_response({"code": -1121, "msg": "Invalid symbol."}, status=400)
+        if step is None:
+            return web.json_response({"code": -1120, "msg": "Invalid interval."}, status=400)
+        step_ms = step * 60_000
+        limit = min(int(request.query.get("limit", "500")), 1000 if self.market == "spot" else 1500)
+        now_ms = self.venue_time_ns() // 1_000_000
+        end = int(request.query["endTime"]) + 1 if "endTime" in request.query else now_ms + 1
+        start = int(request.query["startTime"]) if "startTime" in request.query else end - limit * step_ms
+        rows = self.ohlcv(symbol, step_ms, start, end)
+        if rows is None:
+            return web.json_response({"code": -1003, "msg": "Too many requests; current limit is 6000 request "
+                                      "weight per 1 MINUTE (exchange double)."}, status=429)
+        return web.json_response([[t, o, h, lo, c, v, t + step_ms - 1, "0", 0, "0", "0", "0"]
+                                  for t, o, h, lo, c, v in rows[:limit]])
 
     def _rest_trade(self, t: dict[str, Any]) -> dict[str, Any]:
         row = {"id": t["t"], "price": t["p"], "qty": t["q"], "time": t["T"], "isBuyerMaker": t["m"]}

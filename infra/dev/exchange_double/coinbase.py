@@ -22,6 +22,7 @@ gets the latest trades, and REST answers (`market/products`, `market/products/{i
 `market/product_book`, the v2 currency lists) are built from the recorded `/products` body
 (`COINBASE.0`) and the frames played so far. Product fields that the 2021 body lacks (names,
 24 h statistics) are left empty; USD, EUR and GBP are the fiat currencies.
+`market/products/{id}/candles` serves the candle history of `ohlcv.py`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import Any
 
 from aiohttp import web
 
+from infra.dev.exchange_double.ohlcv import Print
 from infra.dev.exchange_double.server import Connection, Recorded, VenueDouble
 
 Json = dict[str, Any]
@@ -58,6 +60,9 @@ OUT_CHANNEL: dict[str, str] = {
 }
 FIAT_NAMES: dict[str, str] = {"USD": "US Dollar", "EUR": "Euro", "GBP": "British Pound"}
 LEVEL_SIDES: dict[str, str] = {"buy": "bid", "sell": "offer"}  # legacy change side -> Advanced Trade
+GRANULARITY_MINUTES: dict[str, int] = {"ONE_MINUTE": 1, "FIVE_MINUTE": 5, "FIFTEEN_MINUTE": 15, "THIRTY_MINUTE": 30,
+                                       "ONE_HOUR": 60, "TWO_HOUR": 120, "SIX_HOUR": 360, "ONE_DAY": 1440}
+MAX_CANDLES = 350  # a candles request may span at most this many
 SNAPSHOT_EVENT_TIME = "1970-01-01T00:00:00Z"  # what Advanced Trade puts on snapshot levels
 TRADES_ON_SUBSCRIBE = 50  # Advanced Trade opens market_trades with the latest trades
 HEARTBEAT_INTERVAL_S = 1.0
@@ -452,6 +457,7 @@ class CoinbaseDouble(VenueDouble):
             web.get("/api/v3/brokerage/market/products", self.rest_products),
             web.get("/api/v3/brokerage/market/products/{product_id}", self.rest_product),
             web.get("/api/v3/brokerage/market/products/{product_id}/ticker", self.rest_market_trades),
+            web.get("/api/v3/brokerage/market/products/{product_id}/candles", self.rest_candles),
             web.get("/api/v3/brokerage/market/product_book", self.rest_product_book),
             web.get("/v2/currencies", self.rest_fiat_currencies),
             web.get("/v2/currencies/crypto", self.rest_crypto_currencies),
@@ -502,6 +508,41 @@ class CoinbaseDouble(VenueDouble):
         ]
         best_bid, best_ask = self._best_prices(product_id)
         return web.json_response({"trades": window[::-1][:limit], "best_bid": best_bid, "best_ask": best_ask})
+
+    async def rest_candles(self, request: web.Request) -> web.Response:
+        """Public candles: `start`/`end` in whole seconds, `granularity` (`ONE_HOUR`...), at most
+        350 candles a request (400 beyond, as the venue), newest first."""
+        product_id = request.match_info["product_id"]
+        if product_id not in self.products:
+            return not_found("ProductID is invalid")
+        minutes = GRANULARITY_MINUTES.get(request.query.get("granularity", ""))
+        try:
+            start_s, end_s = int(request.query["start"]), int(request.query["end"])
+        except (KeyError, ValueError):
+            return web.json_response({"error": "INVALID_ARGUMENT", "message": "start and end are required integers"},
+                                     status=400)
+        if minutes is None:
+            return web.json_response({"error": "INVALID_ARGUMENT", "message": "unknown granularity"}, status=400)
+        if (end_s - start_s) // (minutes * 60) > MAX_CANDLES:
+            return web.json_response({"error": "INVALID_ARGUMENT", "message": f"number of candles requested should "
+                                      f"be less than {MAX_CANDLES}"}, status=400)
+        rows = self.ohlcv(product_id, minutes * 60_000, start_s * 1000, end_s * 1000)
+        if rows is None:
+            return web.json_response({"error": "rate_limit_exceeded", "message": "Too many requests (exchange double)"},
+                                     status=429)
+        candles = [{"start": str(t // 1000), "low": lo, "high": h, "open": o, "close": c, "volume": v}
+                   for t, o, h, lo, c, v in rows]
+        return web.json_response({"candles": candles[::-1]})
+
+    def recorded_prints(self, symbol: str) -> list[Print]:
+        if not self.recording:
+            self.recording = list(self.load())
+        prints = [_print(ns_from_iso(t["time"]), t) for r in self.recording if r.channel == f"market_trades:{symbol}"
+                  for t in r.message["trades"]]
+        return sorted(dict.fromkeys(prints))
+
+    def played_prints(self, symbol: str) -> list[Print]:
+        return sorted(_print(t.time_ns, t.wire) for t in self.trades.get(symbol, []))
 
     async def rest_product_book(self, request: web.Request) -> web.Response:
         product_id = request.query.get("product_id", "")
@@ -595,6 +636,10 @@ class CoinbaseDouble(VenueDouble):
 
     def _currencies(self) -> set[str]:
         return {p[side] for p in self.products.values() for side in ("base_currency", "quote_currency")}
+
+
+def _print(time_ns: int, wire: Json) -> Print:
+    return time_ns, Decimal(wire["price"]), Decimal(wire["size"])
 
 
 def not_found(message: str) -> web.Response:

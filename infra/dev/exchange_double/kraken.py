@@ -19,8 +19,8 @@ What is translated from v1 to v2:
 
 REST serves `AssetPairs` (recorded; `status: online` added where the 2021 body has none, as the
 current API has it, so ccxt marks the markets active), `Assets` (derived from the pairs, for
-`load_markets`), `Trades` (the trades played so far, honouring `since` and `count`), `Depth`, `Time`
-and `SystemStatus`.
+`load_markets`), `Trades` (the trades played so far, honouring `since` and `count`), `Depth`, `Time`,
+`SystemStatus` and `OHLC` (the candle history of `ohlcv.py`, at most the latest 720 bars as Kraken).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import orjson
 from aiohttp import web
 from sortedcontainers import SortedDict
 
+from infra.dev.exchange_double.ohlcv import Print
 from infra.dev.exchange_double.server import Connection, Recorded, VenueDouble
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ CHECKSUM_LEVELS = 10  # Kraken's checksum covers the top 10 levels whatever the 
 TRADE_SNAPSHOT_SIZE = 50
 REST_TRADES_MAX = 1000
 REST_DEPTH_DEFAULT = 100
+OHLC_INTERVALS = (1, 5, 15, 30, 60, 240, 1440, 10080, 21600)  # minutes
+OHLC_MAX_BARS = 720  # OHLC serves the latest 720 bars at most, whatever `since` asks for
 NS_SINCE_THRESHOLD = 10**12  # REST `since` this large is a `last` cursor in ns, smaller is seconds
 
 # v1 (and REST wsname) asset names that v2 spells differently
@@ -671,6 +674,7 @@ class KrakenDouble(VenueDouble):
             web.get("/0/public/Trades", self._rest_trades),
             web.get("/0/public/Depth", self._rest_depth),
             web.get("/0/public/Time", self._rest_time),
+            web.get("/0/public/OHLC", self._rest_ohlc),
             web.get("/0/public/SystemStatus", self._rest_system_status),
         ]
 
@@ -734,6 +738,43 @@ class KrakenDouble(VenueDouble):
             }
         )
 
+    async def _rest_ohlc(self, request: web.Request) -> web.Response:
+        """`OHLC`: `pair`, `interval` (minutes), `since` (seconds, exclusive). As the venue: at
+        most the latest 720 bars, whatever `since` asks for; the last one is the bar still open.
+        Rows `[time, open, high, low, close, vwap, volume, count]`."""
+        pair = self._pairs_by_rest.get(request.query.get("pair", ""))
+        if pair is None:
+            return _rest_error("EQuery:Unknown asset pair")
+        try:
+            minutes = int(request.query.get("interval", "1"))
+            since_s = int(Decimal(request.query.get("since", "0")))
+        except (InvalidOperation, ValueError):
+            return _rest_error("EGeneral:Invalid arguments")
+        if minutes not in OHLC_INTERVALS:
+            return _rest_error("EGeneral:Invalid arguments:interval")
+        step_ms = minutes * 60_000
+        now_ms = self.clock_ns // 1_000_000
+        oldest = now_ms - now_ms % step_ms - (OHLC_MAX_BARS - 1) * step_ms
+        rows = self.ohlcv(pair.symbol, step_ms, max((since_s + 1) * 1000, oldest), now_ms + 1)
+        if rows is None:
+            return web.Response(body=orjson.dumps({"error": ["EAPI:Rate limit exceeded"]}), status=429,
+                                content_type="application/json")
+        body = [[t // 1000, o, h, lo, c, c, v, 1] for t, o, h, lo, c, v in rows]
+        return _rest_ok({pair.key: body, "last": rows[-1][0] // 1000 if rows else since_s})
+
+    def venue_time_ns(self) -> int:
+        return self.clock_ns
+
+    def recorded_prints(self, symbol: str) -> list[Print]:
+        if not self.recording:
+            self.recording = list(self.load())
+        return [_print(row) for r in self.recording
+                if isinstance(r, KrakenRecorded) and isinstance(r.event, TradeBatch) and r.event.symbol == symbol
+                for row in r.event.rows]
+
+    def played_prints(self, symbol: str) -> list[Print]:
+        return [_print(row) for row in self.trades.get(symbol, [])]
+
     async def _rest_time(self, request: web.Request) -> web.Response:
         seconds = self.clock_ns // 1_000_000_000
         moment = datetime.fromtimestamp(seconds, tz=UTC)
@@ -745,6 +786,10 @@ class KrakenDouble(VenueDouble):
 
 
 # ---- REST bodies ----------------------------------------------------------------------------
+
+
+def _print(row: TradeRow) -> Print:
+    return row.time_ns, Decimal(row.price), Decimal(row.qty)
 
 
 def rest_trade_row(row: TradeRow) -> list[Any]:

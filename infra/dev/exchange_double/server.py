@@ -14,7 +14,13 @@ Faults (per venue, `VenueDouble.faults`, or `POST /_control/<venue>/<fault>`):
 - `down` / `up`: the venue is unreachable (every connection aborted, every request answered
   503) until it is back up; the recording keeps playing meanwhile, like a real market;
 - `garbage`: before each of the next frames, one that is not the venue's JSON (truncated
-  JSON, binary junk, an HTML error page); the real frame follows it, so nothing is lost.
+  JSON, binary junk, an HTML error page); the real frame follows it, so nothing is lost;
+- `throttle?n=K&after=P`: after P more answers of the venue's OHLCV route, the next K requests
+  of it are refused with 429 and the venue's rate-limit error (`n=0` lifts it).
+
+Candle history (`ohlcv.py`): each venue serves OHLCV over REST, seeded history up to the
+recording's first trade of a symbol and the played trades after it; every request of that route
+is logged in `ohlcv_requests` (symbol, interval, start ms, end ms, bars served), for tests.
 
 Written by hand: no library plays recorded exchange traffic behind ccxt's own URLs.
 """
@@ -31,6 +37,8 @@ from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
+
+from infra.dev.exchange_double.ohlcv import CandleHistory, Print, Row, history_for
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +67,10 @@ class Faults:
     stalled_connections: int = 0
     skipped: list[Recorded] = field(default_factory=list)
     garbage_sent: int = 0
+    # OHLCV: serve `ohlcv_serve_before_refusal` more answers, then refuse `ohlcv_refusals` requests
+    ohlcv_serve_before_refusal: int = 0
+    ohlcv_refusals: int = 0
+    ohlcv_refused: int = 0
 
 
 class Connection:
@@ -106,6 +118,8 @@ class VenueDouble:
         self._go = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.recording: list[Recorded] = []
+        self._histories: dict[str, CandleHistory | None] = {}
+        self.ohlcv_requests: list[tuple[str, int, int, int, int]] = []  # symbol, step, start, end ms, bars
 
     # ---- for subclasses ---------------------------------------------------------------
 
@@ -191,6 +205,48 @@ class VenueDouble:
 
     def garbage(self, n: int = 1) -> None:
         self.faults.garbage_frames += n
+
+    def throttle(self, n: int, after: int = 0) -> None:
+        """After `after` more OHLCV answers, refuse the next `n` OHLCV requests (429)."""
+        self.faults.ohlcv_serve_before_refusal = after
+        self.faults.ohlcv_refusals = n
+
+    # ---- candle history (OHLCV) ---------------------------------------------------------------
+
+    def venue_time_ns(self) -> int:
+        """The exchange's now: the recording's time of the last frame played (its first before)."""
+        i = max(self.played - 1, 0)
+        return self.recording[i].ts_ns if self.recording else time.time_ns()
+
+    def recorded_prints(self, symbol: str) -> list[Print]:
+        """Every trade of `symbol` (the venue's own id) in the whole recording, oldest first."""
+        return []
+
+    def played_prints(self, symbol: str) -> list[Print]:
+        """The trades of `symbol` played so far, oldest first."""
+        return []
+
+    def candle_history(self, symbol: str) -> CandleHistory | None:
+        """`symbol`'s candle history (None: the recording never trades it)."""
+        if symbol not in self._histories:
+            self._histories[symbol] = history_for(symbol, self.recorded_prints(symbol))
+        return self._histories[symbol]
+
+    def ohlcv(self, symbol: str, step_ms: int, start_ms: int, end_ms: int) -> list[Row] | None:
+        """The bars of an OHLCV request (oldest first), or None when it is to be refused (the
+        throttle fault). Logged in `ohlcv_requests`."""
+        faults = self.faults
+        if faults.ohlcv_refusals > 0 and faults.ohlcv_serve_before_refusal <= 0:
+            faults.ohlcv_refusals -= 1
+            faults.ohlcv_refused += 1
+            return None
+        if faults.ohlcv_serve_before_refusal > 0:
+            faults.ohlcv_serve_before_refusal -= 1
+        history = self.candle_history(symbol)
+        rows = [] if history is None else history.bars(step_ms, start_ms, end_ms, self.played_prints(symbol),
+                                                        self.venue_time_ns())
+        self.ohlcv_requests.append((symbol, step_ms, start_ms, end_ms, len(rows)))
+        return rows
 
     # ---- playback ---------------------------------------------------------------------------
 
@@ -309,6 +365,7 @@ class ExchangeDouble:
             "stall": lambda: venue.stall(),
             "skip": lambda: venue.skip(n),
             "garbage": lambda: venue.garbage(n),
+            "throttle": lambda: venue.throttle(n, int(request.query.get("after", "0"))),
             "down": lambda: venue.down(),
             "up": lambda: venue.up(),
             "play": lambda: venue.play(),

@@ -21,7 +21,7 @@ raises `ParseError`, never a KeyError or TypeError.
 from __future__ import annotations
 
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any, Final, Literal
 
@@ -30,6 +30,7 @@ import orjson
 from schemas.book_ticker import BookTicker
 from schemas.codecs import book, trades
 from schemas.events import BookDelta, BookSnapshot, PriceLevel, Side, Trade
+from schemas.limits import MAX_PRICE, MAX_SIZE, MAX_TIME_NS, MAX_UPDATE_ID
 from schemas.symbols import InvalidSymbol, normalize_symbol
 from streams.core.trusted import trusted
 from streams.core.venues.contract import BookRules
@@ -57,7 +58,16 @@ BinanceEvent = Trade | BookDelta | BookSnapshot | BookTicker
 
 _MS: Final = 1_000_000
 _ZERO: Final = Decimal(0)
-_INF: Final = Decimal("Infinity")  # `0 < x < _INF` also refuses NaN (the comparison raises)
+# What the topics carry (schemas.limits): prices under 1e30, sizes under 1e20, at most 8 places,
+# times within int64 ns, update ids within UInt64. A frame beyond them is refused here, alone: once
+# published, the wire decoder would refuse the whole batch of good trades around it. `0 < x < bound`
+# also refuses NaN (the comparison raises).
+_MAX_PRICE: Final = MAX_PRICE
+_MAX_SIZE: Final = MAX_SIZE
+_MAX_MS: Final = MAX_TIME_NS // 1_000_000
+_fit = Context(prec=38, traps=[InvalidOperation]).quantize  # unchanged by 8 places: it has at most 8
+_QUANT: Final = Decimal(1).scaleb(-8)
+_MAX_DIGITS: Final = 19  # of a receive time: int64 ns (and Python refuses to read a 4300-digit number)
 
 # What `_classify` returns: which builder a payload needs.
 _TRADE: Final = "trade"
@@ -102,7 +112,7 @@ def _unknown_market(market: object) -> ParseError:
 def split_line(line: bytes) -> tuple[int, bytes]:
     """`b"<recv_ns> <json>"` -> (recv_ns, json bytes)."""
     head, sep, body = line.partition(b" ")
-    if not sep or not head.isdigit():
+    if not sep or not head.isdigit() or len(head) > _MAX_DIGITS:
         raise _bad_prefix(line)
     return int(head), body
 
@@ -112,7 +122,7 @@ def parse_line(line: bytes, market: Market, symbol: str | None = None) -> list[B
     REST snapshots, whose spot and USD-M bodies do not say which symbol they are for."""
     # split_line and parse_message inlined: two calls are ~5 % of a trade's cost.
     head, sep, body = line.partition(b" ")
-    if not sep or not head.isdigit():
+    if not sep or not head.isdigit() or len(head) > _MAX_DIGITS:
         raise _bad_prefix(line)
     try:
         msg = orjson.loads(body)
@@ -143,7 +153,7 @@ def parse_payload(msg: Any, market: Market, recv_ns: int, symbol: str | None = N
     venue = VENUES.get(market)
     if venue is None:
         raise _unknown_market(market)
-    if type(recv_ns) is not int or recv_ns < 0:
+    if type(recv_ns) is not int or not 0 <= recv_ns <= MAX_TIME_NS:
         raise ParseError(f"receive time must be a non-negative integer of ns, got {recv_ns!r}")
     kind, data = _classify(msg)
     try:
@@ -207,8 +217,11 @@ def _trade(d: dict[str, Any], market: Market, venue: str, recv_ns: int, hint: st
             and type(q) is str
             and trade_ms >= 0
             and trade_id >= 0
-            and _ZERO < price < _INF
-            and _ZERO < size < _INF
+            and trade_ms <= _MAX_MS
+            and _ZERO < price < _MAX_PRICE
+            and _ZERO < size < _MAX_SIZE
+            and _fit(price, _QUANT) == price
+            and _fit(size, _QUANT) == size
         )
     except (InvalidOperation, TypeError, ValueError):
         valid = False
@@ -242,7 +255,7 @@ def _depth(d: dict[str, Any], market: Market, venue: str, recv_ns: int, hint: st
         {
             "venue": venue,
             "symbol": _symbol(d["s"]),
-            "event_ts_ns": _int(d["E"], "E") * _MS,
+            "event_ts_ns": _int(d["E"], "E", _MAX_MS) * _MS,
             "recv_ts_ns": recv_ns,
             "schema_version": book.BOOK_DELTA,
             "first_update_id": first,
@@ -264,10 +277,10 @@ def _ticker(d: dict[str, Any], market: Market, venue: str, recv_ns: int, hint: s
             "recv_ts_ns": recv_ns,
             "schema_version": book.BOOK_TICKER,
             "update_id": _int(d["u"], "u"),
-            "bid_price": _non_negative(d["b"], "b"),
-            "bid_size": _non_negative(d["B"], "B"),
-            "ask_price": _non_negative(d["a"], "a"),
-            "ask_size": _non_negative(d["A"], "A"),
+            "bid_price": _non_negative(d["b"], "b", _MAX_PRICE),
+            "bid_size": _non_negative(d["B"], "B", _MAX_SIZE),
+            "ask_price": _non_negative(d["a"], "a", _MAX_PRICE),
+            "ask_size": _non_negative(d["A"], "A", _MAX_SIZE),
         },
     )
 
@@ -299,7 +312,7 @@ def _exchange_time(d: dict[str, Any], market: Market, recv_ns: int) -> int:
         if market == "spot":
             return recv_ns
         raise KeyError("E")
-    return _int(event_ms, "E") * _MS
+    return _int(event_ms, "E", _MAX_MS) * _MS
 
 
 def _levels(raw: Any, name: str) -> tuple[PriceLevel, ...]:
@@ -318,8 +331,10 @@ def _levels(raw: Any, name: str) -> tuple[PriceLevel, ...]:
             if (
                 type(price_text) is not str
                 or type(size_text) is not str
-                or not _ZERO < price < _INF
-                or not _ZERO <= size < _INF
+                or not _ZERO < price < _MAX_PRICE
+                or not _ZERO <= size < _MAX_SIZE
+                or _fit(price, _QUANT) != price
+                or _fit(size, _QUANT) != size
             ):
                 raise _bad_level(name, level)
             append((price, size))
@@ -338,27 +353,27 @@ def _positive(text: Any, name: str) -> Decimal:
     if type(text) is str:
         try:
             value = Decimal(text)
-            if _ZERO < value < _INF:
+            if _ZERO < value < _MAX_PRICE and _fit(value, _QUANT) == value:
                 return value
         except InvalidOperation:
             pass
     raise ParseError(f"{name} must be a positive decimal string, got {text!r}")
 
 
-def _non_negative(text: Any, name: str) -> Decimal:
+def _non_negative(text: Any, name: str, bound: Decimal) -> Decimal:
     if type(text) is str:
         try:
             value = Decimal(text)
-            if _ZERO <= value < _INF:
+            if _ZERO <= value < bound and _fit(value, _QUANT) == value:
                 return value
         except InvalidOperation:
             pass
     raise ParseError(f"{name} must be a non-negative decimal string, got {text!r}")
 
 
-def _int(value: Any, name: str) -> int:
-    if type(value) is not int or value < 0:
-        raise ParseError(f"{name} must be a non-negative integer, got {value!r}")
+def _int(value: Any, name: str, bound: int = MAX_UPDATE_ID) -> int:
+    if type(value) is not int or not 0 <= value <= bound:
+        raise ParseError(f"{name} must be an integer within 0..{bound}, got {value!r}")
     return value
 
 

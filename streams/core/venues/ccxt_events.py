@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from schemas.events import BookSnapshot, PriceLevel, Side, Trade
+from schemas.limits import level_problem, trade_problem
 
 _SIDES = {"buy": Side.BUY, "sell": Side.SELL}
 _NS_PER_MS = 1_000_000
@@ -44,10 +45,10 @@ def trade_id(t: Mapping[str, Any]) -> str:
 
 def trade_from_ccxt(venue: str, symbol: str, t: Mapping[str, Any], recv_ts_ns: int) -> Trade:
     timestamp = t.get("timestamp")
-    if not isinstance(timestamp, int) or timestamp <= 0:
+    if not isinstance(timestamp, int) or isinstance(timestamp, bool) or timestamp <= 0:
         raise CcxtParseError(f"trade without a timestamp: {dict(t)!r}")
     try:
-        return Trade(
+        trade = Trade(
             venue=venue,
             symbol=symbol,
             trade_id=trade_id(t),
@@ -59,6 +60,11 @@ def trade_from_ccxt(venue: str, symbol: str, t: Mapping[str, Any], recv_ts_ns: i
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise CcxtParseError(f"invalid trade {dict(t)!r}: {exc}") from exc
+    # what the trades topic carries (schemas.limits): refused here, alone, rather than by the
+    # decoder once published, with the batch of good trades around it
+    if problem := trade_problem(trade.price, trade.size, trade.event_ts_ns, trade.recv_ts_ns):
+        raise CcxtParseError(f"invalid trade {dict(t)!r}: {problem}")
+    return trade
 
 
 def _levels(side: Sequence[Sequence[Any]], depth: int) -> tuple[PriceLevel, ...]:
@@ -72,7 +78,7 @@ def book_from_ccxt(venue: str, symbol: str, book: Mapping[str, Any], depth: int,
     timestamp = book.get("timestamp")
     event_ts_ns = timestamp * _NS_PER_MS if isinstance(timestamp, int) and timestamp > 0 else recv_ts_ns
     try:
-        return BookSnapshot(
+        snapshot = BookSnapshot(
             venue=venue,
             symbol=symbol,
             event_ts_ns=event_ts_ns,
@@ -83,6 +89,10 @@ def book_from_ccxt(venue: str, symbol: str, book: Mapping[str, Any], depth: int,
         )
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise CcxtParseError(f"invalid order book of {venue}:{symbol}: {exc}") from exc
+    for price, size in (*snapshot.bids, *snapshot.asks):
+        if problem := level_problem(price, size):
+            raise CcxtParseError(f"invalid order book of {venue}:{symbol}: {problem}")
+    return snapshot
 
 
 def iso8601_ms(text: Any) -> int | None:

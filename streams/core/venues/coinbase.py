@@ -23,10 +23,16 @@ def recorded_trades(msg: Any, recv_ns: int) -> list[Trade]:
     if not isinstance(msg, dict) or msg.get("channel") != "market_trades":
         return []
     out: list[Trade] = []
-    for event in msg.get("events") or ():
+    events = msg.get("events") or ()
+    if not isinstance(events, list):
+        raise CcxtParseError(f"events is not a list: {events!r:.80}")
+    for event in events:
         if not isinstance(event, dict):
             continue
-        for wire in reversed(event.get("trades") or ()):
+        wires = event.get("trades") or ()
+        if not isinstance(wires, list | tuple):
+            raise CcxtParseError(f"trades is not a list: {wires!r:.80}")
+        for wire in reversed(wires):
             if not isinstance(wire, dict):
                 raise CcxtParseError(f"not a trade: {wire!r}")
             try:

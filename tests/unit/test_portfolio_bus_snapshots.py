@@ -1,0 +1,130 @@
+"""The API's read model starts from the portfolio agent's snapshots (issue 18, finding 8: "replayed
+at every API start"): `KafkaPortfolioBus` restores every account from its snapshot, reads each
+partition after its mark, and ends with exactly the fold of every event from scratch (the oracle);
+snapshots that do not continue the topic are dropped and the topic replayed whole.
+
+The broker is replaced by an in-memory consumer with Kafka's positions and seeks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal as D
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from api.portfolio_repository import KafkaPortfolioBus
+from schemas.portfolio import SetBalance
+from streams.core.portfolio_snapshot import SnapshotLedger, SnapshotRow
+from tests.unit.test_portfolio_snapshot import PARTITIONS, Script, Store, Topic, assert_same, oracle, run
+
+TOPIC = "pf.events.v1"
+EVERY = 7
+
+
+@dataclass
+class Record:
+    partition: int
+    offset: int
+    value: bytes
+
+
+class Consumer:
+    """aiokafka's consumer as the bus uses it, over a `Topic`."""
+
+    def __init__(self, topic: Topic) -> None:
+        self.topic = topic
+        self.at: dict[int, int] = {}
+        self.read = 0
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.at[tp.partition]
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.at[tp.partition] = offset
+
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        for tp in tps:
+            self.at[tp.partition] = 0
+
+    async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: len(self.topic.partitions[tp.partition]) for tp in tps}
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0) -> dict[TopicPartition, list[Record]]:
+        out = {}
+        for tp in tps:
+            values = self.topic.partitions[tp.partition]
+            first = self.at[tp.partition]
+            batch = [Record(tp.partition, o, values[o]) for o in range(first, min(len(values), first + 5))]
+            if batch:
+                out[tp] = batch
+                self.at[tp.partition] = first + len(batch)
+                self.read += len(batch)
+        if not out:
+            await asyncio.sleep(0.001)
+        return out
+
+
+async def read_model(topic: Topic, rows: list[SnapshotRow] | None) -> tuple[KafkaPortfolioBus, Consumer]:
+    async def load(name: str) -> list[SnapshotRow]:
+        assert name == TOPIC
+        return list(rows or [])
+
+    bus = KafkaPortfolioBus("127.0.0.1:1", signing_key=b"k" * 32, snapshots=None if rows is None else load)
+    consumer = Consumer(topic)
+    tps = [TopicPartition(TOPIC, p) for p in range(PARTITIONS)]
+    await consumer.seek_to_beginning(*tps)
+    end = await consumer.end_offsets(tps)
+    await bus._restore(consumer, tps, end)  # type: ignore[arg-type]  # what start() does after connecting
+    bus._consumer, bus._producer = consumer, object()  # type: ignore[assignment]
+    task = asyncio.create_task(bus._run(tps, end))
+    try:
+        for _ in range(10_000):  # caught up: ready, and every partition read to its end
+            if bus._ready.is_set() and all(consumer.at[p] >= len(v) for p, v in enumerate(topic.partitions)):
+                break
+            await asyncio.sleep(0.001)
+        else:
+            raise AssertionError("the read model never caught up")
+    finally:
+        task.cancel()
+    return bus, consumer
+
+
+def history(length: int) -> tuple[Topic, Store]:
+    script = Script()
+    names = ["alice", "bob", "carol", "dave", "erin", "frank"]
+    commands: list[Any] = [script.command(i % 4, names[i % len(names)], 1 + i % 11, 100 + i % 700, i % 4 or None)
+                           for i in range(length)]
+    topic, store = Topic(), Store()
+    run(SnapshotLedger(EVERY), topic, store, commands)
+    return topic, store
+
+
+async def test_the_api_starts_from_the_snapshots_and_reads_a_bounded_tail() -> None:
+    topic, store = history(400)
+    total = sum(len(v) for v in topic.partitions)
+    bus, consumer = await read_model(topic, list(store.rows.values()))
+    assert_same(await bus.ledger(), oracle(topic))
+    assert bus.restored_accounts > 0
+    assert consumer.read == bus.replayed <= PARTITIONS * (EVERY - 1) < total
+    # without snapshots: the whole topic
+    full, consumer = await read_model(topic, None)
+    assert_same(await full.ledger(), oracle(topic))
+    assert consumer.read == full.replayed == total
+
+
+async def test_snapshots_of_another_history_make_the_api_replay_the_topic_whole() -> None:
+    old_topic, store = history(300)
+    topic, _ = history(20)  # a broker that restarted: shorter, other events
+    bus, _ = await read_model(topic, list(store.rows.values()))
+    assert_same(await bus.ledger(), oracle(topic))
+    # the same history, longer than the snapshots' marks but not their continuation
+    longer = Topic()
+    book = SnapshotLedger(EVERY)
+    run(book, longer, Store(), [SetBalance(account="alice", command_id=f"s{i}", balance=D(i + 1),
+                                           issued_ts_ns=10**9 * (i + 1)) for i in range(400)])
+    bus, _ = await read_model(longer, list(store.rows.values()))
+    assert_same(await bus.ledger(), oracle(longer))
+    assert old_topic.end() != longer.end()
