@@ -146,6 +146,20 @@ def test_the_whole_topic_is_read_back_when_the_broker_underreports_its_end(infra
     assert [u.last_update_id for _, _, v in got for u in decode_book_batch(v)[2]] == list(range(1000, 1011))
 
 
+def test_the_product_reader_keeps_the_whole_last_batch(infra: Infra) -> None:
+    """streams/runtime/topic_reader.py (the portfolio rebuild's reader) on the same 11 records in
+    one batch: all 11, and the end it reports is past the last of them."""
+    from streams.runtime.topic_reader import read_topic_records
+
+    settings = infra.settings()
+    prepare(settings)
+    publish(settings, [snapshot(1000, Fold().copy()), *(diff(i) for i in range(1001, 1011))])
+    history = asyncio.run(read_topic_records(settings.kafka_bootstrap, topics.BOOK.full_name(settings.topic_namespace)))
+    assert [r.offset for r in history.records] == list(range(11))
+    assert [u.last_update_id for r in history.records for u in decode_book_batch(r.value)[2]] == list(range(1000, 1011))
+    assert history.end[history.records[0].partition] == 11
+
+
 def test_a_restarted_worker_starts_its_book_invalid_and_resyncs_from_the_next_snapshot(infra: Infra,
                                                                                      tmp_path: Path) -> None:
     settings = infra.settings()
