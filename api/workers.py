@@ -91,6 +91,15 @@ def child_command(args: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "infra.cli", *args, "--workers", "1", "--reuse-port"]
 
 
+def _die_with_parent() -> None:
+    """In a child, before it runs: the kernel sends it SIGTERM when the supervisor dies, however
+    (a SIGKILLed supervisor would otherwise leave its workers serving the port, unsupervised)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1  # linux/prctl.h
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 @dataclass
 class _Child:
     index: int
@@ -112,7 +121,7 @@ class Supervisor:
     children: list[_Child] = field(default_factory=list)
 
     def _start(self, index: int, quick_exits: int = 0) -> _Child:
-        proc = self.spawn(self.command)
+        proc = self.spawn(self.command, preexec_fn=_die_with_parent)
         logger.info("API worker %d started (pid %d)", index, proc.pid)
         return _Child(index, proc, self.clock(), quick_exits)
 

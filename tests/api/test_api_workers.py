@@ -7,6 +7,7 @@ SIGTERM to the parent stops every worker."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -69,7 +70,7 @@ class _FakeProc:
 def test_supervisor_gives_up_on_children_that_die_at_start() -> None:
     spawned: list[_FakeProc] = []
 
-    def spawn(command: list[str]) -> _FakeProc:
+    def spawn(command: list[str], preexec_fn: object = None) -> _FakeProc:
         spawned.append(_FakeProc(len(spawned), lives=-1 if len(spawned) == 1 else 0))  # only the 2nd lives
         return spawned[-1]
 
@@ -86,7 +87,7 @@ def test_supervisor_restarts_a_child_that_dies_while_serving() -> None:
     spawned: list[_FakeProc] = []
     now = [0.0]
 
-    def spawn(command: list[str]) -> _FakeProc:
+    def spawn(command: list[str], preexec_fn: object = None) -> _FakeProc:
         spawned.append(_FakeProc(len(spawned), lives=3 if not spawned else -1))
         return spawned[-1]
 
@@ -175,6 +176,37 @@ def test_two_workers_share_the_port_and_are_replaced(tmp_path: Path) -> None:
             proc.wait()
     text = log.read_text()
     assert "exited with status" in text and "restarting it" in text
+
+
+def test_workers_die_with_a_killed_supervisor(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENTASIS_API_")}
+    env.update(ENTASIS_DATA_DIR=str(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infra.cli", "api", "--dev", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "2"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+    )  # fmt: skip
+    workers: set[int] = set()
+    try:
+        workers = _until(lambda: _two_children(proc.pid), "two worker processes")
+        proc.kill()  # no chance to stop them itself
+        proc.wait(timeout=30)
+        _until(lambda: not any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in workers),
+               "the workers gone with their supervisor")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_workers_refuse_shared_limits_they_cannot_keep(tmp_path: Path) -> None:
