@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from api.read_model import RETAIN_CANDLES, MemTrade, NotCovered, ReadModel, VersionedCandle
+from infra.store.records_repository import RecordsRepository, TradeRecord
 from infra.store.repository import DAY_NS, CandleRow, FeedState, LastTrade, MarketRepository
 from schemas.events import INTERVAL_NS, Interval
 
@@ -134,6 +135,24 @@ class MemoryMarket:
         rows: list[CandleRow] = self._answer(symbol, "candles", symbol, Interval(interval), start_ns, end_ns, venue)
         return rows
 
+    def trades_page(
+        self, symbol: str, venue: str, start_ns: int, end_ns: int, after: tuple[int, str], limit: int
+    ) -> list[TradeRecord]:
+        """`RecordsRepository.trades` (a page of `/market/trades`): memory when it holds the
+        page's range (the last 24 h), else the store."""
+        args = (symbol, venue, start_ns, end_ns, after, limit)
+        for attempt in range(2):
+            try:
+                page = self.only.trades_page(*args)
+            except NotCovered:
+                if attempt == 0:
+                    self.ensure_warm(symbol)
+                continue
+            self.hits += 1
+            return page
+        self.misses += 1
+        return RecordsRepository(self.repository).trades(*args)
+
 
 class MemoryOnly:
     """The read model alone, as the market endpoints read it: `NotCovered` wherever MemoryMarket
@@ -180,3 +199,9 @@ class MemoryOnly:
     ) -> list[bytes]:
         """`candles`, each already rendered as its JSON object (api/models.py `candle_json`)."""
         return self.model.candle_fragments(symbol, Interval(interval).value, start_ns, end_ns, venue)
+
+    def trades_page(
+        self, symbol: str, venue: str, start_ns: int, end_ns: int, after: tuple[int, str], limit: int
+    ) -> list[TradeRecord]:
+        """The store's page shape (`TradeRecord`) from the read model."""
+        return [TradeRecord(*t) for t in self.model.trades_page(symbol, venue, start_ns, end_ns, after, limit)]

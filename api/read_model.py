@@ -4,9 +4,10 @@ consumer (api/ws/feed.py) calls `apply_*`, the store fills the past in once (`wa
 api/market_memory.py answers requests from it when it covers them.
 
 Per venue and symbol (a series) it holds:
-- every trade of the last 24 h (event time, trade id, price, size), deduplicated by (event time,
-  trade id) as the store's `trades FINAL` is, with their running size sum: the last price, the
-  24 h volume and the candles not yet closed all come from it;
+- every trade of the last 24 h (event time, trade id, price, size, side), deduplicated by (event
+  time, trade id) as the store's `trades FINAL` is, with their running size sum: the last price,
+  the 24 h volume, the candles not yet closed and the recent pages of `/market/trades` all come
+  from it;
 - the recent candles of every interval, the latest revision of each (as `candles FINAL`);
 - the latest feed-state quality event.
 
@@ -41,6 +42,7 @@ class MemTrade(NamedTuple):
     trade_id: str
     price: Decimal
     size: Decimal
+    side: str = "unknown"  # `buy`, `sell` (the taker's) or `unknown`, as the store's Enum8 spells it
 
 
 class VersionedCandle(NamedTuple):
@@ -132,14 +134,32 @@ class Series:
 
     def trades_since(self, from_ns: int, until_ns: int) -> list[MemTrade]:
         """Trades with from_ns <= event time < until_ns, in (event time, trade id) order."""
-        start = bisect_left(self.trades, from_ns, key=lambda t: t.event_ns)
-        out = []
-        for i in range(start, len(self.trades)):
-            trade = self.trades[i]
-            if trade.event_ns >= until_ns:
+        return self.trades_after((from_ns, ""), until_ns, len(self.trades))
+
+    def trades_after(self, after: tuple[int, str], until_ns: int, limit: int) -> list[MemTrade]:
+        """Up to `limit` trades with (event time, trade id) >= `after` and event time < until_ns,
+        in that order."""
+        trades = self.trades
+        out: list[MemTrade] = []
+        for i in range(_bisect_from_end(trades, after), len(trades)):
+            trade = trades[i]
+            if trade.event_ns >= until_ns or len(out) == limit:
                 break
             out.append(trade)
         return out
+
+
+def _bisect_from_end(trades: deque[MemTrade], key: tuple[int, str]) -> int:
+    """The first index whose (event time, trade id) is >= `key`. Requests ask about recent trades
+    and a deque indexes in time proportional to the distance from its nearer end, so the search
+    gallops back from the newest trade before bisecting: cheap for the last hour of a full day."""
+    n = len(trades)
+    hi, step = n, 1
+    while hi - step >= 0 and _order_key(trades[hi - step]) >= key:
+        hi -= step
+        step *= 2
+    lo = max(hi - step, 0)
+    return bisect_left(trades, key, lo, hi, key=_order_key)
 
 
 def aggregate_buckets(trades: Iterable[MemTrade], step: int) -> list[CandleRow]:
@@ -328,6 +348,20 @@ class ReadModel:
         if first_bucket <= series.trades[-1].event_ns - DAY_NS:
             raise NotCovered("open buckets older than the trades memory holds")
         return series, stored, series.trades_since(first_bucket, end_bucket)
+
+    def trades_page(
+        self, symbol: str, venue: str, start_ns: int, end_ns: int, after: tuple[int, str], limit: int
+    ) -> list[MemTrade]:
+        """The store's `trades` page (infra/store/records_repository.py) from memory: up to `limit`
+        trades with start <= event time < end and (event time, trade id) > `after`, in that order.
+        NotCovered when the page could start at or before the oldest trade memory holds."""
+        with self._lock:
+            series = self._warm_series(symbol, venue)
+            if max(start_ns, after[0]) <= series.trades[-1].event_ns - DAY_NS:
+                raise NotCovered("trades older than the 24 h memory holds")
+            # strictly after `after`: the smallest key above it is (after time, after id + "\0")
+            first = max((start_ns, ""), (after[0], after[1] + "\0"))
+            return series.trades_after(first, end_ns, limit)
 
     def candles(self, symbol: str, interval: str, start_ns: int, end_ns: int, venue: str) -> list[CandleRow]:
         """The store's answer (infra/store/repository.py `candles`) from memory: held candles in

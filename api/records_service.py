@@ -8,7 +8,7 @@ infra/store/records_repository.py). Any string of that shape is a valid place to
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import orjson
@@ -16,15 +16,15 @@ from starlette.responses import StreamingResponse
 
 from api import export
 from api.errors import ApiError, ErrorCode
-from api.market_service import last_trade, reads
+from api.market_service import MarketReads, last_trade, reads
 from api.models import (
     FeedStateModel,
     QualityItem,
     QualityResponse,
     SymbolInfo,
     SymbolsResponse,
-    TradeItem,
-    TradesResponse,
+    format_decimal,
+    format_timestamp,
     ns_to_datetime,
 )
 from api.params import MAX_NS
@@ -98,7 +98,7 @@ class TradesQuery(NamedTuple):
 
 
 def trades_query(
-    repository: MarketRepository,
+    repository: MarketRepository | MarketReads,
     symbol: str,
     exchange: str | None,
     start_ns: int | None,
@@ -115,37 +115,57 @@ def trades_query(
     return TradesQuery(symbol, latest.venue, start, end, after)
 
 
-def _trade_page(repository: MarketRepository, query: TradesQuery, limit: int) -> tuple[list[TradeRecord], str | None]:
+TradePages = Callable[[str, str, int, int, tuple[int, str], int], list[TradeRecord]]
+
+
+def _pages(repository: MarketRepository | MarketReads) -> TradePages:
+    """Where pages come from: the read model when the app has one (it answers the last 24 h and
+    asks the store for older pages; `MemoryOnly` raises NotCovered instead), else the store."""
+    source = reads(repository)
+    page: TradePages | None = getattr(source, "trades_page", None)
+    return page if page is not None else RecordsRepository(repository).trades  # type: ignore[arg-type]
+
+
+def _trade_page(
+    repository: MarketRepository | MarketReads, query: TradesQuery, limit: int
+) -> tuple[list[TradeRecord], str | None]:
     """Up to `limit` trades after the query's key, and the cursor after them when more follow."""
-    rows = RecordsRepository(repository).trades(query.symbol, query.venue, query.start_ns, query.end_ns,
-                                                query.after, limit + 1)  # fmt: skip
+    rows = _pages(repository)(query.symbol, query.venue, query.start_ns, query.end_ns, query.after, limit + 1)
     page = rows[:limit]
     return page, encode_cursor(page[-1].event_ns, page[-1].trade_id) if len(rows) > limit else None
 
 
-def trades(
-    repository: MarketRepository,
+def trades_body(
+    repository: MarketRepository | MarketReads,
     symbol: str,
     exchange: str | None,
     start_ns: int | None,
     end_ns: int | None,
     limit: int,
     cursor: str | None,
-) -> TradesResponse:
-    """Trades in [start, end) by (event time, trade id); see `trades_query` for the defaults."""
+) -> bytes:
+    """`TradesResponse`'s JSON for trades in [start, end) by (event time, trade id), rendered
+    without the model (see `trades_query` for the defaults). The fast lane (api/market_lane.py)
+    calls it on the read model alone, the route on the repository: the same bytes."""
     check_limit(limit)
     query = trades_query(repository, symbol, exchange, start_ns, end_ns, cursor)
     page, next_cursor = _trade_page(repository, query, limit)
-    return TradesResponse(
-        symbol=symbol,
-        exchange=query.venue,
-        data=[
-            TradeItem(
-                trade_id=r.trade_id, price=r.price, size=r.size, side=r.side, timestamp=ns_to_datetime(r.event_ns)
-            )
-            for r in page
-        ],
-        next_cursor=next_cursor,
+    return orjson.dumps(
+        {
+            "symbol": symbol,
+            "exchange": query.venue,
+            "data": [
+                {
+                    "trade_id": r.trade_id,
+                    "price": format_decimal(r.price),
+                    "size": format_decimal(r.size),
+                    "side": r.side,
+                    "timestamp": format_timestamp(ns_to_datetime(r.event_ns)),
+                }
+                for r in page
+            ],
+            "next_cursor": next_cursor,
+        }
     )
 
 

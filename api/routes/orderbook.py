@@ -9,23 +9,21 @@ from __future__ import annotations
 from typing import Annotated
 
 import anyio.to_thread
-import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from api import market_service
 from api.deps import MARKET_READER, ExchangeQuery, SymbolPath
 from api.errors import ApiError, ErrorCode, openapi_error_responses
-from api.models import OrderBookResponse, format_timestamp, ns_to_datetime
+from api.models import OrderBookResponse
+from api.orderbook_service import DEFAULT_DEPTH, BookNotSeen, orderbook_body
 from api.params import parse_exchange, parse_symbol
 from api.routes.market import JsonBody
 from api.security import SECURITY_ERRORS
 from api.ws.hub import BOOK_STALE_AFTER_NS, MarketHub
-from api.ws.protocol import MAX_DEPTH, MIN_DEPTH, ORDERBOOK
+from api.ws.protocol import MAX_DEPTH, MIN_DEPTH
 
 router = APIRouter(prefix="/market", tags=["market"], dependencies=[MARKET_READER])
-
-DEFAULT_DEPTH = 20
 
 ORDERBOOK_DESCRIPTION = f"""
 The live order book of `symbol` on one venue: the top `depth` levels a side ({MIN_DEPTH} to
@@ -77,7 +75,7 @@ async def _stored(request: Request, symbol: str, exchange: str | None) -> bool:
         }
     ),
 )
-async def get_orderbook(
+async def get_orderbook(  # the fast lane (api/market_lane.py) answers a live book before this route
     request: Request,
     symbol: SymbolPath,
     depth: Annotated[
@@ -89,37 +87,9 @@ async def get_orderbook(
     hub: MarketHub | None = getattr(request.app.state, "market_hub", None)
     if hub is None:
         raise ApiError(ErrorCode.UNAVAILABLE, {"reason": "market feed not ready"})
-    venue = asked if asked is not None else hub.venue_for(ORDERBOOK, name)
-    if venue is None or not hub.seen(name, venue):
+    try:
+        return JsonBody(orderbook_body(hub, name, asked, depth))
+    except BookNotSeen as unseen:
         if not await _stored(request, name, asked):
-            raise market_service.unknown_symbol(name, asked)
-        details = {"symbol": name, "state": "no_book", "reason": "no book received from the feed yet"}
-        if venue is not None:
-            details["exchange"] = venue
-        raise ApiError(ErrorCode.MARKET_002, details)
-    book = hub.books.get((venue, name))
-    if book is None:
-        raise ApiError(
-            ErrorCode.MARKET_002,
-            {"symbol": name, "exchange": venue, "state": "no_book", "reason": "no book received from the feed yet"},
-        )
-    health = hub.book_health(venue, name)
-    if health is not None:
-        raise ApiError(
-            ErrorCode.MARKET_002,
-            {
-                "symbol": name,
-                "exchange": venue,
-                "state": health.state,
-                "reason": health.reason,
-                "since": format_timestamp(ns_to_datetime(health.since_ns)),
-            },
-        )
-    body = {
-        "symbol": name,
-        "exchange": venue,
-        "bids": [list(level) for level in book.bids[:depth]],
-        "asks": [list(level) for level in book.asks[:depth]],
-        "timestamp": format_timestamp(ns_to_datetime(book.event_ts_ns)),
-    }
-    return JsonBody(orjson.dumps(body))
+            raise market_service.unknown_symbol(name, asked) from None
+        raise ApiError(ErrorCode.MARKET_002, unseen.details) from None

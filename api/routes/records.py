@@ -1,6 +1,8 @@
 """`/market/symbols`, `/market/trades/{symbol}` and `/market/quality/{symbol}`: the stored
-records, paged by cursor. Plain `def` routes: every answer is a store query, run in the
-threadpool where the repository's per-thread clients live."""
+records, paged by cursor. Plain `def` routes, run in the threadpool where the repository's
+per-thread clients live. Trade pages of the last 24 h come from the read model (the fast lane,
+api/market_lane.py, answers most of them before this router); older ones, symbols and quality
+events from the store."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from api.deps import MARKET_READER, ExchangeQuery, MarketRepositoryDep, SymbolPa
 from api.errors import ErrorCode, openapi_error_responses
 from api.models import QualityResponse, SymbolsResponse, TradesResponse
 from api.params import parse_exchange, parse_symbol, parse_time
-from api.routes.market import EXPORT_RESPONSES
+from api.routes.market import EXPORT_RESPONSES, JsonBody
 from api.security import SECURITY_ERRORS
 
 router = APIRouter(prefix="/market", tags=["market"], dependencies=[MARKET_READER])
@@ -91,7 +93,8 @@ _EXPORT_NOTE = (
     summary="Stored trades",
     description=f"Trades of `symbol` on one venue, by (event time, trade id). Without `start`/`end`: the "
     f"hour up to and including the venue's latest trade. Without `exchange`: the venue with the most "
-    f"recent trade (as `/market/price`).\n\n{_PAGING_NOTE}\n\n{_EXPORT_NOTE}\n\n{_SCOPE_NOTE}",
+    f"recent trade (as `/market/price`). Pages within the last 24 h are served from memory and may "
+    f"hold a trade a moment before the store does (as `/market/price` may).\n\n{_PAGING_NOTE}\n\n{_EXPORT_NOTE}\n\n{_SCOPE_NOTE}",
     responses={
         **_PAGE_ERRORS,
         **EXPORT_RESPONSES,
@@ -107,7 +110,7 @@ _EXPORT_NOTE = (
         },
     },
 )
-def get_trades(
+def get_trades(  # the fast lane (api/market_lane.py) answers recent JSON pages before this route
     request: Request,
     repository: MarketRepositoryDep,
     symbol: SymbolPath,
@@ -123,7 +126,7 @@ def get_trades(
     if fmt is not export.Format.JSON:
         given = limit if "limit" in request.query_params else None  # no limit: the whole range
         return records_service.trades_export(repository, fmt, name, venue, start_ns, end_ns, given, cursor)
-    return records_service.trades(repository, name, venue, start_ns, end_ns, limit, cursor)
+    return JsonBody(records_service.trades_body(repository, name, venue, start_ns, end_ns, limit, cursor))
 
 
 @router.get(

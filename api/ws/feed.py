@@ -45,7 +45,7 @@ def apply_trade_batch(hub: MarketHub, raw: bytes, model: ReadModel | None = None
     if not rows:
         return
     if model is not None:
-        model.apply_trades(venue, symbol, [MemTrade(r.event_ts_ns, r.trade_id, r.price, r.size) for r in rows])
+        model.apply_trades(venue, symbol, [MemTrade(r.event_ts_ns, r.trade_id, r.price, r.size, r.side) for r in rows])
     last = rows[-1]
     volume = sum((row.size for row in rows), Decimal(0))
     hub.publish_trades(venue, symbol, last.price, last.event_ts_ns, volume)

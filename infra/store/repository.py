@@ -141,7 +141,7 @@ LIMIT 1 BY venue
 """
 
 _TRADES_BETWEEN_SQL = """
-SELECT toUnixTimestamp64Nano(event_ts), trade_id, price, size
+SELECT toUnixTimestamp64Nano(event_ts), trade_id, price, size, toString(side)
 FROM trades FINAL
 WHERE venue = {venue:String} AND symbol = {symbol:String}
   AND event_ts > fromUnixTimestamp64Nano({after_ns:Int64}, 'UTC')
@@ -312,9 +312,12 @@ class MarketRepository(ClickHouseRepository):
         return {str(venue): LastTrade(price, int(ns), str(venue)) for venue, price, ns in rows}
 
     def trades_between(self, symbol: str, venue: str, after_ns: int, before_ns: int) -> list[tuple[Any, ...]]:
-        """(event_ns, trade_id, price, size) with after < event time < before, in order."""
+        """(event_ns, trade_id, price, size, side) with after < event time < before, in order."""
         params = {"symbol": symbol, "venue": venue, "after_ns": after_ns, "before_ns": before_ns}
-        return [(int(ns), str(tid), price, size) for ns, tid, price, size in self._rows(_TRADES_BETWEEN_SQL, params)]
+        return [
+            (int(ns), str(tid), price, size, str(side))
+            for ns, tid, price, size, side in self._rows(_TRADES_BETWEEN_SQL, params)
+        ]
 
     def candles_since(self, symbol: str, venue: str, interval: str, from_ns: int) -> list[tuple[CandleRow, int]]:
         """Stored candles (latest revision, with its version) opening at or after `from_ns`."""

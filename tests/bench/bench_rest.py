@@ -13,8 +13,8 @@ Data: one day of synthetic trades (one a second) and its 1m candles for BENCH-US
 and a live order book of 100 levels a side in the API's hub, as the feed would have published it.
 Requests: `/market/price/BENCH-USDT` and `/market/history/BENCH-USDT?interval=1m` over the day
 (1440 candles, the last one still open); with the read model also `/market/orderbook/BENCH-USDT`
-(depth 20, from the hub) and `/market/trades/BENCH-USDT` (a page of 100 trades of one hour, from
-the store: trades are never held in memory). A JWT on every request, as a client sends it,
+(depth 20, from the hub) and `/market/trades/BENCH-USDT` (a page of 100 trades of one hour; the
+read model holds the last 24 h of trades, so from memory). A JWT on every request, as a client sends it,
 rotating over 600 accounts so the rate limit runs at its default of 1000 a minute per account.
 
 Load: `wrk` (Debian package `wrk`) on loopback, bounded in time: first closed-loop at
@@ -161,7 +161,7 @@ def serve(mode: str, port: int, url: str, database: str, cert: str, key: str) ->
             model = ReadModel()
             trades = day_of_trades()
             # What the consumer would have applied: the last trade, then the store fills the past in.
-            model.apply_trades(VENUE, SYMBOL, [MemTrade(*trades[-1])])
+            model.apply_trades(VENUE, SYMBOL, [MemTrade(*trades[-1], "buy")])
             model.apply_candle(VENUE, SYMBOL, "1m", VersionedCandle(1, CandleRow(*minute_candles(trades)[-1])))
             repository.memory = MemoryMarket(model, repository)
         keys = NoKeys()
@@ -347,7 +347,7 @@ def main() -> None:
             hello_at_500 = results.get("hello", {}).get("hello_at_500", {}).get("p99_ms")
             for name, figure in (
                 ("orderbook", "GET /market/orderbook (depth 20, live book) p99 at 500 req/s"),
-                ("trades", "GET /market/trades (100 a page, from the store) p99 at 500 req/s"),
+                ("trades", "GET /market/trades (100 a page, from memory) p99 at 500 req/s"),
             ):
                 report(
                     "rest",

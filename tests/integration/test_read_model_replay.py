@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import BaseModel
 
-from api import market_service
+from api import market_service, records_service
 from api.errors import ApiError
 from api.market_memory import MemoryMarket
 from api.models import datetime_to_ns
@@ -136,6 +137,27 @@ def test_every_market_answer_from_memory_equals_the_store(
             if memory.misses != misses:
                 missed.append((answer.__name__, *args))
 
+        def same_trade_pages(symbol: str, venue: str | None, last_ns: int) -> None:
+            """`/market/trades` pages from memory (and memory alone, the lane's path, where it
+            covers them) equal the store's, cursor after cursor."""
+            nonlocal compared, answered_from_memory
+            ranges = [(None, None), (last_ns - 600 * 10**9, last_ns + 1), (last_ns - 2 * 86_400 * 10**9, None)]
+            for start, end in ranges:
+                cursor: str | None = None
+                for _ in range(4):
+                    args = (symbol, venue, start, end, 1000, cursor)
+                    misses = memory.misses
+                    want = _body(lambda: records_service.trades_body(store, *args))  # noqa: B023
+                    assert _body(lambda: records_service.trades_body(memory, *args)) == want, args  # noqa: B023
+                    with contextlib.suppress(NotCovered):
+                        assert _body(lambda: records_service.trades_body(memory.only, *args)) == want, args  # noqa: B023
+                    compared += 1
+                    answered_from_memory += memory.misses == misses
+                    if want.startswith("{") and orjson.loads(want)["next_cursor"] is not None:
+                        cursor = orjson.loads(want)["next_cursor"]
+                    else:
+                        break
+
         cases: list[tuple[str | None, str]] = [*((v, s) for v, s in streams), *((None, s) for s in symbols)]
         for venue, symbol in cases:
             same(market_service.price, symbol, venue)
@@ -152,6 +174,7 @@ def test_every_market_answer_from_memory_equals_the_store(
                 for start, end in ranges:
                     for fill in (False, True):
                         same(market_service.history, symbol, interval, start, end, venue, fill)
+            same_trade_pages(symbol, venue, last.event_ns)
         day_start = datetime_to_ns(datetime(2024, 8, 8, tzinfo=UTC))  # one day of 1m candles
         same(market_service.history, "ETH-USDT", Interval.M1, day_start, day_start + 86_400 * 10**9, "binance", False)
         same(market_service.price, "ETH-USDT", "nowhere")  # 404s alike
