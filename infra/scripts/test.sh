@@ -18,9 +18,16 @@ fi
 echo "== ruff";          .venv/bin/ruff check .
 echo "== mypy";          .venv/bin/mypy && .venv/bin/mypy --strict clients/python/src
 echo "== import contract"; .venv/bin/lint-imports
+# Tests run in a random order (pytest-randomly; pyproject turns it off for a bare `pytest`), so an
+# order dependence fails here rather than hiding. The seed is printed ("Using --randomly-seed=N"):
+# ENTASIS_TEST_SEED=N repeats an order, ENTASIS_TEST_SHUFFLE=0 keeps the files' order. Each test's
+# `random` state is left alone (--randomly-dont-reset-seed): tests draw names and ports from it.
+order=(-p randomly --randomly-dont-reset-seed)
+if [ -n "${ENTASIS_TEST_SEED:-}" ]; then order+=("--randomly-seed=${ENTASIS_TEST_SEED}"); fi
+if [ "${ENTASIS_TEST_SHUFFLE:-1}" = 0 ]; then order=(); fi
 echo "== pytest"
 set +e
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest "${order[@]}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
