@@ -159,6 +159,31 @@ def topic_schema(spec: topics.TopicSpec) -> dict[str, Any]:
     return out
 
 
+# Keywords whose value maps names to schemas: a key there named "discriminator" is a property.
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "definitions", "dependencies"})
+
+
+def _asyncapi_schema(node: Any, in_map: bool = False) -> Any:
+    """A draft-07 schema as an AsyncAPI 3.0 Schema Object: the same, but for `discriminator`, which
+    AsyncAPI declares as the property's name (a string), where pydantic writes OpenAPI's object
+    (`propertyName` and a `mapping` into pydantic's own `$defs`). The official AsyncAPI JSON Schema
+    refuses the object (tests/unit/test_asyncapi_official_schema.py); the variants' `const` of the
+    property says the rest. A node with nothing to change is returned as it is, so the values the
+    schemas share stay shared (and docs/asyncapi.yaml keeps its YAML anchors)."""
+    if isinstance(node, list):
+        items = [_asyncapi_schema(item) for item in node]
+        return node if all(a is b for a, b in zip(items, node, strict=True)) else items
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if not in_map and key == "discriminator" and isinstance(value, dict) and "propertyName" in value:
+            out[key] = value["propertyName"]
+        else:
+            out[key] = _asyncapi_schema(value, in_map=not in_map and key in _SCHEMA_MAPS)
+    return node if all(out[k] is v for k, v in node.items()) else out
+
+
 def _channel_id(name: str) -> str:
     return name.replace(".", "_")
 
@@ -273,9 +298,9 @@ def asyncapi_document(kafka_host: str = "127.0.0.1:19092", api_host: str = "127.
     for spec in topics.ALL_TOPICS:
         value, definitions = _value(spec.name, "#/components/schemas/")
         for name, definition in definitions.items():
-            schemas.setdefault(name, definition)
+            schemas.setdefault(name, _asyncapi_schema(definition))
         schema_id = _channel_id(spec.name) + "_value"
-        schemas[schema_id] = value
+        schemas[schema_id] = _asyncapi_schema(value)
         message_id = _channel_id(spec.name)
         messages[message_id] = {
             "name": spec.name,
