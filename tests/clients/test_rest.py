@@ -320,21 +320,19 @@ def test_429_retry_after_is_honoured(
 
     def sleep(seconds: float) -> None:
         slept.append(seconds)
-        time.sleep(seconds)
+        time.sleep(seconds)  # the server's window must pass for the retry to be let through
 
     with serve_http(app) as url:
         transport = Recording()
         with Client(url, token=token_for(new_account("rl")), sleep=sleep, transport=transport) as api:
-            started = time.monotonic()
             prices = [api.price(symbol).price for _ in range(4)]  # the 4th is over 3 in 3 seconds
-            elapsed = time.monotonic() - started
             assert prices == [D(27)] * 4
             assert api.rate_limit is not None and api.rate_limit.limit == 3
+        # five attempts for four calls: the 429, one wait of exactly what the server said, the retry
         assert [status for status, _ in transport.answers] == [200, 200, 200, 429, 200]
         retry_after = transport.answers[3][1]
         assert retry_after is not None and 1 <= int(retry_after) <= 3
-        assert slept == [float(retry_after)]  # exactly what the server said
-        assert elapsed >= float(retry_after)
+        assert slept == [float(retry_after)]
 
         with Client(url, token=token_for(new_account("rl")), retry=RetryPolicy.never()) as once:
             for _ in range(3):

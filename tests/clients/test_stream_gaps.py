@@ -17,6 +17,7 @@ from entasis_client import EntasisError, InvalidSymbol, MarketStream, ReconnectP
 from websockets.asyncio.server import ServerConnection, serve
 
 FAST = ReconnectPolicy(initial=0.02, maximum=0.1, jitter=0)
+PING_INTERVAL_S = 0.05  # no reconnect delay of FAST (0.02 doubling to 0.1) is this long
 
 
 def tick(symbol: str, seq: int, exchange: str = "binance", price: str = "1.00000000") -> str:
@@ -207,6 +208,13 @@ async def test_a_slow_consumer_is_not_taken_for_a_dead_connection(
 ) -> None:
     """With `max_queue` messages waiting, the client stops reading; pongs wait behind them, which
     must not count as a dead connection."""
+    rounds: list[float] = []  # the keepalive's waits between pings, counted
+    sent_at: list[int] = []  # how many rounds there were when the server had sent every tick
+
+    async def counted(seconds: float) -> None:
+        if seconds == PING_INTERVAL_S:
+            rounds.append(seconds)
+        await asyncio.sleep(seconds)
 
     async def on_frame(conn: int, frame: dict[str, Any], ws: ServerConnection) -> None:
         if frame.get("action") == "ping":
@@ -215,12 +223,20 @@ async def test_a_slow_consumer_is_not_taken_for_a_dead_connection(
         await ws.send(ack(frame))
         for seq in range(1, 6):
             await ws.send(tick("BTC-USDT", seq))
+        sent_at.append(len(rounds))
 
     script = Script(on_frame)
-    async with MarketStream(await scripted(script), reconnect=FAST, ping_interval=0.05, ping_timeout=0.3,
-                            max_queue=2) as stream:
+    async with MarketStream(await scripted(script), reconnect=FAST, ping_interval=PING_INTERVAL_S,
+                            ping_timeout=0.3, max_queue=2, sleep=counted) as stream:
         await stream.subscribe_market("BTC-USDT")
-        await asyncio.sleep(1.2)  # not reading: many ping intervals and timeouts pass
+
+        def closed() -> bool:  # the client gave the connection up
+            return script.connections[0].close_code is not None
+
+        # not reading: a round either skips its ping (the queue is full) or waits for its pong,
+        # which sits behind the unread ticks, until ping_timeout; the round after shows how it ended
+        await asyncio.wait_for(_until(lambda: closed() or (bool(sent_at) and len(rounds) >= sent_at[0] + 3)), 30)
+        assert not closed() and stream.connections == 1
         got = [await stream.recv(5) for _ in range(5)]
         assert [m.seq for m in got] == [1, 2, 3, 4, 5] and stream.connections == 1
 

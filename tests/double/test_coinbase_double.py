@@ -22,10 +22,11 @@ import infra.dev.exchange_double.coinbase as coinbase_double
 from infra.dev.exchange_double.coinbase import CoinbaseDouble
 from infra.dev.exchange_double.server import ExchangeDouble
 from streams.ingest.venues.ccxt_client import point_urls_at
+from tests.double.ccxt_keepalive import KeepaliveClock, WireLog
 from tests.shared_data import DATA
 
 CAPTURES = DATA / "cryptofeed"
-KEEPALIVE_MS = 300  # ccxt's ping interval; a dead reader is noticed after about three of them
+KEEPALIVE_MS = 300  # ccxt's ping interval (the keepalive tests move their own clock by it)
 
 Levels = list[list[float]]
 OracleBook = dict[str, dict[Decimal, Decimal]]
@@ -120,6 +121,12 @@ async def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not check() and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.02)
+
+
+def only_client(ex: Any) -> Any:
+    """ccxt's one WebSocket client (one URL serves every Coinbase channel)."""
+    (client,) = ex.clients.values()
+    return client
 
 
 def spy_on_handlers(venue: Venue) -> None:
@@ -296,33 +303,47 @@ async def test_drop_rejects_the_pending_watch_and_a_new_watch_gets_a_fresh_snaps
 
 
 async def test_garbage_kills_ccxts_reader_until_the_keepalive_times_out(
-    venue: Venue, caplog: pytest.LogCaptureFixture
+    venue: Venue, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first garbage frame starts with `{`: ccxt json-decodes it inside a done-callback, the
-    error ends its receive loop, and the socket goes unread until the keepalive gives up."""
+    error ends its receive loop, and the socket goes unread: the pongs the double sends back are
+    never read, and the keepalive gives up on the third round after the last pong it read."""
+    clock = KeepaliveClock(KEEPALIVE_MS)
+    clock.install(monkeypatch)
     ex, symbol = venue.ex, "SKL/USD"
     await ex.load_markets()
     watching = asyncio.ensure_future(ex.watch_order_book(symbol))
     await venue.subscribed(1)
+    client = only_client(ex)
+    await eventually(lambda: client.last_message_at is not None)  # the subscription's ack was read
+    wire = WireLog(client)
+    await clock.tick()
+    await wire.until("pong", 1)  # the reader is alive: the pong was read
     venue.double.garbage(1)
     caplog.set_level(logging.ERROR, logger="asyncio")
-    started = asyncio.get_running_loop().time()
     await venue.play_to_end()  # the double keeps playing: garbage does not stop it
+    await wire.until("text", 1)  # the garbage, the last frame ccxt reads
 
+    await clock.tick()
+    await clock.tick()
+    assert not watching.done()  # two rounds without a pong: within maxPingPongMisses (2)
+    await clock.tick()
     with pytest.raises(RequestTimeout, match="ping-pong keepalive"):
-        await asyncio.wait_for(watching, 5)
-    assert asyncio.get_running_loop().time() - started < 10 * KEEPALIVE_MS / 1000
+        await asyncio.wait_for(watching, 30)
+    assert wire.events == ["ping", "pong", "text", "ping", "ping"]  # the third round pinged no more
     assert venue.book_messages == []  # the recorded snapshot after the garbage was never read
     assert any("JSONDecodeError" in r.getMessage() + str(r.exc_info) for r in caplog.records)
     assert venue.double.faults.garbage_sent == 1
 
     final = oracle_books()["SKL-USD"]
-    book = await asyncio.wait_for(ex.watch_order_book(symbol), 3)
+    book = await asyncio.wait_for(ex.watch_order_book(symbol), 30)
     assert [[p, s] for p, s, *_ in book["asks"]] == as_levels(final, "asks")
 
 
-async def test_stall_goes_unnoticed_by_ccxt(venue: Venue) -> None:
+async def test_stall_goes_unnoticed_by_ccxt(venue: Venue, monkeypatch: pytest.MonkeyPatch) -> None:
     """Pings are answered below the double's JSON frames, so ccxt's keepalive stays happy."""
+    clock = KeepaliveClock(KEEPALIVE_MS)
+    clock.install(monkeypatch)
     ex, symbol = venue.ex, "SKL/USD"
     await ex.load_markets()
     first = asyncio.ensure_future(ex.watch_order_book(symbol))
@@ -331,10 +352,16 @@ async def test_stall_goes_unnoticed_by_ccxt(venue: Venue) -> None:
     await first
     final = oracle_books()["SKL-USD"]
     await eventually(lambda: ccxt_levels(ex, symbol, "bids") == as_levels(final, "bids"))  # ccxt caught up
+    wire = WireLog(only_client(ex))
     venue.double.stall()
     pending = asyncio.ensure_future(ex.watch_order_book(symbol))
-    done, _ = await asyncio.wait({pending}, timeout=4 * KEEPALIVE_MS / 1000)
-    assert not done  # no frame, no error: only the caller's own timeout can tell
+    rounds = 4  # more than the three after which a dead reader is given up
+    for n in range(1, rounds + 1):
+        await clock.tick()
+        await wire.until("pong", n)
+    # every ping answered and read (frames sent before the stall may still be read in between)
+    assert [e for e in wire.events if e != "text"] == ["ping", "pong"] * rounds
+    assert not pending.done() and only_client(ex).error is None  # only the caller's own timeout can tell
     pending.cancel()
 
 

@@ -176,9 +176,10 @@ def test_should_stop_ends_a_paced_run() -> None:
         should_stop=lambda: next(calls) >= 10,
         wall_ns=wall,
         sleep=wall.sleep,
+        clock=lambda: (wall.now_ns - START_NS) / 1e9,
     )
     assert wall.now_ns == START_NS + 10 * 50_000_000
-    assert summary.elapsed_s >= 0
+    assert summary.elapsed_s == 0.5  # the ten waits, on the same fake clock
 
 
 def test_bad_specs_are_refused() -> None:

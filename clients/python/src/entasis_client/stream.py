@@ -185,7 +185,8 @@ class MarketStream:
     (across reconnects). `connect_timeout`: how long `start()` keeps trying to open the first
     connection. Callbacks (plain functions or coroutines): `on_gap(message)`,
     `on_reconnect(count)`, `on_error(error)` (a subscription the server refused on a resubscribe,
-    which is dropped). `connect`: the websockets `connect` (tests replace it)."""
+    which is dropped). `connect` and `sleep`: the websockets `connect` and the wait between pings and
+    between connection attempts (tests replace them)."""
 
     def __init__(
         self,
@@ -208,6 +209,7 @@ class MarketStream:
         on_reconnect: Callback[int] | None = None,
         on_error: Callback[EntasisError] | None = None,
         connect: Callable[..., Awaitable[ClientConnection]] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.url = _ws_url(url)
         self._token = token
@@ -234,6 +236,7 @@ class MarketStream:
         self._on_reconnect = on_reconnect
         self._on_error = on_error
         self._connect = connect if connect is not None else ws_connect
+        self._sleep = sleep
 
         self._subs: dict[tuple[str, str, str, str], Subscription] = {}
         self._tracker = SequenceTracker()
@@ -575,7 +578,7 @@ class MarketStream:
                             "CONNECTION_FAILED", f"{failures} connections to {self.url} failed; last: {exc}"
                         ) from exc
                     logger.info("connecting to %s failed (%s); again in %.2f s", self.url, exc, delay)
-                    await asyncio.sleep(delay)
+                    await self._sleep(delay)
                     continue
                 renewed, code, reason = await self._session(ws)
                 if self._closing:
@@ -593,7 +596,7 @@ class MarketStream:
                 if code in _SLOW_DOWN_CLOSE:
                     delay = max(delay, 1.0)
                 logger.info("connection closed (%s %s); reconnecting in %.2f s", code, reason, delay)
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -704,7 +707,7 @@ class MarketStream:
     async def _keepalive(self, ws: ClientConnection, interval: float) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(interval)
+            await self._sleep(interval)
             if self._stalled:
                 continue  # replies wait behind unread messages; the consumer is the slow one
             started = loop.time()
