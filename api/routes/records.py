@@ -94,7 +94,8 @@ _EXPORT_NOTE = (
     description=f"Trades of `symbol` on one venue, by (event time, trade id). Without `start`/`end`: the "
     f"hour up to and including the venue's latest trade. Without `exchange`: the venue with the most "
     f"recent trade (as `/market/price`). Pages within the last 24 h are served from memory and may "
-    f"hold a trade a moment before the store does (as `/market/price` may).\n\n{_PAGING_NOTE}\n\n{_EXPORT_NOTE}\n\n{_SCOPE_NOTE}",
+    f"hold a trade a moment before the store does (as `/market/price` may)."
+    f"\n\n{_PAGING_NOTE}\n\n{_EXPORT_NOTE}\n\n{_SCOPE_NOTE}",
     responses={
         **_PAGE_ERRORS,
         **EXPORT_RESPONSES,
