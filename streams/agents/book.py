@@ -1,6 +1,7 @@
 """Book agent: raw book messages (`md.book.v1`) -> top-N snapshots on `md.book.top.v1`, quality
 events (`book_gap`, `book_resync`) and periodic snapshots stored in ClickHouse. The decisions
-and publication rules: `streams.core.book_processor`, one `BookStream` per (venue, symbol).
+and publication rules: `streams.core.book_processor` (`BookProcessor`, one `BookStream` per
+(venue, symbol)).
 
 Restart safety: messages are acknowledged as soon as they are processed, because a book is
 rebuilt from a snapshot, never from history. A restarted worker (or one given a partition by a
@@ -24,17 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.events import BookSnapshot, DeadLetter, QualityEvent
-from schemas.symbols import stream_key
-from schemas.wire import WireError
-from schemas.wire_book import BookMessageItem, decode_book_message
-from streams.agents.candles import dead_letter_for
-from streams.core.book_processor import (
-    BookActions,
-    BookAgentConfig,
-    BookMessageError,
-    BookStream,
-    check_items,
-)
+from streams.core.book_processor import BookActions, BookAgentConfig, BookProcessor, BookStream
 from streams.runtime.emit import Emitter, topic_emitter
 from streams.runtime.keyed import KeyedState, forget_on_revoke
 from streams.sinks.clickhouse import ClickHouseSink, book_snapshots_table
@@ -48,39 +39,13 @@ SnapshotStore = Callable[[Sequence[BookSnapshot], int], Awaitable[None]]
 Clock = Callable[[], float]
 
 
-class BookAgentState:
-    def __init__(self, config: BookAgentConfig | None = None, clock: Clock = time.monotonic) -> None:
-        self.config = config or BookAgentConfig()
+class BookAgentState(BookProcessor):
+    """The processor over the worker's partition-aware table of books, and its wall clock."""
+
+    def __init__(self, config: BookAgentConfig | None = None, clock: Clock = time.monotonic,
+                 source: str = "md.book") -> None:
+        super().__init__(config or BookAgentConfig(), KeyedState[str, BookStream](), source)
         self.clock = clock
-        self.streams: KeyedState[str, BookStream] = KeyedState()
-        self.counts = self.streams.counts  # the book's own (see BookStream) next to created/forgotten
-        self.to_store: list[BookSnapshot] = []
-        self.messages = self.dead_letters = self.snapshots_stored = self.store_errors = 0
-        self.errors = 0  # messages that made the book logic raise
-
-    def handle(self, venue: str, symbol: str, items: Sequence[BookMessageItem], partition: Any = None) -> BookActions:
-        check_items(venue, symbol, items)
-        stream = self.streams.get_or_create(stream_key(venue, symbol), partition,
-                                            lambda: BookStream(venue, symbol, self.config, self.counts))
-        actions = stream.handle(items, self.clock())
-        self.to_store += actions.to_store
-        return actions
-
-    def flush_idle(self) -> BookActions:
-        out, now = BookActions(), self.clock()
-        for _, stream in self.streams.items():
-            out.tops += stream.flush_idle(now).tops
-        return out
-
-    def take_stored(self, at_least: int = 1) -> list[BookSnapshot]:
-        """The snapshots waiting to be stored, once there are `at_least` of them."""
-        if len(self.to_store) < max(at_least, 1):
-            return []
-        batch, self.to_store = self.to_store, []
-        return batch
-
-    def forget(self, partitions: set[Any]) -> None:
-        self.streams.forget(partitions)
 
 
 @dataclass
@@ -98,12 +63,13 @@ def register_book_agents(app: Any, settings: Any, *, book_topic: Any, book_top_t
                          clock: Clock = time.monotonic) -> BookWiring:
     """Wire the book agent, its idle timer and its rebalance hook on `app`. `emit_top` replaces
     publishing to `book_top_topic` (tests)."""
-    state = BookAgentState(BookAgentConfig.from_settings(settings), clock)
+    state = BookAgentState(BookAgentConfig.from_settings(settings), clock, book_topic.get_topic_name())
     # a top lost in a crash is superseded by the next one: no need to wait for the broker
     publish_top = emit_top or topic_emitter(book_top_topic, wait=False)
-    source = book_topic.get_topic_name()
 
     async def deliver(actions: BookActions, store_at_least: int) -> None:
+        for letter in actions.dead_letters:
+            await emit_dead_letter(letter)
         for event in actions.quality:
             await emit_quality(event)
         for snap in actions.tops:
@@ -119,26 +85,10 @@ def register_book_agents(app: Any, settings: Any, *, book_topic: Any, book_top_t
 
     async def book(stream: Any) -> None:
         async for event in stream.events():  # acknowledged as processed: books rebuild from snapshots
-            state.messages += 1
-            venue: Any = "unknown"
-            try:
-                venue, symbol, items = decode_book_message(event.value)
-                actions = state.handle(venue, symbol, items, event.message.tp)
-            except (WireError, BookMessageError) as exc:
-                state.dead_letters += 1
-                await emit_dead_letter(dead_letter_for(event.value, source, exc, str(venue)))
-                continue
-            except Exception as exc:  # a bug must cost one book a resync, not the worker
-                log.exception("book logic failed on a message of %s:%s; the book resyncs", venue, symbol)
-                state.errors += 1
-                state.dead_letters += 1
-                state.streams.pop(stream_key(venue, symbol))
-                await emit_dead_letter(dead_letter_for(event.value, source, f"book logic failed: {exc!r}", venue))
-                continue
-            await deliver(actions, state.config.store_batch)
+            await deliver(state.on_message(event.value, event.message.tp, state.clock()), state.config.store_batch)
 
     async def tick() -> None:
-        await deliver(state.flush_idle(), 1)
+        await deliver(state.flush_idle(state.clock()), 1)
 
     agent = app.agent(book_topic, name="book")(book)
     app.timer(state.config.idle_flush_ms / 1000, name="book_idle_flush")(tick)

@@ -1,38 +1,20 @@
-"""candle.v1 messages as the agents that consume candles read them: each keeps only the fields it
-needs, and anything that is not a well-formed candle.v1 is one error type; and the loop those
-agents share."""
+"""The loop of the agents that consume candles (decode, fold, publish); reading a candle.v1
+message and the counters those agents keep: `streams.core.candle_input`."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-from schemas.codecs import candles
-from schemas.codecs.envelope import WireError
-from streams.core.candle_admission import Verdict
+from streams.core.candle_input import CandleMessageError, read_candle
 from streams.runtime.decoded import decoded
 from streams.runtime.emit import emit_all
+
+__all__ = ["CandleFolder", "CandleMessageError", "candle_agent", "read_candle"]
 
 View = TypeVar("View")
 Out = TypeVar("Out")
 ViewIn = TypeVar("ViewIn", contravariant=True)
-
-
-class CandleMessageError(ValueError):
-    """Not a candle.v1 message."""
-
-
-def read_candle(raw: bytes, view: Callable[[dict[str, Any]], View]) -> View:
-    """`view` of the decoded candle.v1 message; CandleMessageError for anything else, including
-    a message `view` cannot read."""
-    try:
-        c = candles.decode_fields(raw)
-    except WireError as exc:
-        raise CandleMessageError(str(exc)) from exc
-    try:
-        return view(c)
-    except Exception as exc:  # KeyError, decimal.InvalidOperation, AttributeError...
-        raise CandleMessageError(f"malformed {candles.CANDLE}: {exc!r}") from exc
 
 
 class CandleFolder(Protocol[ViewIn, Out]):
@@ -65,17 +47,3 @@ def candle_agent(state: CandleFolder[View, Out], decode: Callable[[bytes], View]
                 await after(view)
 
     return agent
-
-
-class Admitted(Protocol):
-    skipped: int
-    malformed: int
-
-
-def admitted(state: Admitted, verdict: Verdict) -> bool:
-    """True for a candle to fold; counts the others."""
-    if verdict is Verdict.SKIP:
-        state.skipped += 1
-    elif verdict is Verdict.MALFORMED:
-        state.malformed += 1
-    return verdict is Verdict.FOLD

@@ -1,7 +1,8 @@
 """Candles agent: raw trade batches (`md.trades.v1`) -> candles of every interval on the derived
 topics, late and duplicate trades as data-quality events, undecodable messages as dead letters.
 
-Decisions: `streams.core.candle_processor.CandleProcessor`, one per stream. Restart safety: the
+Decisions: `streams.core.candle_processor` (a `CandleProcessor` per stream, `CandleTally` over
+them). Restart safety: the
 checkpoint protocol of `streams.runtime.checkpointed` (inputs acknowledged only once a stored
 checkpoint covers them; candles emitted after the checkpoint are emitted again identically,
 same revision, which the idempotent sink absorbs)."""
@@ -13,10 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from schemas.events import Candle, DeadLetter, QualityEvent
-from schemas.symbols import stream_key
-from schemas.wire import WireError, decode_trade_batch
-from streams.core.candle_processor import CandleConfig, CandleProcessor
+from streams.core.candle_processor import CandleConfig, CandleProcessor, CandleTally
 from streams.core.checkpoint import CheckpointStore
+from streams.core.dead_letters import dead_letter_for
 from streams.runtime.checkpointed import CheckpointedStreams
 
 __all__ = ["CandleAgentState", "CandleConfig", "CheckpointStore", "dead_letter_for", "make_candle_agent", "on_tick"]
@@ -26,16 +26,13 @@ QualityEmitter = Callable[[QualityEvent], Awaitable[None]]
 DeadLetterEmitter = Callable[[DeadLetter], Awaitable[None]]
 
 
-class CandleAgentState(CheckpointedStreams[CandleProcessor]):
+class CandleAgentState(CheckpointedStreams[CandleProcessor], CandleTally):
     def __init__(self, config: CandleConfig, store: CheckpointStore, topic: str,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        def make(key: str) -> CandleProcessor:
-            venue, symbol = key.split(":", 1)
-            return CandleProcessor(venue, symbol, config, clock())
-
-        super().__init__(store, topic, make, config.checkpoint_every_s, clock)
+        CheckpointedStreams.__init__(self, store, topic, lambda key: CandleProcessor.for_key(key, config, clock()),
+                                     config.checkpoint_every_s, clock)
+        CandleTally.__init__(self)
         self.config = config
-        self.messages = self.late_trades = self.duplicate_trades = self.dead_letters = 0
 
 
 def make_candle_agent(
@@ -59,51 +56,29 @@ def make_candle_agent(
             observe(time.perf_counter() - started)
 
     async def fold(stream: Any, event: Any) -> AsyncIterator[Candle]:
-        state.messages += 1
-        try:
-            venue, symbol, rows = decode_trade_batch(event.value)
-        except WireError as exc:
-            state.dead_letters += 1
-            await dead_letter(dead_letter_for(event.value, state.topic, exc))
+        read = state.read(event.value, state.topic)
+        if isinstance(read, DeadLetter):
+            await dead_letter(read)
             await stream.ack(event)
             return
+        key, rows = read
         async with state.lock:
-            key = stream_key(venue, symbol)
             slot = await state.slot(key, event.message.tp)
             if event.message.offset <= slot.folded_offset or not rows:
                 await stream.ack(event)  # already in the checkpoint (a re-delivery), or empty
                 return
-            actions = slot.state.handle(rows, state.clock())
+            actions = state.counted(slot.state.handle(rows, state.clock()))
             state.folded(key, slot, event.message.offset, event)
             for candle in actions.candles:
                 await emit(candle)
                 yield candle
-            state.late_trades += actions.late
-            state.duplicate_trades += actions.duplicates
             for quality in actions.quality:
                 await emit_quality(quality)
-            if state.due():
-                await state.checkpoint()
+            await state.checkpoint_if_due()
 
     return candles
 
 
 async def on_tick(state: CandleAgentState, emit: CandleEmitter) -> None:
     """Called every second: close the windows of quiet streams on time, and checkpoint."""
-    async with state.lock:
-        now = state.clock()
-        for key, slot in state.slots.items():
-            emitted = slot.state.on_idle(now)
-            for candle in emitted:
-                await emit(candle)
-            if emitted:
-                state.dirty.add(key)
-        if state.due():
-            await state.checkpoint()
-
-
-def dead_letter_for(raw: Any, source: str, exc: Exception | str, venue: str = "unknown",
-                    symbol: str | None = None) -> DeadLetter:
-    data = raw if isinstance(raw, bytes) else repr(raw).encode()
-    return DeadLetter(venue=venue, symbol=symbol, source=source, error=str(exc)[:1000], raw_hex=data.hex(),
-                      recv_ts_ns=time.time_ns())
+    await state.on_idle(CandleProcessor.on_idle, emit)

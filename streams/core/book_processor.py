@@ -1,6 +1,8 @@
-"""The book agent's decisions for one (venue, symbol) stream: book messages in, quality events,
-top-N snapshots to publish and snapshots to store out. No I/O: the caller passes wall-clock
-readings and delivers the actions.
+"""The book agent's decisions: per (venue, symbol) stream (`BookStream`) book messages in,
+quality events, top-N snapshots to publish and snapshots to store out; over every stream of a
+worker (`BookProcessor`) the raw message decoded and checked, dead letters for what cannot be
+used, the snapshots batched for storage, and the counters. No I/O: the caller passes
+wall-clock readings and delivers the actions.
 
 Per stream a `SequencedBook` (streams/core/orderbook.py) applies the venue's snapshot + diff
 sequencing rules and refuses to be read while invalid. The book topic also carries the
@@ -33,11 +35,16 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from infra.config.settings import Settings
 from schemas.book_ticker import BookTicker
-from schemas.events import BookSnapshot, QualityEvent
-from schemas.wire_book import BookMessageItem
+from schemas.events import BookSnapshot, DeadLetter, QualityEvent
+from schemas.symbols import stream_key
+from schemas.wire import WireError
+from schemas.wire_book import BookMessageItem, decode_book_message
+from streams.core.dead_letters import dead_letter_for
+from streams.core.keyed import StreamTable
 from streams.core.orderbook import (
     DEFAULT_MAX_BUFFER,
     MAX_TOP_DEPTH,
@@ -90,6 +97,7 @@ class BookAgentConfig:
 class BookActions:
     """What one message (or one idle tick) asks the agent to do, in this order."""
 
+    dead_letters: list[DeadLetter] = field(default_factory=list)
     quality: list[QualityEvent] = field(default_factory=list)
     tops: list[BookSnapshot] = field(default_factory=list)
     to_store: list[BookSnapshot] = field(default_factory=list)
@@ -179,3 +187,57 @@ class BookStream:
         if snap is not None:
             out.tops.append(snap)
             self.counts["tops_published"] += 1
+
+
+class BookProcessor:
+    """Every book of a worker, in `streams` (keyed by stream); `source` names the book topic in
+    dead letters. Counters: `messages`, `dead_letters`, `errors` (messages that made the book
+    logic raise), `snapshots_stored`, `store_errors`, and the books' own in `counts` (see
+    `BookStream`)."""
+
+    def __init__(self, config: BookAgentConfig, streams: StreamTable[BookStream], source: str) -> None:
+        self.config, self.streams, self.source = config, streams, source
+        self.counts = streams.counts
+        self.to_store: list[BookSnapshot] = []
+        self.messages = self.dead_letters = self.snapshots_stored = self.store_errors = 0
+        self.errors = 0
+
+    def on_message(self, raw: bytes, partition: Any, now: float) -> BookActions:
+        """One message of the book topic. Undecodable, an item of another stream than the message
+        names, a venue without sequencing rules: a dead letter. A message that makes the book
+        logic raise costs that book a resync (from the next snapshot), never the worker."""
+        self.messages += 1
+        venue: Any = "unknown"
+        try:
+            venue, symbol, items = decode_book_message(raw)
+            check_items(venue, symbol, items)
+            stream = self.streams.get_or_create(stream_key(venue, symbol), partition,
+                                                lambda: BookStream(venue, symbol, self.config, self.counts))
+            actions = stream.handle(items, now)
+        except (WireError, BookMessageError) as exc:
+            self.dead_letters += 1
+            return BookActions([dead_letter_for(raw, self.source, exc, str(venue))])
+        except Exception as exc:
+            log.exception("book logic failed on a message of %s:%s; the book resyncs", venue, symbol)
+            self.errors += 1
+            self.dead_letters += 1
+            self.streams.pop(stream_key(venue, symbol))
+            return BookActions([dead_letter_for(raw, self.source, f"book logic failed: {exc!r}", venue)])
+        self.to_store += actions.to_store
+        return actions
+
+    def flush_idle(self, now: float) -> BookActions:
+        out = BookActions()
+        for _, stream in self.streams.items():
+            out.tops += stream.flush_idle(now).tops
+        return out
+
+    def take_stored(self, at_least: int = 1) -> list[BookSnapshot]:
+        """The snapshots waiting to be stored, once there are `at_least` of them."""
+        if len(self.to_store) < max(at_least, 1):
+            return []
+        batch, self.to_store = self.to_store, []
+        return batch
+
+    def forget(self, partitions: set[Any]) -> None:
+        self.streams.forget(partitions)

@@ -1,6 +1,7 @@
-"""The candles agent's decisions for one (venue, symbol) stream: trades in, candles of every
-interval and data-quality events (late, duplicate trades) out, and the idle close of a quiet
-stream's windows. No I/O: the caller passes wall-clock readings and delivers the actions."""
+"""The candles agent's decisions for one (venue, symbol) stream (`CandleProcessor`): trades in,
+candles of every interval and data-quality events (late, duplicate trades) out, and the idle
+close of a quiet stream's windows; over every stream (`CandleTally`), what a raw message is and
+the counters. No I/O: the caller passes wall-clock readings and delivers the actions."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.events import Candle, QualityEvent, QualityKind
-from schemas.wire import TradeRow
+from schemas.events import Candle, DeadLetter, QualityEvent, QualityKind
+from schemas.symbols import stream_key
+from schemas.wire import TradeRow, WireError, decode_trade_batch
 from streams.core.candle_stream import INTERVALS, CandleStream
+from streams.core.dead_letters import dead_letter_for
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,12 @@ class CandleProcessor:
         self.finest = min(config.intervals, key=INTERVALS.index)
         self.last_trade_wall = now
 
+    @classmethod
+    def for_key(cls, key: str, config: CandleConfig, now: float) -> CandleProcessor:
+        """The processor of the stream keyed `venue:symbol`."""
+        venue, symbol = key.split(":", 1)
+        return cls(venue, symbol, config, now)
+
     @property
     def max_event_ts_ns(self) -> int | None:
         return self.candles.max_event_ts_ns
@@ -77,3 +86,25 @@ class CandleProcessor:
 
     def restore(self, state: dict[str, Any]) -> None:
         self.candles.restore(state)
+
+
+class CandleTally:
+    """What the candles agent counts over every stream (the worker's metrics read it)."""
+
+    def __init__(self) -> None:
+        self.messages = self.late_trades = self.duplicate_trades = self.dead_letters = 0
+
+    def read(self, raw: bytes, source: str) -> tuple[str, list[TradeRow]] | DeadLetter:
+        """The stream key and trades of a `trade_batch.v1` message, or the dead letter for it."""
+        self.messages += 1
+        try:
+            venue, symbol, rows = decode_trade_batch(raw)
+        except WireError as exc:
+            self.dead_letters += 1
+            return dead_letter_for(raw, source, exc)
+        return stream_key(venue, symbol), rows
+
+    def counted(self, actions: CandleActions) -> CandleActions:
+        self.late_trades += actions.late
+        self.duplicate_trades += actions.duplicates
+        return actions

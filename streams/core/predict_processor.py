@@ -1,8 +1,8 @@
 """The prediction agent's decisions: which candles count, the events a final candle of one
 (venue, symbol) stream produces (outcomes of the forecasts it completes, then new forecasts),
 which stored candles a stream must replay first, when its models are due a checkpoint, and the
-order-book imbalance feature. No I/O: the agent loads and saves checkpoints, reads stored
-candles and publishes what `handle` returns."""
+order-book imbalance feature, and the counters of all that (`PredictProcessor`). No I/O: the
+agent loads and saves checkpoints, reads stored candles and publishes what `handle` returns."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infra.config.settings import Settings
+from schemas.codecs import book_top
+from schemas.codecs.envelope import WireError
 from schemas.events import INTERVAL_NS, Interval
 from schemas.prediction import Horizon, ModelStatus, Prediction, PredictionModel, PredictionOutcome, Scores
 from streams.core.candle_admission import Verdict
+from streams.core.candle_input import CandleCounters, read_candle
 from streams.core.predict.engine import MODELS, Forecast, Outcome, PredictConfig, StreamPredictor
 from streams.core.predict.features import Bar
 from streams.core.predict.scoring import ScoreSnapshot
@@ -73,6 +76,10 @@ def candle_view(c: dict[str, Any]) -> CandleView:
     bar = Bar.of(int(c["open_ts_ns"]), c["open"], c["high"], c["low"], c["close"], c["volume"])
     return CandleView(str(c["venue"]), str(c["symbol"]), str(c["interval"]), bar, bool(c["is_final"]),
                       int(c["recv_ts_ns"]))
+
+
+def decode_candle(raw: bytes) -> CandleView:
+    return read_candle(raw, candle_view)
 
 
 def admit(config: PredictAgentConfig, view: CandleView) -> Verdict:
@@ -199,3 +206,67 @@ class PredictStream:
             return False
         # between checkpoints a restart replays the candles since the last one from the store
         return self.checkpointed_ns is None or last - self.checkpointed_ns >= self.config.checkpoint_every_s * 10**9
+
+
+class PredictProcessor(CandleCounters):
+    """The decisions over every stream of a worker, and their counters. The caller does the I/O
+    around them: it loads a new stream's predictor (`opened`), reads the stored candles
+    `replay_window` names, runs `PredictStream.handle` (off the event loop) on what
+    `is_redelivery` lets through, hands the result to `counted`, and stores the checkpoints
+    `PredictStream.checkpoint_due` asks for."""
+
+    def __init__(self, config: PredictAgentConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.books: dict[tuple[str, str], BookMeans] = {}
+        self.replayed = 0  # of the folded candles, those read from the candle store
+        self.load_failures = self.checkpoints = self.book_snapshots = 0
+
+    def admit(self, view: CandleView) -> bool:
+        return self.admitted(admit(self.config, view))
+
+    def opened(self, predictor: StreamPredictor) -> PredictStream:
+        """A stream's state around the predictor its checkpoint gave (or a fresh one)."""
+        self.load_failures += predictor.load_error is not None
+        return PredictStream(self.config, predictor)
+
+    def replay_window(self, s: PredictStream, view: CandleView, new: bool) -> tuple[int | None, int] | None:
+        """(after, before) open times of the stored candles to replay before `view`, at most
+        `bootstrap_bars` of them: a longer gap is one the predictor resets its features over anyway."""
+        return s.missing(view, new) if self.config.bootstrap_bars > 0 else None
+
+    def is_redelivery(self, s: PredictStream, view: CandleView, replay: Sequence[Bar]) -> bool:
+        if s.redelivered(view) and not replay:
+            self.redelivered += 1
+            return True
+        return False
+
+    def imbalance(self, view: CandleView) -> float | None:
+        book = self.books.get((view.venue, view.symbol))
+        return book.mean(view.bar.open_ns) if book else None
+
+    def counted(self, folded: Folded, replayed: int) -> list[PredictionEvent]:
+        self.folded += folded.folded
+        self.redelivered += folded.redelivered
+        self.replayed += replayed
+        return folded.events
+
+    def observe_book(self, snapshot: dict[str, Any]) -> None:
+        try:
+            observed = book_observation(snapshot, self.config.book_depth, self.config.interval_ns)
+        except ValueError:
+            self.malformed += 1
+            return
+        if observed is not None:
+            key, bucket, value = observed
+            self.book_snapshots += 1
+            self.books.setdefault(key, BookMeans()).add(bucket, value)
+
+    def observe_book_message(self, raw: bytes) -> None:
+        """A `book_snapshot.v1` message of the top-of-book topic."""
+        try:
+            snapshot = book_top.decode_fields(raw)
+        except WireError:
+            self.malformed += 1
+            return
+        self.observe_book(snapshot)

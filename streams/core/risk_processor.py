@@ -1,6 +1,7 @@
 """The risk agent's decisions: which candles count, and the estimates a final candle of one
-(venue, symbol, interval) stream produces. No I/O: the agent decodes, rebuilds a new stream's
-state from stored candles (`RiskStream.replay`) and publishes what `handle` returns."""
+(venue, symbol, interval) stream produces, and the counters of all that (`RiskProcessor`). No
+I/O: the agent decodes, rebuilds a new stream's state from stored candles (`RiskStream.replay`)
+and publishes what `handle` returns."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from infra.config.settings import Settings
 from schemas.events import INTERVAL_NS, Interval
 from schemas.risk import RiskEstimate, RiskMethod
 from streams.core.candle_admission import Verdict
+from streams.core.candle_input import CandleCounters, read_candle
 from streams.core.risk import Estimate, RiskConfig, RollingRisk
 
 _QUANT = Decimal("0.00000001")
@@ -67,6 +69,10 @@ def candle_view(c: dict[str, Any]) -> CandleView:
                       Decimal(c["close"]), bool(c["is_final"]), int(c["recv_ts_ns"]))
 
 
+def decode_candle(raw: bytes) -> CandleView:
+    return read_candle(raw, candle_view)
+
+
 def admit(config: RiskAgentConfig, view: CandleView) -> Verdict:
     if not view.is_final or view.interval not in config.intervals:
         return Verdict.SKIP
@@ -101,3 +107,32 @@ class RiskStream:
         if not self.risk.update(view.open_ts_ns, float(view.close)):
             return None
         return [to_event(view, e) for e in self.risk.estimates()]
+
+
+class RiskProcessor(CandleCounters):
+    """The decisions over every stream of a worker, and their counters. The caller does the I/O
+    around them: it rebuilds a new stream (`opened`) from the stored candles `rebuild_window`
+    names, runs `RiskStream.handle` (off the event loop) and hands the result to `counted`."""
+
+    def __init__(self, config: RiskAgentConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.rebuilt = 0  # streams rebuilt from stored candles
+
+    def admit(self, view: CandleView) -> bool:
+        return self.admitted(admit(self.config, view))
+
+    def opened(self, view: CandleView) -> RiskStream:
+        return RiskStream(self.config.core(view.interval))
+
+    def rebuild_window(self, view: CandleView) -> tuple[str, str, str, int, int]:
+        """(venue, symbol, interval, before open ns, limit) of the stored candles a new stream
+        is rebuilt from: those before `view`, as many as its window holds."""
+        return view.venue, view.symbol, view.interval, view.open_ts_ns, self.config.core(view.interval).rebuild_bars
+
+    def counted(self, estimates: list[RiskEstimate] | None) -> list[RiskEstimate]:
+        if estimates is None:
+            self.redelivered += 1
+            return []
+        self.folded += 1
+        return estimates

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -89,6 +89,23 @@ class CheckpointedStreams(Generic[S]):
                 for message in slot.unacked:
                     await self.ack(message)
             slot.unacked.clear()
+
+    async def checkpoint_if_due(self) -> None:
+        if self.due():
+            await self.checkpoint()
+
+    async def on_idle(self, close: Callable[[S, float], Sequence[Any]], emit: Callable[[Any], Awaitable[Any]]) -> None:
+        """The timer's work: what each stream closes at this wall time (`close(state, now)`),
+        emitted, the stream marked changed; then a checkpoint if one is due."""
+        async with self.lock:
+            now = self.clock()
+            for key, slot in self.slots.items():
+                out = close(slot.state, now)
+                for item in out:
+                    await emit(item)
+                if out:
+                    self.dirty.add(key)
+            await self.checkpoint_if_due()
 
     def forget(self, partitions: set[Any]) -> None:
         """Drop the streams of revoked partitions: their unacknowledged inputs will be delivered

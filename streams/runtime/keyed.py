@@ -8,7 +8,7 @@ comes back."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -40,6 +40,14 @@ class KeyedState(Generic[K, S]):
             return self.put(key, make(), partition)
         self.partitions[key] = partition
         return state
+
+    async def get_or_load(self, key: K, partition: Any, load: Callable[[], Awaitable[S]]) -> tuple[S, bool]:
+        """The key's state, and whether it is new: on first sight it is `await load()` (a
+        checkpoint read, a rebuild from stored data), put under `partition`."""
+        state = self.states.get(key)
+        if state is not None:
+            return state, False
+        return self.put(key, await load(), partition), True
 
     def pop(self, key: K) -> S | None:
         self.partitions.pop(key, None)

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from streams.core.predict.engine import CheckpointError, StreamPredictor, decode_checkpoint
 from streams.core.predict.features import Bar
-from streams.core.predict_processor import PredictAgentConfig
+from streams.core.predict_processor import PredictAgentConfig, PredictProcessor, PredictStream
 
 log = logging.getLogger(__name__)
 
@@ -64,3 +64,34 @@ async def load_predictor(store: ModelStore, config: PredictAgentConfig, venue: s
             break
     log.error("prediction models of %s:%s start from scratch (AI_001 until warm): %s", venue, symbol, error)
     return StreamPredictor(core, load_error=error)
+
+
+async def open_stream(store: ModelStore, processor: PredictProcessor, venue: str, symbol: str) -> PredictStream:
+    """A stream seen for the first time since the start (or since its partition came back)."""
+    return processor.opened(await load_predictor(store, processor.config, venue, symbol))
+
+
+async def stored_bars(loader: BarLoader | None, config: PredictAgentConfig, venue: str, symbol: str,
+                      window: tuple[int | None, int] | None) -> list[Bar]:
+    """The stored final candles in `window` (`PredictProcessor.replay_window`), newest
+    `bootstrap_bars`; none without a window or without a loader."""
+    if window is None or loader is None:
+        return []
+    return list(await loader(venue, symbol, config.interval, *window, config.bootstrap_bars))
+
+
+async def save_predictor(store: ModelStore, interval: str, venue: str, symbol: str, stream: PredictStream) -> None:
+    """Store the stream's models (serialised off the event loop) as its checkpoint."""
+    last = stream.predictor.last_open_ns
+    assert last is not None  # only a stream whose checkpoint is due is saved
+    blob = await asyncio.to_thread(stream.predictor.dumps)
+    await store.save(venue, symbol, interval, last, blob)
+    stream.checkpointed_ns = last
+
+
+def one_torch_thread(config: PredictAgentConfig) -> None:
+    """One thread for torch's models: the worker runs many streams side by side."""
+    if "lstm" in config.models:
+        from streams.core.predict.lstm import limit_torch_threads
+
+        limit_torch_threads(1)
