@@ -26,10 +26,10 @@ from infra.dev.processes import free_port, wait_for_port
 from schemas.codecs import trades as trade_codec
 from schemas.events import Side, Trade
 from schemas.symbols import stream_key
-from schemas.topics import TRADES
+from schemas.topics import CANDLES, TRADES
 from streams.ingest.publisher import KafkaPublisher
 from tests.integration.conftest import Infra, child_env, start_worker
-from tests.integration.pipeline import prepare, scalar, wait_for, wait_stable
+from tests.integration.pipeline import prepare, scalar, wait_drained, wait_for
 from tests.shared_data import DATA
 
 pytestmark = pytest.mark.integration
@@ -167,12 +167,15 @@ def test_imported_history_is_stored_served_and_folded_by_risk_and_predictions(in
         assert prediction.status_code == 200, prediction.text  # 2280 hours: well past 200 scored forecasts
 
         # importing the same file again publishes nothing and changes nothing
+        # (the count before: once the candles of the trade above are stored, every record committed)
+        wait_drained(settings, TRADES, *CANDLES.values())
         rows_before = scalar(settings, f"SELECT count() FROM candles WHERE {where}")
         again = import_into(settings, [source], VENUE, SYMBOL, "1h")
         assert again.imported == {"1h": 0, "1d": 0}
         assert again.skipped == {"1h": len(rows), "1d": len(whole_days)}
-        assert wait_stable(lambda: scalar(settings, f"SELECT count() FROM candles WHERE {where}"), 2.0, 30,
-                           "candle rows") == rows_before
+        # whatever it published is stored once the worker's group has committed every candle record
+        wait_drained(settings, *CANDLES.values())
+        assert scalar(settings, f"SELECT count() FROM candles WHERE {where}") == rows_before
     finally:
         worker.terminate()
         assert worker.wait(timeout=30) == 0
