@@ -37,7 +37,7 @@ from streams.ingest.publisher import KafkaPublisher
 from tests.hostile.poison import MIXED_MESSAGE, T, good_row, poison_book_messages, poison_trade_messages, trade_batch
 from tests.integration.conftest import Infra, child_env
 from tests.integration.conftest import infra as infra  # the embedded broker and database (a fixture)
-from tests.integration.pipeline import rows, scalar, wait_for, wait_stable
+from tests.integration.pipeline import rows, scalar, wait_for
 from tests.integration.topic_read import read_all
 from tests.shared_data import BINANCE
 
@@ -119,9 +119,8 @@ def test_a_clean_replay_after_hostile_input_stores_exactly_its_candles(infra: In
             assert worker.poll() is None, log.read_text(errors="replace")[-3000:]  # fail now, not at the deadline
             return scalar(run, "SELECT count() FROM dead_letters FINAL")
 
-        # the hostile input handled before the replay starts (counted exactly at the end)
-        wait_for(lambda: stored_letters() != 0, 90, "the first dead letters stored")
-        wait_stable(stored_letters, 3.0, 90, "the dead letters")
+        # the hostile input handled before the replay starts: one dead letter stored per message
+        wait_for(lambda: stored_letters() == hostile.total(), 120, "one dead letter per hostile message")
 
         capture, payloads = capture_trades(tmp_path / "capture")
         done = subprocess.run([sys.executable, "-m", "infra.cli", "replay", str(capture), "--run-id", run_id,
