@@ -6,6 +6,7 @@ exponent), timestamps ISO 8601 UTC with `Z` and millisecond precision."""
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Annotated, Any
@@ -144,6 +145,32 @@ def candle_json(row: CandleRow) -> bytes:
         f'"high":"{format_decimal(row.high)}","low":"{format_decimal(row.low)}",'
         f'"close":"{format_decimal(row.close)}","volume":"{format_decimal(row.volume)}"}}'
     ).encode()
+
+
+def trade_json(trade_id: str, price: Decimal, size: Decimal, side: str, event_ns: int) -> bytes:
+    """One trade of a `/market/trades` page as JSON, byte for byte what `TradeItem(...)
+    .model_dump_json()` writes (a test holds them equal). A stored trade never changes and the
+    same recent trades are paged again and again, so each is rendered once and kept (formatting
+    its decimals and time costs ~10 us, most of a page's time); a zero (never a stored trade's,
+    but a cache key would not tell -0 from 0) is rendered each time."""
+    if price > 0 and size > 0:
+        return _cached_trade_json(trade_id, price, size, side, event_ns)
+    return _trade_json(trade_id, price, size, side, event_ns)
+
+
+def _trade_json(trade_id: str, price: Decimal, size: Decimal, side: str, event_ns: int) -> bytes:
+    return orjson.dumps(
+        {
+            "trade_id": trade_id,
+            "price": format_decimal(price),
+            "size": format_decimal(size),
+            "side": side,
+            "timestamp": format_timestamp(ns_to_datetime(event_ns)),
+        }
+    )
+
+
+_cached_trade_json = functools.lru_cache(maxsize=65_536)(_trade_json)
 
 
 def candle_fields_json(row: CandleRow, fields: tuple[str, ...], trades: int | None, vwap: Decimal | None) -> bytes:
