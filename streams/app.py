@@ -17,7 +17,7 @@ from clickhouse_connect.driver.client import Client
 from infra.config.kafka import ssl_context
 from infra.config.settings import Settings
 from schemas import topics
-from schemas.events import Candle, DeadLetter, QualityEvent
+from schemas.events import DeadLetter, QualityEvent
 from streams.agents.book import clickhouse_snapshot_store, register_book_agents
 from streams.agents.candles import (
     CandleAgentState,
@@ -41,7 +41,7 @@ from streams.agents.sinks import (
     make_trade_sink,
 )
 from streams.agents.vwap import register_vwap_agent
-from streams.runtime.emit import topic_emitter
+from streams.runtime.emit import routed, topic_emitter
 from streams.runtime.keyed import forget_on_revoke
 from streams.runtime.metrics import (
     DatabaseProbe,
@@ -122,11 +122,10 @@ def build_worker(
         def client_factory() -> Client:
             return make_client(settings)
 
-    # each waits for the broker before the input behind it is acknowledged
+    # each waits for the broker before the input behind it is acknowledged; the candles agent
+    # sends without waiting and waits for them all before its next checkpoint (runtime.checkpointed)
     per_interval = {iv: topic_emitter(topic) for iv, topic in candle_topics.items()}
-
-    async def publish_candle(candle: Candle) -> None:
-        await per_interval[candle.interval.value](candle)
+    publish_candle: CandleEmitter = routed(per_interval, lambda candle: candle.interval.value)
 
     metrics = WorkerMetrics()
     raw_quality: QualityEmitter = quality_emitter or topic_emitter(quality_topic)

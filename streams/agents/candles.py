@@ -70,10 +70,10 @@ def make_candle_agent(
             actions = state.counted(slot.state.handle(rows, state.clock()))
             state.folded(key, slot, event.message.offset, event)
             for candle in actions.candles:
-                await emit(candle)
+                await state.deliver(emit, candle)
                 yield candle
             for quality in actions.quality:
-                await emit_quality(quality)
+                await state.deliver(emit_quality, quality)
             await state.checkpoint_if_due()
 
     return candles

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from schemas.symbols import stream_key
@@ -38,6 +38,32 @@ def topic_emitter(topic: Any, key: Callable[[Any], str] = by_stream, *, wait: bo
 
     _SENDERS[emit] = send
     return emit
+
+
+def routed(emitters: Mapping[str, Emitter[Any]], route: Callable[[Any], str]) -> Emitter[Any]:
+    """One emitter over several (a topic per candle interval): `route(event)` names the one. When
+    all are topic emitters, it has their send without waiting too (`sender`)."""
+
+    async def emit(event: Any) -> None:
+        await emitters[route(event)](event)
+
+    senders = {name: _SENDERS.get(e) for name, e in emitters.items()}
+    if all(send is not None for send in senders.values()):
+
+        async def send(event: Any) -> Awaitable[Any]:
+            chosen = senders[route(event)]
+            assert chosen is not None
+            return await chosen(event)
+
+        _SENDERS[emit] = send
+    return emit
+
+
+def sender(emit: Emitter[Any]) -> Callable[[Any], Awaitable[Awaitable[Any]]] | None:
+    """A topic emitter's send without waiting: `await send(event)` hands the event to the
+    producer and returns what to await for the broker's acknowledgement. None for any other
+    emitter (tests' plain callables): await the emitter itself."""
+    return _SENDERS.get(emit)
 
 
 async def emit_all(emit: Emitter[Any], events: Sequence[Any]) -> None:

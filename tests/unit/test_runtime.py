@@ -16,7 +16,7 @@ from schemas.events import QualityEvent, QualityKind
 from streams.core.checkpoint import MemoryCheckpointStore
 from streams.runtime.batch_sink import TableSink, batch_agent, model_rows
 from streams.runtime.checkpointed import CheckpointedStreams
-from streams.runtime.emit import topic_emitter
+from streams.runtime.emit import routed, topic_emitter
 from streams.runtime.keyed import KeyedState, forget_on_revoke
 
 
@@ -188,3 +188,65 @@ async def test_topic_emitter_keys_by_stream_and_waits_for_the_broker_only_when_a
     assert QualityEvent.model_validate_json(topic.sent[0][1]) == event
     await topic_emitter(topic, key=lambda e: "fixed")(event)
     assert topic.sent[-1][0] == b"fixed"
+
+
+async def test_outputs_go_out_without_waiting_and_a_checkpoint_waits_for_every_acknowledgement() -> None:
+    """An input covered by a stored checkpoint is skipped at a restart, so the broker must hold
+    what it produced first: `deliver` does not wait, `checkpoint` waits for all of them, and a
+    failed send stores nothing and acknowledges nothing."""
+
+    class Topic:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+            self.acks: list[asyncio.Future[None]] = []
+
+        async def send(self, key: bytes, value: bytes) -> asyncio.Future[None]:
+            self.sent.append(key)
+            self.acks.append(asyncio.get_running_loop().create_future())
+            return self.acks[-1]
+
+    event = QualityEvent(venue="binance", symbol="BTC-USDT", kind=QualityKind.BOOK_GAP, event_ts_ns=1, recv_ts_ns=2,
+                         detail={})
+    topics = {"a": Topic(), "b": Topic()}
+    emit = routed({name: topic_emitter(t) for name, t in topics.items()}, lambda e: "b" if e.symbol == "X-Y" else "a")
+    store = MemoryCheckpointStore()
+    acked: list[str] = []
+
+    async def ack(message: str) -> None:
+        acked.append(message)
+
+    streams: CheckpointedStreams[Tally] = CheckpointedStreams(store, "in", lambda key: Tally(), 0.0)
+    streams.ack = ack
+    slot = await streams.slot("k", TP(0))
+    for offset in range(3):  # three inputs, four outputs: none waits for the broker
+        await streams.deliver(emit, event)
+        streams.folded("k", slot, offset, f"m{offset}")
+    await streams.deliver(emit, event.model_copy(update={"symbol": "X-Y"}))
+    assert (len(topics["a"].sent), len(topics["b"].sent)) == (3, 1)
+
+    checkpoint = asyncio.ensure_future(streams.checkpoint())
+    for ack_future in topics["a"].acks:
+        ack_future.set_result(None)
+        await asyncio.sleep(0)
+        assert not checkpoint.done() and store.saved == {} and acked == []  # "b" still in flight
+    topics["b"].acks[0].set_result(None)
+    await checkpoint
+    assert store.saved[("in", "k")].offset == 2 and acked == ["m0", "m1", "m2"] and streams.pending == []
+
+    await streams.deliver(emit, event)
+    streams.folded("k", slot, 3, "m3")
+    topics["a"].acks[-1].set_exception(ConnectionError("broker gone"))
+    with pytest.raises(ConnectionError):
+        await streams.checkpoint()
+    assert store.saved[("in", "k")].offset == 2 and acked == ["m0", "m1", "m2"]  # m3 stays unacknowledged
+
+
+async def test_an_emitter_that_is_not_a_topic_s_is_awaited_at_once() -> None:
+    seen: list[str] = []
+
+    async def plain(event: str) -> None:
+        seen.append(event)
+
+    streams: CheckpointedStreams[Tally] = CheckpointedStreams(MemoryCheckpointStore(), "in", lambda key: Tally(), 0.0)
+    await streams.deliver(plain, "e")
+    assert seen == ["e"] and streams.pending == []
