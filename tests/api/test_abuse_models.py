@@ -22,9 +22,20 @@ from api.app import API_PREFIX, create_app
 from api.key_repository import ApiKeyRepository
 from api.models import PriceResponse, format_decimal
 from api.portfolio_service import LocalPortfolioBus
+from api.ws import MarketHub
 from infra.store.repository import MarketRepository
 from streams.core.portfolio import AccountDefaults
-from tests.api.conftest import Market, TradeRow, bearer, error_of, new_account, test_api_settings, token_for
+from tests.api.conftest import (
+    CandleRow,
+    Market,
+    TradeRow,
+    bearer,
+    error_of,
+    new_account,
+    test_api_settings,
+    token_for,
+)
+from tests.api.test_ws_support import recv_json, send_json, serve
 
 CASES = [
     ("1", "1.00000000"),
@@ -106,3 +117,48 @@ def test_a_size_beyond_the_schema_is_a_bad_request(orders: tuple[TestClient, str
     r = client.post(f"{API_PREFIX}/portfolio/positions", json={"symbol": symbol, "size": size, "type": "long"})
     assert r.status_code == 400, r.text
     assert error_of(r)["code"] == "BAD_REQUEST"
+
+
+# --- the largest stored price through the served reads (issue 18, item 4) ------------------------------
+
+LARGEST = "999999999999999999999999999999.99999999"  # Decimal(38, 8)'s largest: 30 integer digits
+
+
+def test_the_largest_stored_price_is_served_by_price_history_and_trades(
+    api: TestClient, market: Market, new_symbol: Callable[[str], str]
+) -> None:
+    """Through the real app and store: each read answers 200 with the value written out in full
+    (it was a 500 when formatting used the 28-digit default context)."""
+    symbol = new_symbol("BIG")
+    ts = 1_723_161_600 * 10**9 + 5 * 10**9  # 2024-08-09T00:00:05Z
+    market.trades([TradeRow("binance", symbol, "t1", D(LARGEST), D(LARGEST), ts)])
+    market.candles([CandleRow("binance", symbol, "1m", ts - 5 * 10**9, D(LARGEST), D(LARGEST), D("0.00000001"),
+                              D(LARGEST), D(LARGEST))])  # fmt: skip
+    price = api.get(f"{API_PREFIX}/market/price/{symbol}")
+    assert price.status_code == 200, price.text
+    assert (price.json()["price"], price.json()["volume"]) == (LARGEST, LARGEST)
+    history = api.get(f"{API_PREFIX}/market/history/{symbol}", params={"interval": "1m"})
+    assert history.status_code == 200, history.text
+    assert history.json()["data"][0] | {"timestamp": None} == {
+        "timestamp": None, "open": LARGEST, "high": LARGEST, "low": "0.00000001", "close": LARGEST, "volume": LARGEST,
+    }  # fmt: skip
+    trades = api.get(f"{API_PREFIX}/market/trades/{symbol}")
+    assert trades.status_code == 200, trades.text
+    assert [(t["price"], t["size"]) for t in trades.json()["data"]] == [(LARGEST, LARGEST)]
+
+
+async def test_the_largest_stored_price_reaches_websocket_subscribers(
+    repository: MarketRepository, key_repository: ApiKeyRepository, new_symbol: Callable[[str], str]
+) -> None:
+    """A subscriber of a symbol trading at the largest price gets it, and is not closed (1011)."""
+    symbol = new_symbol("BIGW")
+    app = create_app(repository=repository, api_settings=test_api_settings(), key_repository=key_repository)
+    async with serve(app, MarketHub()) as served:
+        served.hub.publish_trades("binance", symbol, D(LARGEST), 1_723_161_600 * 10**9, D(LARGEST))
+        async with served.connect(token_for(new_account("big"))) as ws:
+            await send_json(ws, {"action": "subscribe", "channel": "market", "symbols": [symbol]})
+            assert (await recv_json(ws))["type"] == "subscribed"
+            first = await recv_json(ws)
+            assert (first["price"], first["volume"]) == (LARGEST, LARGEST)
+            served.hub.publish_trades("binance", symbol, D("1"), 1_723_161_601 * 10**9, D(LARGEST))
+            assert (await recv_json(ws))["price"] == "1.00000000"  # still open, still served
