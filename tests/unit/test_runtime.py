@@ -5,6 +5,7 @@ topic emitters."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from streams.runtime.batch_sink import TableSink, batch_agent, model_rows
 from streams.runtime.checkpointed import CheckpointedStreams
 from streams.runtime.emit import routed, topic_emitter
 from streams.runtime.keyed import KeyedState, forget_on_revoke
+from streams.runtime.offload import Offload
 
 
 class TP:
@@ -250,3 +252,42 @@ async def test_an_emitter_that_is_not_a_topic_s_is_awaited_at_once() -> None:
     streams: CheckpointedStreams[Tally] = CheckpointedStreams(MemoryCheckpointStore(), "in", lambda key: Tally(), 0.0)
     await streams.deliver(plain, "e")
     assert seen == ["e"] and streams.pending == []
+
+
+async def test_get_or_load_loads_once_per_sight_and_again_after_a_revoke() -> None:
+    loads: list[str] = []
+
+    async def load() -> int:
+        loads.append("load")
+        return len(loads) * 10
+
+    keyed: KeyedState[str, int] = KeyedState()
+    assert await keyed.get_or_load("k", "tp0", load) == (10, True)
+    assert await keyed.get_or_load("k", "tp0", load) == (10, False)  # no second load
+    keyed.forget({"tp0"})
+    assert await keyed.get_or_load("k", "tp1", load) == (20, True)  # back on another partition: loaded again
+    assert loads == ["load", "load"] and keyed.partitions["k"] == "tp1"
+
+
+async def test_offload_runs_calls_one_at_a_time_in_order_on_one_thread_off_the_loop() -> None:
+    offload = Offload("test-offload")
+    seen: list[tuple[int, str]] = []
+    running = [0]
+
+    def work(i: int) -> int:
+        running[0] += 1
+        assert running[0] == 1  # never two at once
+        seen.append((i, threading.current_thread().name))
+        running[0] -= 1
+        return i * i
+
+    try:
+        results = await asyncio.gather(*(offload.run(work, i) for i in range(20)))
+    finally:
+        offload.close()
+    assert results == [i * i for i in range(20)]
+    assert [i for i, _ in seen] == list(range(20))  # in call order
+    names = {name for _, name in seen}
+    assert len(names) == 1 and names != {threading.current_thread().name}  # one thread, not the loop's
+    inline = Offload("inline", inline=True)
+    assert await inline.run(lambda: threading.current_thread().name) == threading.current_thread().name
