@@ -5,7 +5,10 @@
   Java client use, so an account's commands always land in the same partition);
 - one consumer, manually assigned every partition of the events topic (no group: each process
   reads everything), reads from the beginning and folds each event into the process's read model
-  (the same `Ledger` the agent keeps), then resolves the future of the command it answers.
+  (the same `Ledger` the agent keeps), then resolves the future of the command it answers. Only
+  events the agent signed are folded (HMAC-SHA256 in the `entasis-signature` header, with the
+  portfolio signing key this process also signs its commands with); any other local producer's
+  message is counted (`forged`), logged and skipped.
   Folding before resolving gives read-your-writes: once a POST has answered, a GET on the same
   process shows the position. Other processes show it once they have read that event (normally
   milliseconds).
@@ -46,7 +49,14 @@ from schemas.portfolio import (
 )
 from schemas.wire import encode_event
 from streams.core.backoff import Backoff
-from streams.core.portfolio import SIGNATURE_HEADER, AccountDefaults, Ledger, admin_signature, command_signature
+from streams.core.portfolio import (
+    SIGNATURE_HEADER,
+    AccountDefaults,
+    Ledger,
+    admin_signature,
+    command_signature,
+    event_signed,
+)
 from streams.core.portfolio_snapshot import EventPosition, SnapshotLedger, SnapshotMismatch, SnapshotRow
 from streams.sinks.portfolio_snapshots import load_rows
 
@@ -97,7 +107,11 @@ class KafkaPortfolioBus:
         self._connector: asyncio.Task[None] | None = None
         self._connect_error = "portfolio bus not started"
         self.malformed = 0
-        # None: the process settings' key (the data directory's file in development), read at start
+        self.forged = 0  # events without the agent's signature (not folded)
+        # None: the process settings' key (the data directory's file in development), read at start.
+        # It signs orders and checks every event read (the agent signs them with it). Empty: a
+        # process that holds no such key (`entasis portfolio set-balance`, which only prints the
+        # answer to its own command) and folds events unchecked; the API always holds one.
         self._signing_key = signing_key
         # set_balance goes to pf.admin.v1 signed with this; None (the API): this process cannot send one
         self._admin_key = admin_key
@@ -211,6 +225,13 @@ class KafkaPortfolioBus:
 
     def _on_record(self, record: Any) -> bool:
         """Fold one record; False when the restored snapshots turn out not to fit the topic."""
+        if self._signing_key != b"" and not event_signed(
+                self._signing_key or b"", record.key, record.value, record.headers):
+            # any local producer can write the topic: only what the agent signed is a fact
+            self.forged += 1
+            log.warning("portfolio event at %s:%s without the agent's signature: not folded",
+                        record.partition, record.offset)
+            return True
         try:
             return self._on_event(record.value, EventPosition(record.partition, record.offset))
         except SnapshotMismatch as exc:

@@ -196,7 +196,9 @@ def build_worker(
                                          snapshots=ClickHousePortfolioSnapshotStore(sink))
     agents.update(portfolio.agents)
     agents["portfolio_event_sink"] = app.agent(app.topic(topics.PF_EVENTS.full_name(ns)), name="portfolio_event_sink")(
-        make_portfolio_event_sink(sink, batch, within, observe("portfolio_event_sink"))
+        make_portfolio_event_sink(sink, batch, within, observe("portfolio_event_sink"),
+                                  signing_key=portfolio.state.signing_key, dead_letter=emit_dead,
+                                  source=topics.PF_EVENTS.full_name(ns))
     )
     vwap_agents, _ = register_vwap_agent(app, settings, candle_topic=candle_topics["1m"],
                                          vwap_topic=app.topic(topics.VWAP.full_name(ns)), sink=sink)

@@ -70,15 +70,28 @@ def cmd_set_balance(settings: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(settings: Any, args: argparse.Namespace) -> int:
-    """The ClickHouse projection is disposable: replay the whole event topic into it."""
+    """The ClickHouse projection is disposable: replay the whole event topic into it, only the
+    events the portfolio agent signed (the broker takes any local producer's message)."""
     from infra.config.kafka import aiokafka_options
+    from infra.config.settings import portfolio_signing_key
     from infra.store.clickhouse import make_client
     from schemas import topics
     from schemas.codecs.portfolio import events_table
-    from streams.agents.portfolio import read_topic
+    from streams.core.portfolio import event_signed
+    from streams.runtime.topic_reader import read_topic_records
 
-    raws = asyncio.run(read_topic(settings.kafka_bootstrap, topics.PF_EVENTS.full_name(settings.topic_namespace),
-                                  **aiokafka_options(settings)))
+    try:
+        signing_key = portfolio_signing_key(settings)
+    except ValueError as exc:
+        print(f"entasis portfolio rebuild: {exc}", file=sys.stderr)
+        return 2
+    history = asyncio.run(read_topic_records(settings.kafka_bootstrap,
+                                             topics.PF_EVENTS.full_name(settings.topic_namespace),
+                                             **aiokafka_options(settings)))
+    raws = [r.value for r in history.records if event_signed(signing_key, r.key, r.value, r.headers)]
+    forged = len(history.records) - len(raws)
+    if forged:
+        print(f"entasis portfolio rebuild: {forged} events without the agent's signature skipped", file=sys.stderr)
     table = events_table(raws)
     client = make_client(settings)
     try:

@@ -64,7 +64,9 @@ def decode_event(raw: bytes | str) -> PortfolioEvent:
 
 def events_table(raws: Sequence[bytes]) -> pa.Table:
     """Rows of `portfolio_events` (infra/store/migrations/0007_portfolio_events.sql), each with its
-    message as `body`. Undecodable values are skipped: the topic keeps them, and no event of ours is one."""
+    message as `body`. Undecodable values are skipped: the topic keeps them, and no event of ours is one.
+    Callers pass only the events the portfolio agent signed (its header is not in the value): the
+    sink (streams/agents/sinks.py) and `entasis portfolio rebuild` check it first."""
     rows = []
     for raw in raws:
         try:

@@ -20,6 +20,10 @@ raw bytes, deciding nothing. The two topics have as many partitions each, so Fau
 partitions together (co-partitioning) and one worker decides an account's orders and balance
 changes; one lock serialises the two agents' decisions.
 
+Every event is published signed with the same key (HMAC-SHA256 over key and value, same header,
+the events' own domain), and a rebuild folds only signed events: one any other local producer
+wrote is counted (`forged_events`), logged and skipped, never a fact of the state.
+
 State comes only from `pf.events.v1`: before the first command after a start, or after a
 rebalance took partitions away, the agent rebuilds it (event sourcing; the reading and storing:
 `streams.runtime.portfolio_store`). With a snapshot store
@@ -125,7 +129,8 @@ def register_portfolio_agent(app: Any, settings: Any, *, commands_topic: Any, ev
                                 snapshots)
     state = PortfolioAgentState(defaults or AccountDefaults.from_settings(settings), signing_key, admin_key,
                                 getattr(getattr(settings, "portfolio", None), "snapshot_every", 1000), source=source)
-    emit = store.unpositioned(emit_event) if emit_event is not None else store.positioned_emitter(events_topic)
+    emit = (store.unpositioned(emit_event) if emit_event is not None
+            else store.positioned_emitter(events_topic, signing_key))
     emit_dead_letter = emit_dead_letter or topic_emitter(
         app.topic(topics.DEAD_LETTER.full_name(settings.topic_namespace)), key=lambda letter: letter.source)
     agents = {"portfolio": app.agent(commands_topic, name="portfolio")(

@@ -3,7 +3,10 @@ batch acknowledged only after its insert (`streams.runtime.batch_sink`)."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import pyarrow as pa
 
@@ -11,8 +14,11 @@ from schemas.codecs import candles, dead_letters, portfolio, quality, trades
 from schemas.codecs.envelope import WireError
 from schemas.codecs.trades import TradeRow
 from streams.agents.candles import DeadLetterEmitter, dead_letter_for
+from streams.core.portfolio import event_signed
 from streams.runtime.batch_sink import Agent, BatchSink, Observe, TableSink, batch_agent, model_rows
 from streams.sinks.clickhouse import ClickHouseSink
+
+log = logging.getLogger(__name__)
 
 
 def _trades(values: Sequence[bytes]) -> pa.Table:
@@ -57,11 +63,53 @@ def make_candle_sink(sink: ClickHouseSink, batch: int, within: float, dead_lette
     return batch_agent(CandleSink(sink, dead_letter, source), batch, within, observe)
 
 
+class PortfolioEventSink:
+    """pf.events.v1 -> `portfolio_events`, only what the portfolio agent signed: the broker takes
+    any local producer's message, and a stored forged event would show balances and positions no
+    agent decided. An unsigned or wrongly signed one is counted (`forged`), logged and, with a
+    `dead_letter` emitter, dead-lettered with its raw bytes (once per delivery: the sink's consumer
+    group reads each message once, where the agent's rebuilds would report it at every restart)."""
+
+    def __init__(self, sink: ClickHouseSink, signing_key: bytes, dead_letter: DeadLetterEmitter | None = None,
+                 source: str = "pf.events") -> None:
+        self.sink, self.signing_key, self.dead_letter, self.source = sink, signing_key, dead_letter, source
+        self.forged = 0
+
+    async def write(self, events: Sequence[Any]) -> None:
+        """Store one batch of Faust events (value, key and headers of each message)."""
+        values = []
+        for event in events:
+            raw = event.value
+            if event_signed(self.signing_key, event.key, raw, event.headers):
+                values.append(raw)
+                continue
+            self.forged += 1
+            log.warning("portfolio event on %s without the agent's signature: not stored", self.source)
+            if self.dead_letter is not None:
+                await self.dead_letter(dead_letter_for(raw, self.source, "portfolio event without a valid signature"))
+        await self.sink.insert("portfolio_events", portfolio.events_table(values))
+
+
 def make_portfolio_event_sink(sink: ClickHouseSink, batch: int, within: float,
-                              observe: Observe | None = None) -> Agent:
-    """pf.events.v1 -> `portfolio_events`: the projection that `entasis portfolio rebuild` refills."""
-    return batch_agent(TableSink(sink, lambda values: [("portfolio_events", portfolio.events_table(values))]),
-                       batch, within, observe)
+                              observe: Observe | None = None, *, signing_key: bytes | None = None,
+                              dead_letter: DeadLetterEmitter | None = None, source: str = "pf.events") -> Agent:
+    """pf.events.v1 -> `portfolio_events`: the projection that `entasis portfolio rebuild` refills.
+    `signing_key`: the portfolio agent's (None: the process settings', `portfolio_signing_key`)."""
+    if signing_key is None:
+        from infra.config.settings import get_settings, portfolio_signing_key
+
+        signing_key = portfolio_signing_key(get_settings())
+    writer = PortfolioEventSink(sink, signing_key, dead_letter, source)
+
+    async def portfolio_event_sink(stream: Any) -> None:
+        # events, not values: the signature travels in the headers
+        async for events in stream.take_events(batch, within=within):
+            started = time.perf_counter()
+            await writer.write(events)
+            if observe is not None:
+                observe(len(events), time.perf_counter() - started)
+
+    return portfolio_event_sink
 
 
 def make_quality_sink(sink: ClickHouseSink, batch: int, within: float, observe: Observe | None = None) -> Agent:

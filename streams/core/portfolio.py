@@ -88,6 +88,11 @@ COMMANDS_SIGNATURE_DOMAIN = b"entasis pf.commands v1\x00"
 # topic (`pf.admin.v1`), signed with another key (ENTASIS_PORTFOLIO_ADMIN_KEY) under another
 # domain, so neither the API's key nor a signature copied from the commands topic can set a balance.
 ADMIN_SIGNATURE_DOMAIN = b"entasis pf.admin v1\x00"
+# Events are signed too (issue 18): every reader of `pf.events.v1` (the agent's rebuild, the API's
+# read model, the `portfolio_events` sink, `entasis portfolio rebuild`) folds or stores only what
+# the agent signed, with the commands' key (which the API holds already) under a third domain, so
+# a signed command can never pass for an event, nor an event for a command.
+EVENTS_SIGNATURE_DOMAIN = b"entasis pf.events v1\x00"
 
 
 def command_signature(secret: bytes, key: bytes, value: bytes, domain: bytes = COMMANDS_SIGNATURE_DOMAIN) -> str:
@@ -99,6 +104,23 @@ def command_signature(secret: bytes, key: bytes, value: bytes, domain: bytes = C
 def admin_signature(secret: bytes, key: bytes, value: bytes) -> str:
     """The signature of an operator's command on `pf.admin.v1`."""
     return command_signature(secret, key, value, ADMIN_SIGNATURE_DOMAIN)
+
+
+def event_signature(secret: bytes, key: bytes, value: bytes) -> str:
+    """The signature of an event the agent publishes on `pf.events.v1`."""
+    return command_signature(secret, key, value, EVENTS_SIGNATURE_DOMAIN)
+
+
+def event_headers(secret: bytes, key: bytes, value: bytes) -> list[tuple[str, bytes]]:
+    """The Kafka headers an event is published with."""
+    return [(SIGNATURE_HEADER, event_signature(secret, key, value).encode())]
+
+
+def event_signed(secret: bytes, key: bytes | None, value: bytes,
+                 headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None) -> bool:
+    """Whether an event read from `pf.events.v1` is the agent's (an empty secret trusts none)."""
+    return bool(secret) and signature_valid(secret, key or b"", value, header_value(headers, SIGNATURE_HEADER),
+                                            EVENTS_SIGNATURE_DOMAIN)
 
 
 def header_value(headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None, name: str) -> bytes | None:

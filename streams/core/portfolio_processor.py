@@ -1,7 +1,7 @@
 """The portfolio agent's decisions: which commands are decided at all (signature, topic, key),
 the events a command produces (`streams.core.portfolio.decide`), how a state rebuilt from
 snapshots and the events topic is judged (a snapshot that does not continue the topic is
-discarded, an unreadable event skipped), and the counters of all that. No I/O: the agent reads
+discarded, an unreadable or unsigned event skipped), and the counters of all that. No I/O: the agent reads
 the snapshots and the topic, publishes the events and stores the snapshot rounds."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from streams.core.portfolio import (
     AccountDefaults,
     Ledger,
     decide,
+    event_signed,
     header_value,
     signature_valid,
 )
@@ -45,6 +46,12 @@ class Record(Protocol):
     @property
     def value(self) -> bytes: ...
 
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def headers(self) -> Any: ...
+
 
 @dataclass(frozen=True)
 class Refusal:
@@ -57,7 +64,9 @@ class Refusal:
 @dataclass
 class PortfolioProcessor:
     defaults: AccountDefaults
-    signing_key: bytes = b""  # orders not signed with it are refused (an empty key refuses all)
+    # orders not signed with it are refused, and events read back not signed with it skipped (the
+    # agent signs what it publishes with it); an empty key refuses all
+    signing_key: bytes = b""
     admin_key: bytes = b""  # set_balance not signed with it is refused (empty: refuses all)
     snapshot_every: int = 1000  # events of a partition between two snapshot rounds
     book: SnapshotLedger | None = None  # None: to be rebuilt before the next command
@@ -73,6 +82,7 @@ class PortfolioProcessor:
     snapshot_errors: int = 0  # loads or saves that failed (the agent goes on without)
     snapshots_discarded: int = 0  # loaded snapshots that did not continue the topic
     bad_events: int = 0  # unreadable events met while rebuilding (skipped, as the API's read model does)
+    forged_events: int = 0  # events met while rebuilding without the agent's signature (skipped)
 
     @property
     def ledger(self) -> Ledger | None:
@@ -133,6 +143,12 @@ class PortfolioProcessor:
             return None
         folded = 0
         for record in records:
+            if not event_signed(self.signing_key, record.key, record.value, record.headers):
+                # the broker takes any local producer's message: only what an agent signed is a fact
+                self.forged_events += 1
+                log.warning("portfolio event at %s:%s without the agent's signature: skipped",
+                            record.partition, record.offset)
+                continue
             try:
                 event = decode_event(record.value)
             except ValidationError as exc:

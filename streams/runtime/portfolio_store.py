@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from infra.config.kafka import aiokafka_options
 from schemas.portfolio import PortfolioEvent
 from schemas.wire import encode_event
+from streams.core.portfolio import event_headers
 from streams.core.portfolio_processor import Command, PortfolioProcessor
 from streams.core.portfolio_snapshot import EventPosition, SnapshotLedger, SnapshotRow
 from streams.runtime.topic_reader import TopicHistory, read_topic_records
@@ -119,11 +120,13 @@ def topic_history(settings: Any, topic: str) -> HistoryLoader:
     return history
 
 
-def positioned_emitter(topic: Any) -> EventEmitter:
-    """Publish to the events topic keyed by account, wait for the broker, and say where it landed."""
+def positioned_emitter(topic: Any, signing_key: bytes) -> EventEmitter:
+    """Publish to the events topic keyed by account and signed with `signing_key` (every reader
+    checks it), wait for the broker, and say where it landed."""
 
     async def emit(event: PortfolioEvent) -> EventPosition | None:
-        fut = await topic.send(key=str(event.account).encode(), value=encode_event(event))
+        key, value = str(event.account).encode(), encode_event(event)
+        fut = await topic.send(key=key, value=value, headers=event_headers(signing_key, key, value))
         metadata = await fut
         partition, offset = getattr(metadata, "partition", None), getattr(metadata, "offset", None)
         if not isinstance(partition, int) or not isinstance(offset, int) or offset < 0:

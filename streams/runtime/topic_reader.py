@@ -12,6 +12,9 @@ class TopicRecord:
     partition: int
     offset: int
     value: bytes
+    key: bytes | None = None
+    # as the broker gave them (aiokafka: (name, bytes) pairs); readers of a signed topic check them
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass
@@ -69,7 +72,8 @@ async def read_topic_records(bootstrap: str, topic: str, start: Mapping[int, int
                 # returns that whole batch (README, "The embedded infrastructure"). Keeping only
                 # offsets below the end dropped the rest of each partition's last batch.
                 by_partition[tp.partition].extend(
-                    TopicRecord(r.partition, r.offset, r.value) for r in records if r.value is not None)
+                    TopicRecord(r.partition, r.offset, r.value, r.key, tuple(r.headers or ()))
+                    for r in records if r.value is not None)
         for tp in reading:  # the end is where reading stopped (never short of the reported one)
             history.end[tp.partition] = max(end[tp], await consumer.position(tp))
         history.records = [record for p in sorted(by_partition) for record in by_partition[p]]

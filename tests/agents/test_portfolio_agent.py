@@ -28,8 +28,9 @@ from schemas.portfolio import (
     SetBalance,
 )
 from schemas.wire import encode_event
-from streams.agents.portfolio import PortfolioWiring, TopicHistory, TopicRecord, register_portfolio_agent
+from streams.agents.portfolio import PortfolioWiring, TopicHistory, register_portfolio_agent
 from streams.core.portfolio import SIGNATURE_HEADER, admin_signature, command_signature
+from tests.unit.test_portfolio_event_signing import signed_record
 
 SIGNING_KEY = b"tests-only-portfolio-signing-key-0123456789"
 ADMIN_KEY = b"tests-only-portfolio-admin-key-0123456789ab"
@@ -60,7 +61,7 @@ class Harness:
 
         async def history(start: Mapping[int, int]) -> TopicHistory:
             # one partition, offsets = positions in the log (no snapshots here: `start` is empty)
-            records = [TopicRecord(0, offset, value) for offset, value in enumerate(self.log)]
+            records = [signed_record(SIGNING_KEY, 0, offset, value) for offset, value in enumerate(self.log)]
             return TopicHistory([r for r in records if r.offset >= start.get(0, 0)], {0: len(self.log)})
 
         async def dead_letter(letter: DeadLetter) -> None:

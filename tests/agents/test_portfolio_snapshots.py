@@ -20,9 +20,10 @@ from infra.config.settings import PortfolioSettings, Settings
 from schemas.events import DeadLetter
 from schemas.portfolio import ClosePosition, OpenPosition, PortfolioEvent, PositionType, SetBalance, decode_event
 from schemas.wire import encode_event
-from streams.agents.portfolio import PortfolioWiring, TopicHistory, TopicRecord, register_portfolio_agent
+from streams.agents.portfolio import PortfolioWiring, TopicHistory, register_portfolio_agent
 from streams.core.portfolio import SIGNATURE_HEADER, Ledger, admin_signature, command_signature
 from streams.core.portfolio_snapshot import EventPosition, MemorySnapshotStore
+from tests.unit.test_portfolio_event_signing import signed_record
 from tests.unit.test_portfolio_snapshot import assert_same
 
 SIGNING_KEY = b"tests-only-portfolio-signing-key-0123456789"
@@ -50,7 +51,7 @@ class EventsTopic:
         return EventPosition(p, len(self.partitions[p]) - 1)
 
     async def history(self, start: Mapping[int, int]) -> TopicHistory:
-        records = [TopicRecord(p, o, raw) for p, values in enumerate(self.partitions)
+        records = [signed_record(SIGNING_KEY, p, o, raw) for p, values in enumerate(self.partitions)
                    for o, raw in enumerate(values) if o >= start.get(p, 0)]
         self.reads.append(len(records))
         return TopicHistory(records, {p: len(values) for p, values in enumerate(self.partitions)})

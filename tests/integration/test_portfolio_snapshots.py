@@ -75,8 +75,9 @@ async def submit_all(settings: Settings, commands: list[OpenPosition | SetBalanc
 
 async def read_model(settings: Settings, with_snapshots: bool) -> KafkaPortfolioBus:
     loader = clickhouse_snapshots(lambda: make_client(settings)) if with_snapshots else None
-    bus = KafkaPortfolioBus(settings.kafka_bootstrap, settings.topic_namespace, signing_key=b"k" * 32,
-                            snapshots=loader)
+    # the agent's key: the read model folds only the events the agent signed with it
+    bus = KafkaPortfolioBus(settings.kafka_bootstrap, settings.topic_namespace,
+                            signing_key=portfolio_signing_key(settings), snapshots=loader)
     await bus.start()
     await bus.ledger()  # caught up
     return bus

@@ -8,8 +8,8 @@ The broker is replaced by an in-memory consumer with Kafka's positions and seeks
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal as D
 from typing import Any
 
@@ -18,24 +18,28 @@ from aiokafka import TopicPartition
 from api.portfolio_repository import KafkaPortfolioBus
 from schemas.portfolio import SetBalance
 from streams.core.portfolio_snapshot import SnapshotLedger, SnapshotRow
+from streams.runtime.topic_reader import TopicRecord
+from tests.unit.test_portfolio_event_signing import forged_balance, forgeries, signed_record
 from tests.unit.test_portfolio_snapshot import PARTITIONS, Script, Store, Topic, assert_same, oracle, run
 
 TOPIC = "pf.events.v1"
 EVERY = 7
 
 
-@dataclass
-class Record:
-    partition: int
-    offset: int
-    value: bytes
+SIGNING_KEY = b"k" * 32
+Record = TopicRecord  # what the agent published: value, key (the account) and headers (its signature)
+
+
+def signed(partition: int, offset: int, value: bytes) -> Record:
+    return signed_record(SIGNING_KEY, partition, offset, value)
 
 
 class Consumer:
     """aiokafka's consumer as the bus uses it, over a `Topic`."""
 
-    def __init__(self, topic: Topic) -> None:
+    def __init__(self, topic: Topic, forged: dict[tuple[int, int], Record] | None = None) -> None:
         self.topic = topic
+        self.forged = forged or {}  # (partition, offset) -> a record another producer wrote there
         self.at: dict[int, int] = {}
         self.read = 0
 
@@ -57,7 +61,8 @@ class Consumer:
         for tp in tps:
             values = self.topic.partitions[tp.partition]
             first = self.at[tp.partition]
-            batch = [Record(tp.partition, o, values[o]) for o in range(first, min(len(values), first + 5))]
+            batch = [self.forged.get((tp.partition, o)) or signed(tp.partition, o, values[o])
+                     for o in range(first, min(len(values), first + 5))]
             if batch:
                 out[tp] = batch
                 self.at[tp.partition] = first + len(batch)
@@ -67,13 +72,14 @@ class Consumer:
         return out
 
 
-async def read_model(topic: Topic, rows: list[SnapshotRow] | None) -> tuple[KafkaPortfolioBus, Consumer]:
+async def read_model(topic: Topic, rows: list[SnapshotRow] | None,
+                     forged: dict[tuple[int, int], Record] | None = None) -> tuple[KafkaPortfolioBus, Consumer]:
     async def load(name: str) -> list[SnapshotRow]:
         assert name == TOPIC
         return list(rows or [])
 
-    bus = KafkaPortfolioBus("127.0.0.1:1", signing_key=b"k" * 32, snapshots=None if rows is None else load)
-    consumer = Consumer(topic)
+    bus = KafkaPortfolioBus("127.0.0.1:1", signing_key=SIGNING_KEY, snapshots=None if rows is None else load)
+    consumer = Consumer(topic, forged)
     tps = [TopicPartition(TOPIC, p) for p in range(PARTITIONS)]
     await consumer.seek_to_beginning(*tps)
     end = await consumer.end_offsets(tps)
@@ -128,3 +134,27 @@ async def test_snapshots_of_another_history_make_the_api_replay_the_topic_whole(
     bus, _ = await read_model(longer, list(store.rows.values()))
     assert_same(await bus.ledger(), oracle(longer))
     assert old_topic.end() != longer.end()
+
+
+async def test_the_api_folds_no_forged_event_and_a_signed_one() -> None:
+    """Issue 18: any local producer can write pf.events.v1; the read model folds only what the
+    agent signed (a balance of 1e9 for alice, right shape and seq, in each forged form)."""
+    topic, store = history(60)
+    expected = oracle(topic)
+    alice = expected.accounts["alice"]
+    p = zlib.crc32(b"alice") % PARTITIONS  # alice's partition (as `Topic.publish` places her)
+    forged_raw = forged_balance("alice", alice.seq + 1)
+    forged: dict[tuple[int, int], Record] = {}
+    for key, headers in forgeries(forged_raw, b"alice", SIGNING_KEY):
+        offset = len(topic.partitions[p])
+        topic.partitions[p].append(forged_raw)
+        forged[(p, offset)] = Record(p, offset, forged_raw, key, headers)
+    for rows in (None, list(store.rows.values())):  # a whole replay, and one from the snapshots
+        bus, _ = await read_model(topic, rows, forged)
+        assert_same(await bus.ledger(), expected)
+        assert bus.forged == len(forged)
+        assert (await bus.ledger()).accounts["alice"].cash == alice.cash != D("1e9")
+    # the same event signed by the agent is folded
+    topic.partitions[p].append(forged_balance("alice", alice.seq + 1))
+    bus, _ = await read_model(topic, None, forged)
+    assert (await bus.ledger()).accounts["alice"].cash == D("1e9") and bus.forged == len(forged)
