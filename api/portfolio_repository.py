@@ -108,6 +108,8 @@ class KafkaPortfolioBus:
         self._connect_error = "portfolio bus not started"
         self.malformed = 0
         self.forged = 0  # events without the agent's signature (not folded)
+        self.reader_restarts = 0  # times the events reader failed and started over
+        self._reader_retry_s = 1.0
         # None: the process settings' key (the data directory's file in development), read at start.
         # It signs orders and checks every event read (the agent signs them with it). Empty: a
         # process that holds no such key (`entasis portfolio set-balance`, which only prints the
@@ -143,7 +145,7 @@ class KafkaPortfolioBus:
                 await client.stop()
             raise
         self._producer, self._consumer = producer, consumer
-        self._task = asyncio.create_task(self._run(tps, end), name="portfolio-events")
+        self._task = asyncio.create_task(self._supervise(tps, end), name="portfolio-events")
 
     def start_in_background(self, backoff: Backoff | None = None) -> None:
         """For the API's lifespan: connect without holding up the app's start, retrying until the
@@ -198,6 +200,30 @@ class KafkaPortfolioBus:
                 consumer.seek(tp, start[tp.partition])
         self._book = book
         self.restored_accounts = sum(1 for row in rows if not row.is_mark)
+
+    async def _supervise(self, tps: list[TopicPartition], end: dict[TopicPartition, int]) -> None:
+        """`_run`, restarted whenever it fails: a reader that died silently would leave every
+        request answered from a ledger nobody reads any more. Until the topic is read again from
+        the beginning, requests get the retryable "not replayed yet" (503)."""
+        consumer = self._consumer
+        assert consumer is not None
+        while True:
+            try:
+                await self._run(tps, end)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._ready.clear()
+                self.reader_restarts += 1
+                log.exception("portfolio events reader failed: reading the topic again from the beginning")
+            await asyncio.sleep(self._reader_retry_s)
+            try:
+                self._book, self.replayed = SnapshotLedger(), 0
+                await consumer.seek_to_beginning(*tps)
+                end = await consumer.end_offsets(tps)
+            except Exception:  # the broker is away: the next `_run` fails too and this comes round again
+                log.exception("portfolio events reader: could not rewind")
 
     async def _run(self, tps: list[TopicPartition], end: dict[TopicPartition, int]) -> None:
         consumer = self._consumer

@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from decimal import Decimal as D
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 
 from api.portfolio_repository import KafkaPortfolioBus
+from api.portfolio_service import BusUnavailable
 from schemas.portfolio import SetBalance
 from streams.core.portfolio_snapshot import SnapshotLedger, SnapshotRow
 from streams.runtime.topic_reader import TopicRecord
@@ -158,3 +160,44 @@ async def test_the_api_folds_no_forged_event_and_a_signed_one() -> None:
     topic.partitions[p].append(forged_balance("alice", alice.seq + 1))
     bus, _ = await read_model(topic, None, forged)
     assert (await bus.ledger()).accounts["alice"].cash == D("1e9") and bus.forged == len(forged)
+
+
+async def test_a_failed_events_reader_stops_answering_then_reads_the_topic_again() -> None:
+    """Issue 18, finding 13: the reader task died silently and left the API answering from a ledger
+    no longer read. Now a failure makes requests retryable 503s until the topic is read again."""
+    topic, _ = history(60)
+
+    class Failing(Consumer):
+        fail = asyncio.Event()  # set: the next getmany raises (once)
+
+        async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0) -> dict[TopicPartition, list[Record]]:
+            if self.fail.is_set():
+                self.fail.clear()
+                raise RuntimeError("the fetch blew up")
+            return await super().getmany(*tps, timeout_ms=timeout_ms)
+
+    bus = KafkaPortfolioBus("127.0.0.1:1", signing_key=SIGNING_KEY, catch_up_timeout_s=0.05)
+    bus._reader_retry_s = 0.5
+    consumer = Failing(topic)
+    tps = [TopicPartition(TOPIC, p) for p in range(PARTITIONS)]
+    await consumer.seek_to_beginning(*tps)
+    end = await consumer.end_offsets(tps)
+    bus._consumer, bus._producer = consumer, object()  # type: ignore[assignment]
+    task = asyncio.create_task(bus._supervise(tps, end))
+    try:
+        await asyncio.wait_for(bus._ready.wait(), 30)
+        assert_same(await bus.ledger(), oracle(topic))
+        consumer.fail.set()
+        for _ in range(3000):
+            if bus.reader_restarts or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert not task.done(), "the events reader died with its fetch"
+        # the supervisor waits 0.5 s before reading again; the request's 0.05 s wait runs out first
+        with pytest.raises(BusUnavailable):
+            await bus.ledger()
+        await asyncio.wait_for(bus._ready.wait(), 30)
+        assert_same(await bus.ledger(), oracle(topic))  # read again: the same fold
+        assert bus.reader_restarts == 1 and not task.done()
+    finally:
+        task.cancel()
