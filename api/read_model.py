@@ -16,13 +16,12 @@ Per venue and symbol (a series) it holds:
 on. Everything older goes to the store, as before.
 
 Readers run in the threadpool (plain `def` routes) while the consumer writes on the event loop,
-hence one lock; every read holds it for a few dict and deque operations."""
+hence one lock; every read holds it for a few dict and list operations."""
 
 from __future__ import annotations
 
 import threading
 from bisect import bisect_left, insort
-from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -61,13 +60,17 @@ def _order_key(trade: MemTrade) -> tuple[int, str]:
 
 @dataclass
 class Series:
-    """One venue's symbol. `trades` is sorted by (event time, trade id); it holds every trade in
-    (latest - 24 h, latest] once `warm`, and from `first_trade_ns` on before."""
+    """One venue's symbol. `trades[head:]` is sorted by (event time, trade id); it holds every
+    trade in (latest - 24 h, latest] once `warm`, and from `first_trade_ns` on before. Expired
+    trades stay below `head` until they are half the list: a list indexes in constant time
+    anywhere, which a deque does not in its middle (a page of an hour twelve hours back cost
+    ~170 us of deque walks)."""
 
     venue: str
     symbol: str
     first_trade_ns: int | None = None  # event time of the first trade consumed from the topic
-    trades: deque[MemTrade] = field(default_factory=deque)
+    trades: list[MemTrade] = field(default_factory=list)
+    head: int = 0  # trades[:head] have expired
     keys: set[tuple[int, str]] = field(default_factory=set)
     volume: Decimal = Decimal(0)  # sum of sizes in `trades`
     candles: dict[str, dict[int, VersionedCandle]] = field(default_factory=lambda: {i: {} for i in INTERVAL_NS})
@@ -80,7 +83,7 @@ class Series:
 
     @property
     def last(self) -> MemTrade | None:
-        return self.trades[-1] if self.trades else None
+        return self.trades[-1] if len(self.trades) > self.head else None
 
     def add_trade(self, trade: MemTrade) -> None:
         key = (trade.event_ns, trade.trade_id)
@@ -95,25 +98,31 @@ class Series:
             self.trades.append(trade)
             self._expire()
         else:  # out of order within the stream: rare, so a linear insert is fine
-            insort(self.trades, trade, key=_order_key)
+            insort(self.trades, trade, lo=self.head, key=_order_key)
 
     def merge_trades(self, trades: Iterable[MemTrade]) -> None:
         """Add many trades at once (the store's past): one sort instead of an insert each."""
         merged = {(t.event_ns, t.trade_id): t for t in trades}
-        merged.update(((t.event_ns, t.trade_id), t) for t in self.trades)
-        self.trades = deque(sorted(merged.values(), key=_order_key))
+        merged.update(((t.event_ns, t.trade_id), t) for t in self.trades[self.head :])
+        self.trades, self.head = sorted(merged.values(), key=_order_key), 0
         self.keys = set(merged)
         self.volume = sum((t.size for t in self.trades), Decimal(0))
         if self.trades:
             self._expire()
 
     def _expire(self) -> None:
-        horizon = self.trades[-1].event_ns - DAY_NS
         trades = self.trades
-        while trades and trades[0].event_ns <= horizon:
-            old = trades.popleft()
+        horizon = trades[-1].event_ns - DAY_NS
+        head = self.head
+        while trades[head].event_ns <= horizon:  # the last trade is never past the horizon
+            old = trades[head]
             self.keys.discard((old.event_ns, old.trade_id))
             self.volume -= old.size
+            head += 1
+        if head > 1024 and head * 2 > len(trades):  # compact: amortised O(1) a trade
+            del trades[:head]
+            head = 0
+        self.head = head
 
     def put_candle(self, interval: str, candle: VersionedCandle) -> None:
         held = self.candles[interval]
@@ -140,26 +149,11 @@ class Series:
         """Up to `limit` trades with (event time, trade id) >= `after` and event time < until_ns,
         in that order."""
         trades = self.trades
-        out: list[MemTrade] = []
-        for i in range(_bisect_from_end(trades, after), len(trades)):
-            trade = trades[i]
-            if trade.event_ns >= until_ns or len(out) == limit:
-                break
-            out.append(trade)
-        return out
-
-
-def _bisect_from_end(trades: deque[MemTrade], key: tuple[int, str]) -> int:
-    """The first index whose (event time, trade id) is >= `key`. Requests ask about recent trades
-    and a deque indexes in time proportional to the distance from its nearer end, so the search
-    gallops back from the newest trade before bisecting: cheap for the last hour of a full day."""
-    n = len(trades)
-    hi, step = n, 1
-    while hi - step >= 0 and _order_key(trades[hi - step]) >= key:
-        hi -= step
-        step *= 2
-    lo = max(hi - step, 0)
-    return bisect_left(trades, key, lo, hi, key=_order_key)
+        first = bisect_left(trades, after, lo=self.head, key=_order_key)
+        page = trades[first : first + limit]
+        if page and page[-1].event_ns >= until_ns:  # cut at `until_ns`
+            page = page[: bisect_left(page, until_ns, key=lambda t: t.event_ns)]
+        return page
 
 
 def aggregate_buckets(trades: Iterable[MemTrade], step: int) -> list[CandleRow]:

@@ -274,3 +274,20 @@ def test_trade_pages_from_memory_are_the_store_s_pages_and_older_ones_are_not_co
     assert [(t.event_ns, t.trade_id, t.side) for t in page] == _oracle_page(
         held, 0, latest + 1, (inside.event_ns, inside.trade_id), 5
     )
+
+
+def test_expired_trades_are_compacted_away_and_the_window_stays_exact() -> None:
+    """Five days of a trade a minute, in order: memory keeps the last 24 h only (the list is
+    compacted as it goes), with their volume, and answers pages of them as the oracle does."""
+    trades = [MemTrade(T0 + i * MIN, f"t{i}", D("1"), Decimal(i % 7 + 1) / 4, "sell") for i in range(5 * 1440)]
+    model = warm_model(trades[0])
+    for t in trades[1:]:
+        model.apply_trades("v", "AAA-USDT", [t])
+    latest = trades[-1].event_ns
+    held = [t for t in trades if t.event_ns > latest - DAY]
+    assert len(held) == 1440  # (latest - 24 h, latest]: the trade exactly 24 h back is out
+    assert model.volume_24h("AAA-USDT", "v", latest) == sum((t.size for t in held), Decimal(0))
+    series = model._series[("v", "AAA-USDT")]
+    assert len(series.trades) - series.head == len(held) and len(series.trades) < 2 * len(held) + 1025
+    page = model.trades_page("AAA-USDT", "v", latest - DAY + 1, latest + 1, (0, ""), 2000)
+    assert [(t.event_ns, t.trade_id) for t in page] == [(t.event_ns, t.trade_id) for t in held]
