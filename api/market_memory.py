@@ -203,5 +203,5 @@ class MemoryOnly:
     def trades_page(
         self, symbol: str, venue: str, start_ns: int, end_ns: int, after: tuple[int, str], limit: int
     ) -> list[TradeRecord]:
-        """The store's page shape (`TradeRecord`) from the read model."""
-        return [TradeRecord(*t) for t in self.model.trades_page(symbol, venue, start_ns, end_ns, after, limit)]
+        """The store's page (`TradeRecord`s) from the read model."""
+        return self.model.trades_page(symbol, venue, start_ns, end_ns, after, limit)

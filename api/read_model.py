@@ -28,6 +28,7 @@ from decimal import Decimal
 from typing import NamedTuple
 
 from api.models import candle_json
+from infra.store.records_repository import TradeRecord
 from infra.store.repository import DAY_NS, FEED_STATE_KINDS, CandleRow, FeedState, LastTrade
 from schemas.events import INTERVAL_NS
 
@@ -36,12 +37,9 @@ from schemas.events import INTERVAL_NS
 RETAIN_CANDLES: dict[str, int] = {"1m": 3000, "5m": 1000, "1h": 600, "1d": 600}
 
 
-class MemTrade(NamedTuple):
-    event_ns: int
-    trade_id: str
-    price: Decimal
-    size: Decimal
-    side: str = "unknown"  # `buy`, `sell` (the taker's) or `unknown`, as the store's Enum8 spells it
+# A trade as memory holds it: the store's page row itself, so a page of `/market/trades` from
+# memory needs no conversion (api/records_service.py renders either alike).
+MemTrade = TradeRecord
 
 
 class VersionedCandle(NamedTuple):

@@ -121,7 +121,7 @@ class TradeRecord(NamedTuple):
     trade_id: str
     price: Decimal
     size: Decimal
-    side: str
+    side: str = "unknown"  # `buy`, `sell` (the taker's) or `unknown`, as the table's Enum8 spells it
 
 
 class QualityRecord(NamedTuple):
