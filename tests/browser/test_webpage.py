@@ -284,6 +284,8 @@ def sign_in(driver: WebDriver, base_url: str, credential: str, kind: str = "toke
     driver.switch_to.window(old)
     driver.close()
     driver.switch_to.window(fresh)
+    # and an empty console: what an earlier test's page logged (a wrong token's 401s) is not this one's
+    driver.get_log("browser")
     driver.get(f"{base_url}/app/")
     wait_for(lambda: driver.find_element(By.ID, "login-form").is_displayed(), "the login form", driver)
     driver.find_element(By.CSS_SELECTOR, f"input[name=kind][value={kind}]").click()
