@@ -358,6 +358,9 @@ def test_live_page_with_data(server: LiveServer, browser: WebDriver, tmp_path: P
         opened = http.post("/api/v1/portfolio/positions", json={"symbol": SYMBOL, "size": "2", "type": "long"})
         assert opened.status_code == 201, opened.text
     closes = minute_closes()
+    # the fixture's book again: the tests share the hub, and another may have run first (any order)
+    server.call(server.hub.publish_book, VENUE, SYMBOL, book_side(2679, -1), book_side(2680, 1),
+                T0 + MINUTES * MINUTE - 1)
     browser.get_log("browser")  # start with an empty console
     sign_in(browser, server.base_url, token)
     wait_for(lambda: browser.find_element(By.ID, "dashboard").is_displayed(), "the dashboard", browser)
