@@ -20,7 +20,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -274,6 +274,23 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_middleware(RequestContextMiddleware)
 
 
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+def _stamped(raw: Iterable[tuple[bytes, bytes]], extra: Mapping[str, str], request_id: str) -> RawHeaders:
+    """The response's raw headers with ours set on them (replacing any of the same name), built as
+    one list: Starlette's MutableHeaders rescans the list for every header set, ~5 us a response."""
+    ours = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in extra.items()]
+    ours.append((_REQUEST_ID_RAW, request_id.encode("latin-1")))
+    ours.append(_NOSNIFF)
+    names = {name for name, _ in ours}
+    return [(name, value) for name, value in raw if name.lower() not in names] + ours
+
+
+_REQUEST_ID_RAW = REQUEST_ID_HEADER.lower().encode("latin-1")
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+
+
 class RequestContextMiddleware:
     """Gives every request its id (body and `X-Request-ID` header, success and error alike),
     stamps the headers collected in `response_headers(scope)` on every response, and turns any
@@ -303,11 +320,7 @@ class RequestContextMiddleware:
             nonlocal response_started
             if message["type"] == "http.response.start":
                 response_started = True
-                headers = MutableHeaders(scope=message)
-                for name, value in extra.items():
-                    headers[name] = value
-                headers[REQUEST_ID_HEADER] = request_id
-                headers["X-Content-Type-Options"] = "nosniff"
+                message["headers"] = _stamped(message.get("headers", ()), extra, request_id)
             await send(message)
 
         try:

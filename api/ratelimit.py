@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -29,8 +31,6 @@ from limits import RateLimitItem
 from limits import parse as parse_limit
 from limits.aio.storage import RedisStorage as AsyncRedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter as AsyncMovingWindow
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
 
 logger = logging.getLogger("api.ratelimit")
 
@@ -74,20 +74,60 @@ class RateLimiter(Protocol):
 
 
 class MemoryRateLimiter:
-    """In this process only. Uses the synchronous storage on purpose: each call is microseconds
-    with no I/O, and thread locks (unlike asyncio ones) do not tie it to one event loop."""
+    """In this process only: the moving window kept by hand, one deque of hit times per identity.
+
+    Why not `limits`' MemoryStorage (it is still what parses the limit, and what counts in Redis):
+    it starts a timer thread every 10 ms that walks every key's list under the GIL, 2.2 ms a sweep
+    with 600 accounts of 300 hits each on this machine: a fifth of a core, and every request that
+    arrives meanwhile waits for the GIL. Here a key's expired hits are dropped when the key is hit,
+    and idle keys leave in the order they were last hit, a few per call: no thread, no sweep.
+
+    Same window as `limits`' moving window: a hit counts while it is at most the window's length
+    old, a request is allowed while fewer than the limit count, and the window frees a request
+    when its oldest counted hit leaves it. A thread lock, not an asyncio one, so the limiter is not
+    tied to an event loop (each call is microseconds with no I/O)."""
 
     def __init__(self, limit: str) -> None:
         self.item = parse_limit(limit)
-        self._strategy = MovingWindowRateLimiter(MemoryStorage())
+        self.amount = self.item.amount
+        self.window_s = float(self.item.get_expiry())
+        # identity -> its hit times (monotonic, oldest first), ordered by when it was last hit
+        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+        self._lock = threading.Lock()
 
     async def hit(self, identity: str) -> RateDecision:
         return self.hit_now(identity)
 
     def hit_now(self, identity: str) -> RateDecision:
-        allowed = self._strategy.hit(self.item, KEY_PREFIX, identity)
-        reset_at, remaining = self._strategy.get_window_stats(self.item, KEY_PREFIX, identity)
-        return _decision(self.item, allowed, reset_at, remaining)
+        now = time.monotonic()
+        horizon = now - self.window_s
+        with self._lock:
+            self._forget_idle(horizon)
+            hits = self._hits.get(identity)
+            if hits is None:
+                hits = self._hits[identity] = deque()
+            else:
+                self._hits.move_to_end(identity)
+                while hits and hits[0] < horizon:
+                    hits.popleft()
+            allowed = len(hits) < self.amount
+            if allowed:
+                hits.append(now)
+            remaining = self.amount - len(hits)
+            oldest = hits[0] if hits else now
+        reset_s = min(max(0, math.ceil(oldest + self.window_s - now)), int(self.window_s))
+        return RateDecision(allowed, self.amount, remaining if allowed else 0, reset_s)
+
+    def _forget_idle(self, horizon: float, at_most: int = 4) -> None:
+        """Drops up to `at_most` identities none of whose hits is still in the window: the least
+        recently hit come first, so the idle ones leave as fast as new ones arrive."""
+        for _ in range(at_most):
+            if not self._hits:
+                return
+            identity, hits = next(iter(self._hits.items()))
+            if hits and hits[-1] >= horizon:
+                return
+            del self._hits[identity]
 
 
 class RedisRateLimiter:

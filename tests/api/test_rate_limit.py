@@ -3,12 +3,14 @@ response, and counters shared by two API processes through a real Redis."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from random import Random
 from typing import Any
 
 import httpx
@@ -103,8 +105,8 @@ def test_failed_attempts_never_spend_the_account_budget(make_app: Callable[..., 
 
 
 class ManualClock:
-    """Stands in for the `time` module where the limiter reads the clock (the `limits` memory
-    storage and api.ratelimit), so the window moves only when the test says so: no assertion
+    """Stands in for the `time` module where the limiter reads the clock (api.ratelimit), so
+    the window moves only when the test says so: no assertion
     here depends on how fast this machine serves requests."""
 
     def __init__(self) -> None:
@@ -122,20 +124,15 @@ class ManualClock:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
-    import limits.storage.memory
-
     import api.ratelimit
 
     manual = ManualClock()
-    monkeypatch.setattr(limits.storage.memory, "time", manual)
     monkeypatch.setattr(api.ratelimit, "time", manual)
     return manual
 
 
 def test_limit_resets_as_the_window_moves(make_app: Callable[..., FastAPI], clock: ManualClock) -> None:
-    with TestClient(
-        make_app(), headers=bearer(token_for(new_account())), client=(new_address(), 1)
-    ) as client:
+    with TestClient(make_app(), headers=bearer(token_for(new_account())), client=(new_address(), 1)) as client:
         for i in range(LIMIT):
             assert client.get(CHEAP).status_code == 400
             if i == 0:
@@ -145,7 +142,7 @@ def test_limit_resets_as_the_window_moves(make_app: Callable[..., FastAPI], cloc
         assert int(refused.headers["retry-after"]) == 40  # when the first request leaves the window
         clock.advance(39.0)
         assert client.get(CHEAP).status_code == 429, "freed before Retry-After"
-        clock.advance(1.5)  # past the boundary (at it exactly, `limits` counts the request or not by a race)
+        clock.advance(1.5)  # past the boundary
         again = client.get(CHEAP)
         assert again.status_code == 400, "the window did not free a request after Retry-After"
         assert client.get(CHEAP).status_code == 429, "only the oldest request left the window"
@@ -162,6 +159,39 @@ def test_moving_window_frees_requests_one_batch_at_a_time(clock: ManualClock) ->
     clock.advance(1.6)  # the first five have left the window; the second five stay in it for 1.4 s more
     freed = [limiter.hit_now("k").allowed for _ in range(6)]
     assert freed == [True] * 5 + [False]
+
+
+def test_the_window_matches_a_plain_count_of_recent_hits(clock: ManualClock) -> None:
+    """Oracle: every hit time kept in a list; a request is allowed while fewer than the limit are
+    at most the window old, the reset is when the oldest of them leaves. 3,000 seeded hits over
+    five identities, with steps that land exactly on the window's edge."""
+    rng = Random(11)
+    limiter = MemoryRateLimiter("7 per 10 seconds")
+    kept: dict[str, list[float]] = {}
+    for _ in range(3000):
+        clock.advance(rng.choice((0.0, 0.25, 1.0, 2.5, 10.0, 3.0)))
+        who = rng.choice("abcde")
+        counted = [t for t in kept.get(who, []) if t >= clock.now - 10.0]
+        allowed = len(counted) < 7
+        if allowed:
+            counted.append(clock.now)
+        kept[who] = counted
+        reset = math.ceil(min(counted, default=clock.now) + 10.0 - clock.now)
+        decision = limiter.hit_now(who)
+        assert (decision.allowed, decision.remaining, decision.reset_s) == (
+            allowed, 7 - len(counted) if allowed else 0, reset
+        )  # fmt: skip
+
+
+def test_idle_identities_are_forgotten(clock: ManualClock) -> None:
+    limiter = MemoryRateLimiter("5/minute")
+    for i in range(1000):
+        limiter.hit_now(f"ip:10.0.{i // 250}.{i % 250}")
+    clock.advance(61.0)  # every one of them out of its window
+    for i in range(300):
+        limiter.hit_now(f"account:{i}")
+    assert len(limiter._hits) == 300, "idle identities must leave as fast as new ones arrive"
+    assert not any(key.startswith("ip:") for key in limiter._hits)
 
 
 def test_rate_headers_on_every_response(app: FastAPI) -> None:
