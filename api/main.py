@@ -20,6 +20,7 @@ suites with forward secrecy only (TLS 1.3 suites are all AEAD).
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import ipaddress
 import logging
 from pathlib import Path
@@ -209,6 +210,19 @@ def uvicorn_config(
     )
 
 
+def settle_garbage_collector() -> None:
+    """Before serving: everything imported and built so far (a few hundred thousand objects of
+    FastAPI, pydantic, numpy and the app) is moved out of the collector's reach, since it lives as
+    long as the process, and the youngest generation is collected every 20,000 allocations rather
+    than 700. A request allocates a few hundred objects, so the default collected young objects
+    every other request and, now and then, walked every module of the process. On this machine
+    (bench_rest, same run): price p99 at ~1,000 req/s 6.2 -> 5.4 ms, history p99 at 200 req/s
+    16.2 -> 10.6 ms, price closed loop 7.1k -> 8.2k req/s. Cyclic garbage is still collected."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+
+
 def run(
     host: str | None = None,
     port: int | None = None,
@@ -241,4 +255,5 @@ def run(
     scheme = "https" if api_settings.tls_enabled else "http"
     logger.info("serving the API on %s://%s:%s (docs at /docs)", scheme, host, port)
     server = uvicorn.Server(uvicorn_config(app, host, port, api_settings, log_level))
+    settle_garbage_collector()
     server.run(sockets=[listening_socket(host, port)] if reuse_port else None)

@@ -124,7 +124,7 @@ def serve(mode: str, port: int, url: str, database: str, cert: str, key: str) ->
     import uvicorn
     from fastapi import FastAPI
 
-    from api.main import uvicorn_config
+    from api.main import settle_garbage_collector, uvicorn_config
     from tests.api.conftest import test_api_settings
 
     settings = test_api_settings(
@@ -167,7 +167,10 @@ def serve(mode: str, port: int, url: str, database: str, cert: str, key: str) ->
         keys = NoKeys()
         app = create_app(repository=repository, api_settings=settings, key_repository=keys)  # type: ignore[arg-type]
         publish_book(app)
-    uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, settings, "warning")).run()
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, settings, "warning"))
+    if mode != "hello":
+        settle_garbage_collector()  # as `entasis api` serves (api/main.py run)
+    server.run()
 
 
 # --- driver ----------------------------------------------------------------------------------
