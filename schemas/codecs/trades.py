@@ -61,6 +61,22 @@ def encode_rows(venue: str, symbol: str, rows: Sequence[TradeRow]) -> bytes:
     return orjson.dumps({VERSION_KEY: TRADE_BATCH, "venue": venue, "symbol": symbol, "trades": trades})
 
 
+def encode_columns(
+    venue: str,
+    symbol: str,
+    trade_ids: Sequence[str],
+    prices: Sequence[str],
+    sizes: Sequence[str],
+    sides: Sequence[str],
+    event_ns: Sequence[int],
+    recv_ns: Sequence[int],
+) -> bytes:
+    """The same message from columns of wire values (decimal text, side names): no row object
+    built per trade, for a feed that publishes at a million trades a second."""
+    rows = list(zip(trade_ids, prices, sizes, sides, event_ns, recv_ns, strict=True))
+    return orjson.dumps({VERSION_KEY: TRADE_BATCH, "venue": venue, "symbol": symbol, "trades": rows})
+
+
 def peek(raw: bytes) -> tuple[str, str, list[Any]]:
     """(venue, symbol, raw rows) with the rows unchecked: for a counter that needs only the number
     of trades or the last id, at the cost of one JSON parse. WireError if the envelope is wrong."""

@@ -28,6 +28,7 @@ from typing import Final, NamedTuple
 
 import numpy as np
 
+from schemas.codecs import trades as trades_codec
 from schemas.events import BookDelta, BookSnapshot, Side, Trade
 from schemas.symbols import normalize_symbol
 from streams.core.batching import TradeBatch
@@ -41,6 +42,7 @@ _LOT: Final = 1e-4
 _LOT_EXP: Final = -4
 _BUY: Final = Side.BUY
 _SELL: Final = Side.SELL
+_SIDE_TEXT: Final = (_SELL.value, _BUY.value)  # indexed by "moved the price up"
 _VENUE_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")  # as schemas.events.Venue
 
 # Plausible starting prices, so simulated candles look like the real ones.
@@ -83,6 +85,33 @@ class MarketWindow(NamedTuple):
     books: list[BookBatch]  # empty without books, or for symbols whose book did not change
 
 
+class TradeColumns(NamedTuple):
+    """One symbol's trades of one window, column by column: ids from `first_id` on."""
+
+    first_id: int
+    ts: list[int]
+    ticks: list[int]
+    lots: list[int]
+    ups: list[bool]
+
+
+class WireBatch(NamedTuple):
+    """A `trade_batch.v1` message ready to publish, with what a feed reports of it."""
+
+    venue: str
+    symbol: str
+    payload: bytes
+    n_trades: int
+    last_id: str
+    first_ns: int
+    last_ns: int
+
+
+class WireWindow(NamedTuple):
+    trades: list[WireBatch]
+    books: list[BookBatch]
+
+
 @dataclass
 class _State:
     spec: SimSymbol
@@ -121,6 +150,8 @@ class TradeSimulator:
         self.max_batch = max_batch
         self.now_ns = start_ns  # end of what has been generated
         self._rng = np.random.Generator(np.random.PCG64(seed))
+        self._price_text = FixedPointText(-_TICK_EXP)
+        self._size_text = FixedPointText(-_LOT_EXP)
         self._states = [_State(s, math.log(float(s.start_price)), 1) for s in symbols]
         if book_gap_rate and not books:
             raise ValueError("book gaps need books")
@@ -166,11 +197,61 @@ class TradeSimulator:
         while True:
             yield from self.next_window()
 
+    def next_wire_window(self, limit: int | None = None) -> WireWindow:
+        """The next window as `next_market_window` gives it, with its trade batches already
+        encoded (`trade_batch.v1`, the same bytes `schemas.codecs.trades.encode` writes for
+        them) and no trade object built: the feed's publishing path. `limit`: at most that many
+        trades of the window are kept (the rest are drawn and dropped, as a cut would)."""
+        start = self.now_ns
+        self.now_ns += self.window_ns
+        batches: list[WireBatch] = []
+        books: list[BookBatch] = []
+        room = limit
+        for state in self._states:
+            columns, updates = self._window_columns(state, start)
+            if columns is not None:
+                for batch in self._encoded(state.spec.symbol, columns, room):
+                    batches.append(batch)
+                    if room is not None:
+                        room -= batch.n_trades
+            if updates:
+                books.append(BookBatch(self.venue, state.spec.symbol, updates))
+        return WireWindow(batches, books)
+
+    def _encoded(self, symbol: str, c: TradeColumns, room: int | None) -> Iterator[WireBatch]:
+        n = len(c.ts) if room is None else max(0, min(room, len(c.ts)))
+        ids = list(map(str, range(c.first_id, c.first_id + n)))
+        prices = list(map(self._price_text.__getitem__, c.ticks[:n]))
+        sizes = list(map(self._size_text.__getitem__, c.lots[:n]))
+        sides = list(map(_SIDE_TEXT.__getitem__, c.ups[:n]))
+        for a in range(0, n, self.max_batch):
+            b = min(a + self.max_batch, n)
+            ts = c.ts[a:b]
+            payload = trades_codec.encode_columns(self.venue, symbol, ids[a:b], prices[a:b], sizes[a:b], sides[a:b],
+                                                  ts, ts)  # fmt: skip
+            yield WireBatch(self.venue, symbol, payload, b - a, ids[b - 1], ts[0], ts[-1])
+
     def _window_trades(self, state: _State, start_ns: int) -> tuple[list[Trade], list[BookDelta | BookSnapshot]]:
+        columns, updates = self._window_columns(state, start_ns)
+        if columns is None:
+            return [], updates
+        trades = [
+            _trade(self.venue, state.spec.symbol, columns.first_id + i, t, tick, lot, up)
+            for i, (t, tick, lot, up) in enumerate(
+                zip(columns.ts, columns.ticks, columns.lots, columns.ups, strict=True)
+            )
+        ]
+        return trades, updates
+
+    def _window_columns(
+        self, state: _State, start_ns: int
+    ) -> tuple[TradeColumns | None, list[BookDelta | BookSnapshot]]:
+        """One symbol's trades of the window as columns (None when it has none), and its book
+        updates. The one place the trades are drawn: both paths above make theirs from these."""
         spec, rng, book = state.spec, self._rng, state.book
         count = int(rng.poisson(spec.trades_per_s * self.window_ns / 1e9))
         if count == 0:
-            return [], book.window(start_ns, (), (), (), ()) if book is not None else []
+            return None, book.window(start_ns, (), (), (), ()) if book is not None else []
         # Given their number, Poisson arrivals are uniform over the window.
         times = start_ns + np.sort(rng.integers(0, self.window_ns, size=count))
         gaps_s = np.diff(times, prepend=start_ns) / 1e9
@@ -185,11 +266,29 @@ class TradeSimulator:
         first_id = state.next_id
         state.next_id += count
         ts = times.tolist()
-        trades = [
-            _trade(self.venue, spec.symbol, first_id + i, t, tick, lot, up)
-            for i, (t, tick, lot, up) in enumerate(zip(ts, ticks, lots, ups, strict=True))
-        ]
-        return trades, book.window(start_ns, ts, ticks, lots, ups) if book is not None else []
+        columns = TradeColumns(first_id, ts, ticks, lots, ups)
+        return columns, book.window(start_ns, ts, ticks, lots, ups) if book is not None else []
+
+
+class FixedPointText(dict[int, str]):
+    """Integer units -> their decimal text at `places` places, as `format(Decimal(n).scaleb(-places),
+    "f")` writes it for n >= 1 (123456 ticks at 2 places -> "1234.56"; tests/unit/test_simulation.py
+    holds the two equal). A cache, since a random walk keeps revisiting the same few prices and
+    sizes: a lookup is ~50 ns against ~400 ns to format; cleared past `max_entries`."""
+
+    def __init__(self, places: int, max_entries: int = 200_000) -> None:
+        super().__init__()
+        self.places = places
+        self.unit = 10**places
+        self.max_entries = max_entries
+
+    def __missing__(self, units: int) -> str:
+        if len(self) >= self.max_entries:
+            self.clear()
+        whole, fraction = divmod(units, self.unit)
+        text = f"{whole}.{fraction:0{self.places}d}"
+        self[units] = text
+        return text
 
 
 def _trade(venue: str, symbol: str, trade_id: int, ts_ns: int, ticks: int, lots: int, up: bool) -> Trade:

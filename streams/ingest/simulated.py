@@ -19,12 +19,10 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from schemas.codecs import trades
 from schemas.codecs.book import encode_book_batch
 from schemas.symbols import stream_key
 from schemas.topics import BOOK, TRADES
-from streams.core.batching import TradeBatch
-from streams.core.simulation import SIM_VENUE, BookBatch, SimSymbol, TradeSimulator, default_symbol
+from streams.core.simulation import SIM_VENUE, BookBatch, SimSymbol, TradeSimulator, WireBatch, default_symbol
 from streams.ingest.publisher import Publisher
 
 WallNs = Callable[[], int]
@@ -60,9 +58,11 @@ def run_simulator(
     wall_ns: WallNs = time.time_ns,
     sleep: Sleep = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    summary: SimSummary | None = None,
 ) -> SimSummary:
     """Publish `simulator`'s batches until `n_trades`, `duration_s` of event time or
-    `should_stop()`; unpaced runs need a limit, paced ones may run until stopped."""
+    `should_stop()`; unpaced runs need a limit, paced ones may run until stopped. `summary`:
+    filled as the run goes (so a caller still has it when a publish raises), else a new one."""
     if not paced and n_trades is None and duration_s is None:
         raise ValueError("an unpaced simulation needs n_trades or duration_s")
     if n_trades is not None and n_trades < 0:
@@ -70,19 +70,19 @@ def run_simulator(
     topic = TRADES.full_name(namespace)
     book_topic = BOOK.full_name(namespace)
     end_ns = simulator.now_ns + int(duration_s * 1e9) if duration_s is not None else None
-    summary = SimSummary()
+    summary = summary if summary is not None else SimSummary()
     started = clock()
     with tqdm(unit=" trades", disable=not progress, mininterval=0.5, desc="simulated") as bar:
         while not _done(summary, simulator, n_trades, end_ns, should_stop):
-            window = simulator.next_market_window()
+            window = simulator.next_wire_window(None if n_trades is None else n_trades - summary.trades)
             if paced:
                 _wait_until(simulator.now_ns, wall_ns, sleep)
             # a window's books first: the quotes a trade hits are published before the trade
             for book in window.books:
                 _publish_book(publisher, book_topic, book, summary)
-            for batch in _limit(window.trades, n_trades, summary.trades):
+            for batch in window.trades:
                 _publish(publisher, topic, batch, summary)
-                bar.update(len(batch.trades))
+                bar.update(batch.n_trades)
     publisher.flush()
     summary.elapsed_s = clock() - started
     return summary
@@ -109,6 +109,7 @@ def simulate(
     wall_ns: WallNs = time.time_ns,
     sleep: Sleep = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    summary: SimSummary | None = None,
 ) -> SimSummary:
     """Build a simulator for `symbols` (names get `default_symbol` at `trades_per_s`) and run
     it. `start_ns=None` starts at the wall clock, which a paced run needs. `books`: publish the
@@ -137,6 +138,7 @@ def simulate(
         wall_ns=wall_ns,
         sleep=sleep,
         clock=clock,
+        summary=summary,
     )
 
 
@@ -160,30 +162,14 @@ def _wait_until(target_ns: int, wall_ns: WallNs, sleep: Sleep) -> None:
         sleep(delay_s)
 
 
-def _limit(batches: list[TradeBatch], n_trades: int | None, published: int) -> list[TradeBatch]:
-    """The batches cut so that no more than `n_trades` are published in all."""
-    if n_trades is None:
-        return batches
-    room = n_trades - published
-    kept: list[TradeBatch] = []
-    for batch in batches:
-        if room <= 0:
-            break
-        if len(batch.trades) > room:
-            batch = TradeBatch(batch.venue, batch.symbol, batch.trades[:room])
-        kept.append(batch)
-        room -= len(batch.trades)
-    return kept
-
-
-def _publish(publisher: Publisher, topic: str, batch: TradeBatch, summary: SimSummary) -> None:
+def _publish(publisher: Publisher, topic: str, batch: WireBatch, summary: SimSummary) -> None:
     key = stream_key(batch.venue, batch.symbol)
-    publisher.publish(topic, key.encode(), trades.encode(batch.venue, batch.symbol, batch.trades))
+    publisher.publish(topic, key.encode(), batch.payload)
     summary.messages += 1
-    summary.trades += len(batch.trades)
-    summary.last_trade_ids[key] = batch.trades[-1].trade_id
+    summary.trades += batch.n_trades
+    summary.last_trade_ids[key] = batch.last_id
     # Batches come symbol by symbol within a window, so event time is not monotonic across them.
-    first, last = batch.trades[0].event_ts_ns, batch.trades[-1].event_ts_ns
+    first, last = batch.first_ns, batch.last_ns
     summary.first_event_ns = first if summary.first_event_ns is None else min(summary.first_event_ns, first)
     summary.last_event_ns = last if summary.last_event_ns is None else max(summary.last_event_ns, last)
 

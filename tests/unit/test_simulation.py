@@ -14,7 +14,7 @@ from schemas.codecs.book import decode_book_batch
 from schemas.events import BookSnapshot, Trade
 from schemas.topics import BOOK, TRADES
 from schemas.wire import decode_trade_batch, encode_trade_batch, trades_from_batch
-from streams.core.simulation import SimSymbol, TradeSimulator, default_symbol
+from streams.core.simulation import FixedPointText, SimSymbol, TradeSimulator, default_symbol
 from streams.ingest.publisher import ListPublisher
 from streams.ingest.simulated import run_simulator, simulate
 
@@ -51,6 +51,44 @@ def test_the_runner_output_is_deterministic() -> None:
         simulate(publisher, ["BTC-USDT", "ETH-USDT"], seed=3, start_ns=START_NS, trades_per_s=500, n_trades=5000)
         outputs.append(publisher.messages)
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize(("seed", "rate", "books", "max_batch"), [(7, 50.0, False, 100), (11, 30_000.0, False, 100),
+                                                                 (5, 400.0, True, 3), (2, 9_000.0, False, 1)])  # fmt: skip
+def test_the_publishing_path_writes_the_bytes_the_trade_objects_encode_to(
+    seed: int, rate: float, books: bool, max_batch: int
+) -> None:
+    """Oracle: the Trade objects of `next_market_window`, encoded by the codec; the feed's
+    columnar path (`next_wire_window`) must give the same messages, counts, ids and times, and
+    leave the books as they were."""
+    objects, columns = make(seed, rate, books=books, max_batch=max_batch), make(seed, rate, books=books,
+                                                                                max_batch=max_batch)  # fmt: skip
+    for _ in range(60):
+        expected, got = objects.next_market_window(), columns.next_wire_window()
+        assert [b.payload for b in got.trades] == [encode_trade_batch(b.venue, b.symbol, b.trades)
+                                                   for b in expected.trades]  # fmt: skip
+        assert [(b.venue, b.symbol, b.n_trades, b.last_id, b.first_ns, b.last_ns) for b in got.trades] == [
+            (b.venue, b.symbol, len(b.trades), b.trades[-1].trade_id, b.trades[0].event_ts_ns,
+             b.trades[-1].event_ts_ns) for b in expected.trades]  # fmt: skip
+        assert got.books == expected.books
+
+
+def test_a_limited_window_keeps_its_first_trades_in_order() -> None:
+    whole, cut = make(4, 5_000.0), make(4, 5_000.0)
+    rows = [row for b in whole.next_wire_window().trades for row in decode_trade_batch(b.payload)[2]]
+    kept = [row for b in cut.next_wire_window(limit=317).trades for row in decode_trade_batch(b.payload)[2]]
+    assert len(rows) > 317
+    assert kept == rows[:317]
+    assert cut.next_wire_window(limit=0).trades == []
+
+
+@pytest.mark.parametrize("places", [2, 4])
+def test_fixed_point_text_is_the_decimal_format(places: int) -> None:
+    text = FixedPointText(places, max_entries=50)  # small: the cache is cleared many times over
+    for units in [*range(1, 300), *(10**k + d for k in range(1, 19) for d in (-1, 0, 1)), 2**63 - 1]:
+        assert text[units] == format(Decimal(units).scaleb(-places), "f"), units
+        assert text[units] == format(Decimal(units).scaleb(-places), "f")  # from the cache, when kept
+    assert len(text) <= 50
 
 
 def test_trades_are_sane() -> None:
