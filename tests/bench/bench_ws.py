@@ -87,6 +87,7 @@ def run_server(port: int, bootstrap: str) -> None:
     import uvicorn
 
     from api.app import create_app
+    from api.main import settle_garbage_collector
     from api.ws import MarketFeed, MarketHub, install_market_websocket
     from infra.config.settings import Settings
     from tests.api.conftest import test_api_settings
@@ -174,6 +175,8 @@ def run_server(port: int, bootstrap: str) -> None:
         serving = asyncio.create_task(server.serve())
         while not server.started:
             await asyncio.sleep(0.01)
+        if bootstrap != "plain":
+            settle_garbage_collector()  # as `entasis api` serves (api/main.py run)
         print("READY", flush=True)
         await serving
         commander.cancel()
