@@ -53,8 +53,10 @@ def test_the_runner_output_is_deterministic() -> None:
     assert outputs[0] == outputs[1]
 
 
-@pytest.mark.parametrize(("seed", "rate", "books", "max_batch"), [(7, 50.0, False, 100), (11, 30_000.0, False, 100),
-                                                                 (5, 400.0, True, 3), (2, 9_000.0, False, 1)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("seed", "rate", "books", "max_batch"),
+    [(7, 50.0, False, 100), (11, 30_000.0, False, 100), (5, 400.0, True, 3), (2, 9_000.0, False, 1)],
+)
 def test_the_publishing_path_writes_the_bytes_the_trade_objects_encode_to(
     seed: int, rate: float, books: bool, max_batch: int
 ) -> None:
