@@ -51,14 +51,14 @@ def encode(venue: str, symbol: str, trades: Sequence[Trade]) -> bytes:
         [t.trade_id, format(t.price, "f"), format(t.size, "f"), t.side.value, t.event_ts_ns, t.recv_ts_ns]
         for t in trades
     ]
-    return orjson.dumps({VERSION_KEY: TRADE_BATCH, "venue": venue, "symbol": symbol, "trades": rows})
+    return _message(venue, symbol, rows)
 
 
 def encode_rows(venue: str, symbol: str, rows: Sequence[TradeRow]) -> bytes:
     """The same message from decoded rows (benchmarks, re-publishing)."""
     trades = [[r.trade_id, format(r.price, "f"), format(r.size, "f"), r.side, r.event_ts_ns, r.recv_ts_ns]
               for r in rows]
-    return orjson.dumps({VERSION_KEY: TRADE_BATCH, "venue": venue, "symbol": symbol, "trades": trades})
+    return _message(venue, symbol, trades)
 
 
 def encode_columns(
@@ -73,7 +73,11 @@ def encode_columns(
 ) -> bytes:
     """The same message from columns of wire values (decimal text, side names): no row object
     built per trade, for a feed that publishes at a million trades a second."""
-    rows = list(zip(trade_ids, prices, sizes, sides, event_ns, recv_ns, strict=True))
+    return _message(venue, symbol, list(zip(trade_ids, prices, sizes, sides, event_ns, recv_ns, strict=True)))
+
+
+def _message(venue: str, symbol: str, rows: Sequence[Sequence[Any]]) -> bytes:
+    """The one place the `trade_batch.v1` envelope is written; `rows` already hold wire values."""
     return orjson.dumps({VERSION_KEY: TRADE_BATCH, "venue": venue, "symbol": symbol, "trades": rows})
 
 
