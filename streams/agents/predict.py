@@ -17,6 +17,7 @@ tables absorb. The models' work runs in a worker thread, so the event loop keeps
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,9 +48,10 @@ class PredictAgentState(PredictProcessor):
     """The processor, with the streams' predictors and the I/O: `store` holds the checkpoints,
     `loader` the stored final candles (None: no replay; tests, no database)."""
 
-    def __init__(self, config: PredictAgentConfig, store: ModelStore, loader: BarLoader | None = None) -> None:
+    def __init__(self, config: PredictAgentConfig, store: ModelStore, loader: BarLoader | None = None,
+                 models_ready: Future[None] | None = None) -> None:
         super().__init__(config)
-        self.store, self.loader = store, loader
+        self.store, self.loader, self.models_ready = store, loader, models_ready
         self.streams: KeyedState[tuple[str, str], PredictStream] = KeyedState()
 
     async def fold(self, view: CandleView, partition: Any = None) -> list[PredictionEvent]:
@@ -57,7 +59,8 @@ class PredictAgentState(PredictProcessor):
         if not self.admit(view):
             return []
         key = (view.venue, view.symbol)
-        s, new = await self.streams.get_or_load(key, partition, lambda: model_store.open_stream(self.store, self, *key))
+        s, new = await self.streams.get_or_load(
+            key, partition, lambda: model_store.open_stream(self.store, self, *key, self.models_ready))
         replay = await model_store.stored_bars(self.loader, self.config, *key, self.replay_window(s, view, new))
         if self.is_redelivery(s, view, replay):
             return []
@@ -89,9 +92,9 @@ def register_predict_agent(app: Any, settings: Any, *, candle_topic: Any, predic
     imbalance feature of the next candles) and the rebalance hook on `app`. `emit`, `store` and
     `loader` replace publishing, the ClickHouse checkpoint store and the stored-candle loader (tests)."""
     config = config or PredictAgentConfig.from_settings(settings)
-    model_store.one_torch_thread(config)
     state = PredictAgentState(config, store if store is not None else ClickHouseModelStore(sink),
-                              loader if loader is not None else ClickHouseBarLoader(sink))
+                              loader if loader is not None else ClickHouseBarLoader(sink),
+                              models_ready=model_store.prepare_models(config))
     agents = {
         # the checkpoint comes after publishing: a crash in between re-folds the same candles, same events
         "predict": app.agent(candle_topic, name="predict")(candle_agent(

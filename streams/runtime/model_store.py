@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future
 from typing import Protocol
 
 from streams.core.predict.engine import CheckpointError, StreamPredictor, decode_checkpoint
@@ -42,10 +44,14 @@ class MemoryModelStore:
         self.saved[(venue, symbol, interval)] = (last_open_ns, blob)
 
 
-async def load_predictor(store: ModelStore, config: PredictAgentConfig, venue: str, symbol: str) -> StreamPredictor:
+async def load_predictor(store: ModelStore, config: PredictAgentConfig, venue: str, symbol: str,
+                         models_ready: Future[None] | None = None) -> StreamPredictor:
     """The stream's checkpointed predictor, a fresh one when it has none, or a fresh one marked
-    `load_failed` when the store stays unreachable or the checkpoint cannot be decoded."""
+    `load_failed` when the store stays unreachable or the checkpoint cannot be decoded. Models are
+    built off the event loop, once `models_ready` (`prepare_models`) is done."""
     core = config.core()
+    if models_ready is not None:
+        await asyncio.wrap_future(models_ready)
     error = "no attempt"
     for attempt in range(config.load_attempts):
         try:
@@ -56,19 +62,20 @@ async def load_predictor(store: ModelStore, config: PredictAgentConfig, venue: s
             await asyncio.sleep(config.retry_delay_s * (attempt + 1))
             continue
         if blob is None:
-            return StreamPredictor(core)
+            return await asyncio.to_thread(StreamPredictor, core)
         try:
             return await asyncio.to_thread(decode_checkpoint, blob, core)
         except CheckpointError as exc:
             error = str(exc)
             break
     log.error("prediction models of %s:%s start from scratch (AI_001 until warm): %s", venue, symbol, error)
-    return StreamPredictor(core, load_error=error)
+    return await asyncio.to_thread(StreamPredictor, core, load_error=error)
 
 
-async def open_stream(store: ModelStore, processor: PredictProcessor, venue: str, symbol: str) -> PredictStream:
+async def open_stream(store: ModelStore, processor: PredictProcessor, venue: str, symbol: str,
+                      models_ready: Future[None] | None = None) -> PredictStream:
     """A stream seen for the first time since the start (or since its partition came back)."""
-    return processor.opened(await load_predictor(store, processor.config, venue, symbol))
+    return processor.opened(await load_predictor(store, processor.config, venue, symbol, models_ready))
 
 
 async def stored_bars(loader: BarLoader | None, config: PredictAgentConfig, venue: str, symbol: str,
@@ -89,9 +96,33 @@ async def save_predictor(store: ModelStore, interval: str, venue: str, symbol: s
     stream.checkpointed_ns = last
 
 
-def one_torch_thread(config: PredictAgentConfig) -> None:
-    """One thread for torch's models: the worker runs many streams side by side."""
-    if "lstm" in config.models:
-        from streams.core.predict.lstm import limit_torch_threads
+def prepare_models(config: PredictAgentConfig) -> Future[None] | None:
+    """Import the libraries of the configured models in a background thread (river's ensemble,
+    torch with the compiler package its optimisers import on their first use) and keep torch to
+    one intra-op thread (the worker runs many streams side by side); None when there is nothing
+    to import. The future is done when that is over, failed or not.
 
-        limit_torch_threads(1)
+    Why a thread: these imports take 3-4 s. At the first candle of the first stream they stalled
+    the event loop, so every agent (bench_pipeline: no row stored for ~2.8 s mid-run); in the
+    worker's build they lengthened its start-up. Started while the worker builds, they overlap
+    Faust's start-up and group join, which mostly wait on the broker."""
+    if not config.models:
+        return None
+    done: Future[None] = Future()
+
+    def load() -> None:
+        try:
+            if "ensemble" in config.models:
+                import streams.core.predict.ensemble  # noqa: F401
+            if "lstm" in config.models:
+                from streams.core.predict.lstm import import_optimiser_compiler, limit_torch_threads
+
+                limit_torch_threads(1)
+                import_optimiser_compiler()
+        except Exception:  # the first model built imports again and fails there, with its stream
+            log.exception("the prediction models' libraries could not be imported in the background")
+        finally:
+            done.set_result(None)
+
+    threading.Thread(target=load, name="model-imports", daemon=True).start()
+    return done
