@@ -292,6 +292,17 @@ _MILESTONES = (
 )
 
 
+def spawn_worker(settings: Settings, log: Path, served: bool) -> subprocess.Popen[bytes]:
+    """`entasis worker` on the run's settings; only a `served` one serves its metrics (one port)."""
+    env = child_env(settings)
+    if not served:
+        env["ENTASIS_WORKER_METRICS_PORT"] = "0"
+    with log.open("wb") as fh:
+        # INFO only for Faust's one "Ready" line at the end of start-up; nothing per message.
+        return subprocess.Popen([sys.executable, "-m", "infra.cli", "worker", "--loglevel", "info"],
+                                env=env, stdout=fh, stderr=subprocess.STDOUT)
+
+
 def startup_milestones(log: bytes, spawned_wall: float) -> dict[str, float]:
     """Seconds from the worker's spawn to each start-up milestone its log shows (first occurrence)."""
     found: dict[str, float] = {}
@@ -335,15 +346,16 @@ def scraping(settings: Settings, every_s: float) -> Iterator[list[int]]:
 
 def run_pipeline(settings: Settings, feed: Feed, rate: float, work: Path, pids: dict[str, int],
                  children: list[subprocess.Popen[bytes]], timeout_s: float, profile: Path | None = None,
-                 scrape_every_s: float = 0.0) -> PipelineRun:
+                 scrape_every_s: float = 0.0, n_workers: int = 1) -> PipelineRun:
     with scraping(settings, scrape_every_s) as scrapes:
-        out = _run_pipeline(settings, feed, rate, work, pids, children, timeout_s, profile)
+        out = _run_pipeline(settings, feed, rate, work, pids, children, timeout_s, profile, n_workers)
     out.scrapes = len(scrapes)
     return out
 
 
 def _run_pipeline(settings: Settings, feed: Feed, rate: float, work: Path, pids: dict[str, int],
-                  children: list[subprocess.Popen[bytes]], timeout_s: float, profile: Path | None) -> PipelineRun:
+                  children: list[subprocess.Popen[bytes]], timeout_s: float, profile: Path | None,
+                  n_workers: int) -> PipelineRun:
     out = PipelineRun()
     prepare(settings)
     out.expected_candles = expected_candles(feed, settings)
@@ -360,11 +372,10 @@ def _run_pipeline(settings: Settings, feed: Feed, rate: float, work: Path, pids:
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         own_before = time.process_time()
         spawned, spawned_wall = time.monotonic(), time.time()
-        with log.open("wb") as fh:
-            # INFO only for Faust's one "Ready" line at the end of start-up; nothing per message.
-            worker = subprocess.Popen([sys.executable, "-m", "infra.cli", "worker", "--loglevel", "info"],
-                                      env=child_env(settings), stdout=fh, stderr=subprocess.STDOUT)
-        children.append(worker)
+        workers = [spawn_worker(settings, work / f"worker-{i}.log" if i else log, served=i == 0)
+                   for i in range(n_workers)]
+        children.extend(workers)
+        worker = workers[0]
         profiler = start_profiler(worker.pid, profile) if profile is not None else None
         if profiler is not None:
             children.append(profiler)
@@ -378,15 +389,16 @@ def _run_pipeline(settings: Settings, feed: Feed, rate: float, work: Path, pids:
         # Trades: sample the growing row count (no FINAL: cheap, from part metadata), and once it
         # reaches the feed's size ask wait_until_stored, which checks the last trade id of each stream.
         while True:
-            if worker.poll() is not None:
-                raise RuntimeError(f"worker exited with {worker.returncode}; log:\n{log.read_text()[-3000:]}")
+            for w in workers:
+                if w.poll() is not None:
+                    raise RuntimeError(f"a worker exited with {w.returncode}; log:\n{log.read_text()[-3000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"trades not stored within {timeout_s:.0f}s; log:\n{log.read_text()[-3000:]}")
             count = int(client.command("SELECT count() FROM trades"))  # type: ignore[arg-type]
             out.samples.append((elapsed(), count))
             if count and first_rows_s is None:
                 first_rows_s, out.first_rows = elapsed(), count
-                worker_cpu_at_first = cpu_seconds(worker.pid)
+                worker_cpu_at_first = sum(cpu_seconds(w.pid) for w in workers)
             if count >= feed.trades and wait_until_stored(settings, result, timeout_s=1.0):
                 trades_done_s = elapsed()
                 break
@@ -400,7 +412,7 @@ def _run_pipeline(settings: Settings, feed: Feed, rate: float, work: Path, pids:
                 raise RuntimeError(f"{out.stored_candles} of {out.expected_candles} candles within {timeout_s:.0f}s")
             time.sleep(0.05)
         out.cpu_s = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
-        out.cpu_s["worker"] = cpu_seconds(worker.pid)
+        out.cpu_s["worker"] = sum(cpu_seconds(w.pid) for w in workers)
         # Busy share of one core once past start-up: near 1.0 means CPU-bound on the event loop.
         assert first_rows_s is not None
         out.worker_steady_cpu_share = (out.cpu_s["worker"] - worker_cpu_at_first) / (trades_done_s - first_rows_s)
@@ -410,7 +422,7 @@ def _run_pipeline(settings: Settings, feed: Feed, rate: float, work: Path, pids:
         out.stored_trades = int(client.command("SELECT count() FROM trades FINAL"))  # type: ignore[arg-type]
     finally:
         client.close()
-    out.worker_exit = stop_process(worker)
+    out.worker_exit = max(stop_process(w) for w in workers)
     if profiler is not None:
         try:
             profiler.wait(timeout=60)  # it writes its output once the worker is gone
@@ -674,6 +686,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="simulated trades/s of event time per symbol; sets the batching "
                              "(default 20000: ~95 a message)")
     parser.add_argument("--raw-repeat", type=int, default=3, help="baseline runs; the best is reported")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes sharing the partitions, one consumer group (default 1)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds the worker may take")
     parser.add_argument("--json", help="also write the figures as JSON to this path")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, database)")
@@ -706,7 +720,8 @@ def main(argv: list[str] | None = None) -> int:
                 if len(modes) > 1:
                     print(f"  pipeline run {i + 1}/{len(modes)}: metrics {mode}", file=sys.stderr)
                 runs.append((mode, run_pipeline(settings, feed, args.rate, work, pids, children, args.timeout,
-                                                profile, scrape_every_s=args.scrape_every if mode == "on" else 0.0)))
+                                                profile, scrape_every_s=args.scrape_every if mode == "on" else 0.0,
+                                                n_workers=args.workers)))
         # the table and figures of one run as before: the last one with metrics as asked
         shown = next(run for mode, run in reversed(runs) if mode == ("on" if args.metrics == "both" else args.metrics))
         figures = report(feed, raw, shown, import_s)
