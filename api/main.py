@@ -20,7 +20,6 @@ suites with forward secrecy only (TLS 1.3 suites are all AEAD).
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import ipaddress
 import logging
 from pathlib import Path
@@ -37,6 +36,7 @@ from api.tls import check_tls_files
 from api.workers import listening_socket
 from api.ws.protocol import MAX_CLIENT_MESSAGE_BYTES
 from infra.config.api import DEV_JWT_SECRET, ApiSettings
+from infra.config.collector import settle_garbage_collector
 from infra.config.settings import Settings, get_settings
 
 logger = logging.getLogger("api")
@@ -208,19 +208,6 @@ def uvicorn_config(
         # own proxy-header handling would rewrite the peer address before we see it.
         proxy_headers=False,
     )
-
-
-def settle_garbage_collector() -> None:
-    """Before serving: everything imported and built so far (a few hundred thousand objects of
-    FastAPI, pydantic, numpy and the app) is moved out of the collector's reach, since it lives as
-    long as the process, and the youngest generation is collected every 20,000 allocations rather
-    than 700. A request allocates a few hundred objects, so the default collected young objects
-    every other request and, now and then, walked every module of the process. On this machine
-    (bench_rest, same run): price p99 at ~1,000 req/s 6.2 -> 5.4 ms, history p99 at 200 req/s
-    16.2 -> 10.6 ms, price closed loop 7.1k -> 8.2k req/s. Cyclic garbage is still collected."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
 
 
 def run(

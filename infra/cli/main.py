@@ -79,11 +79,13 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
+    from infra.config.collector import settle_garbage_collector
     from streams.app import build_worker
 
     if is_run(settings):
         replay_cli.prepare_run(settings)  # a run's worker may start before anything else of the run
     worker = build_worker(settings)
+    settle_garbage_collector()  # the worker's hot path allocates several hundred objects a message
     faust.Worker(worker.app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
     return 0
 

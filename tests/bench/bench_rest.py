@@ -124,7 +124,8 @@ def serve(mode: str, port: int, url: str, database: str, cert: str, key: str) ->
     import uvicorn
     from fastapi import FastAPI
 
-    from api.main import settle_garbage_collector, uvicorn_config
+    from api.main import uvicorn_config
+    from infra.config.collector import settle_garbage_collector
     from tests.api.conftest import test_api_settings
 
     settings = test_api_settings(

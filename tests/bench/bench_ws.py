@@ -87,8 +87,8 @@ def run_server(port: int, bootstrap: str) -> None:
     import uvicorn
 
     from api.app import create_app
-    from api.main import settle_garbage_collector
     from api.ws import MarketFeed, MarketHub, install_market_websocket
+    from infra.config.collector import settle_garbage_collector
     from infra.config.settings import Settings
     from tests.api.conftest import test_api_settings
 
