@@ -208,6 +208,7 @@ class BookProcessor:
         logic raise costs that book a resync (from the next snapshot), never the worker."""
         self.messages += 1
         venue: Any = "unknown"
+        symbol: Any = "unknown"  # both named in the last handler, whatever raised before them
         try:
             venue, symbol, items = decode_book_message(raw)
             check_items(venue, symbol, items)
