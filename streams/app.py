@@ -34,11 +34,12 @@ from streams.agents.predict import register_predict_agent
 from streams.agents.quality import StaleFeedMonitor, StreamClock
 from streams.agents.risk import register_risk_agents
 from streams.agents.sinks import (
+    PortfolioEventSink,
     make_candle_sink,
     make_dead_letter_sink,
-    make_portfolio_event_sink,
     make_quality_sink,
     make_trade_sink,
+    portfolio_event_sink_agent,
 )
 from streams.agents.vwap import register_vwap_agent
 from streams.runtime.emit import routed, topic_emitter
@@ -195,10 +196,9 @@ def build_worker(
                                          admin_topic=app.topic(topics.PF_ADMIN.full_name(ns)),
                                          snapshots=ClickHousePortfolioSnapshotStore(sink))
     agents.update(portfolio.agents)
+    event_writer = PortfolioEventSink(sink, portfolio.state.signing_key, emit_dead, topics.PF_EVENTS.full_name(ns))
     agents["portfolio_event_sink"] = app.agent(app.topic(topics.PF_EVENTS.full_name(ns)), name="portfolio_event_sink")(
-        make_portfolio_event_sink(sink, batch, within, observe("portfolio_event_sink"),
-                                  signing_key=portfolio.state.signing_key, dead_letter=emit_dead,
-                                  source=topics.PF_EVENTS.full_name(ns))
+        portfolio_event_sink_agent(event_writer, batch, within, observe("portfolio_event_sink"))
     )
     vwap_agents, _ = register_vwap_agent(app, settings, candle_topic=candle_topics["1m"],
                                          vwap_topic=app.topic(topics.VWAP.full_name(ns)), sink=sink)
@@ -215,7 +215,11 @@ def build_worker(
     forget_on_revoke(app, state)
 
     # What the agents count already is read at scrape time (streams/runtime/metrics.py).
-    attach_state(metrics, lambda: app.monitor, state, sink.rows_written)
+    attach_state(metrics, lambda: app.monitor, state, sink.rows_written, forged=lambda: {
+        "portfolio_commands": portfolio.state.forged,  # refused by the agent
+        "portfolio_rebuild": portfolio.state.forged_events,  # skipped by its rebuild
+        "portfolio_event_sink": event_writer.forged,  # not stored
+    })
     track_assignment(app, metrics)
     metrics.database = DatabaseProbe(client_factory)  # `/readyz`: a client of its own, never the sink's
     if settings.worker.metrics_port:

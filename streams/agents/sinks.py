@@ -99,7 +99,13 @@ def make_portfolio_event_sink(sink: ClickHouseSink, batch: int, within: float,
         from infra.config.settings import get_settings, portfolio_signing_key
 
         signing_key = portfolio_signing_key(get_settings())
-    writer = PortfolioEventSink(sink, signing_key, dead_letter, source)
+    return portfolio_event_sink_agent(PortfolioEventSink(sink, signing_key, dead_letter, source), batch, within,
+                                      observe)
+
+
+def portfolio_event_sink_agent(writer: PortfolioEventSink, batch: int, within: float,
+                               observe: Observe | None = None) -> Agent:
+    """The agent body feeding `writer` (whose `forged` count the worker's metrics read)."""
 
     async def portfolio_event_sink(stream: Any) -> None:
         # events, not values: the signature travels in the headers

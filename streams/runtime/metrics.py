@@ -219,8 +219,9 @@ class WorkerStateCollector(Collector):
 
     `monitor`: Faust's Monitor sensor (messages by topic, read and end
     offsets per partition). `candles`: the candle agent's state (counters and, per stream, the
-    newest event time). `rows_written`: the sink's rows per table. `wall_ns`: the clock the
-    watermark delay is measured against."""
+    newest event time). `rows_written`: the sink's rows per table. `forged`: portfolio messages
+    without a valid signature, by where they were met (None: not counted here). `wall_ns`: the
+    clock the watermark delay is measured against."""
 
     def __init__(
         self,
@@ -228,17 +229,19 @@ class WorkerStateCollector(Collector):
         candles: Any,
         rows_written: Mapping[str, int],
         wall_ns: Callable[[], int] = time.time_ns,
+        forged: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self.monitor = monitor
         self.candles = candles
         self.rows_written = rows_written
         self.wall_ns = wall_ns
+        self.forged = forged
 
     def describe(self) -> Iterator[Any]:
         return iter(self._families())
 
     def collect(self) -> Iterator[Any]:
-        (received, lag, rows, candle_messages, candle_kinds, watermark) = families = self._families()
+        (received, lag, rows, candle_messages, candle_kinds, watermark, forged) = families = self._families()
         monitor = self.monitor()
         if monitor is not None:
             for topic, n in list(monitor.messages_received_by_topic.items()):
@@ -260,6 +263,9 @@ class WorkerStateCollector(Collector):
                 if newest is not None:
                     venue, symbol = key.split(":", 1)
                     watermark.add_metric([venue, symbol], (now_ns - newest) / 1e9)
+        if self.forged is not None:
+            for where, n in self.forged().items():
+                forged.add_metric([where], n)
         return iter(families)
 
     @staticmethod
@@ -285,6 +291,11 @@ class WorkerStateCollector(Collector):
                 "Wall time minus the newest event time the candles agent has seen, by stream.",
                 labels=["venue", "symbol"],
             ),
+            CounterMetricFamily(
+                "entasis_worker_forged_messages",
+                "Portfolio messages without a valid signature, by where they were met.",
+                labels=["where"],
+            ),
         )
 
 
@@ -305,11 +316,12 @@ def track_assignment(app: Any, metrics: WorkerMetrics) -> None:
 
 
 def attach_state(
-    metrics: WorkerMetrics, monitor: Callable[[], Any], candles: Any, rows_written: Mapping[str, int]
+    metrics: WorkerMetrics, monitor: Callable[[], Any], candles: Any, rows_written: Mapping[str, int],
+    forged: Callable[[], Mapping[str, int]] | None = None,
 ) -> None:
     """Add the scrape-time readers of the worker's state, and the process collector (CPU,
     memory, open files of this process), to `metrics`."""
-    metrics.registry.register(WorkerStateCollector(monitor, candles, rows_written))
+    metrics.registry.register(WorkerStateCollector(monitor, candles, rows_written, forged=forged))
     ProcessCollector(registry=metrics.registry)
 
 

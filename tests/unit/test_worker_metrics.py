@@ -119,6 +119,18 @@ def test_the_collector_reads_lag_per_partition_rows_and_watermark_delay_from_wha
     assert got[delay] == 2.5
     # a stream with no event yet has no delay to report
     assert not any(name.endswith("watermark_delay_seconds") and ("venue", "okx") in labels for name, labels in got)
+    assert not any(name.startswith("entasis_worker_forged") for name, _ in got)  # nobody counts them here
+
+
+def test_the_collector_reads_forged_portfolio_messages_by_where_they_were_met_at_each_scrape() -> None:
+    counts = {"portfolio_commands": 2, "portfolio_event_sink": 0}
+    metrics = WorkerMetrics()
+    metrics.registry.register(WorkerStateCollector(lambda: None, None, {}, forged=lambda: counts))
+    assert samples(metrics)[("entasis_worker_forged_messages_total", (("where", "portfolio_commands"),))] == 2
+    counts["portfolio_event_sink"] = 5  # read again at the next scrape, not copied once
+    got = samples(metrics)
+    assert got[("entasis_worker_forged_messages_total", (("where", "portfolio_event_sink"),))] == 5
+    assert got[("entasis_worker_forged_messages_total", (("where", "portfolio_commands"),))] == 2
 
 
 class Recording(BatchSink):
