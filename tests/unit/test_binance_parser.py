@@ -360,3 +360,33 @@ def test_any_corrupted_field_gives_events_or_parse_error(field: str, value: Any,
 def test_arbitrary_bytes_give_events_or_parse_error(raw: bytes) -> None:
     with contextlib.suppress(ParseError):
         parse_line(b"1 " + raw, "spot", "ETHUSDT")
+
+
+def test_level_values_read_before_never_let_a_bad_level_through() -> None:
+    """The parser remembers level values it has checked, by their text: a size of 0 (a removal)
+    read first must not make a price of 0 acceptable, nor a checked value a bad one of another
+    type or with more places; whatever it remembers, a level reads as a fresh parse would."""
+    def depth(bids: list[list[Any]]) -> bytes:
+        return line_of(with_data(DEPTH, b=bids, a=[]))
+
+    first = only(depth([["2671.65", "0"], ["2671.66", "0.00000000"]]), "usdm")
+    assert first.bids == ((Decimal("2671.65"), Decimal(0)), (Decimal("2671.66"), Decimal(0)))
+    for bad in (["0", "1"], ["0.00000000", "1"], ["2671.65", "-0.5"], ["2671.650000001", "1"],
+                ["2671.65", "0.000000001"], [2671.65, "1"], ["2671.65", 0], [["2671.65"], "1"], ["NaN", "1"]):
+        with pytest.raises(ParseError, match="level"):
+            parse_line(depth([["2671.65", "1"], bad]), "usdm", "ETHUSDT")
+    again = only(depth([["2671.65", "0"], ["1e3", "1"]]), "usdm")
+    assert again.bids == ((Decimal("2671.65"), Decimal(0)), (Decimal("1000"), Decimal(1)))
+    assert str(again.bids[1][0]) == "1E+3"  # the exchange's text, as Decimal reads it
+
+
+def test_the_remembered_level_values_stay_bounded() -> None:
+    from streams.core.venues import binance
+
+    many = [[f"{1 + i / 1e6:.6f}", f"{i / 1e8:.8f}"] for i in range(binance._LEVEL_CACHE_MAX + 1000)]
+    parsed = only(line_of(with_data(DEPTH, b=many, a=[])), "usdm")
+    assert len(binance._LEVEL_PRICES) <= binance._LEVEL_CACHE_MAX
+    assert len(binance._LEVEL_SIZES) <= binance._LEVEL_CACHE_MAX
+    # read in full all the same, each value as Decimal reads its text (digits and exponent)
+    assert [(p.as_tuple(), s.as_tuple()) for p, s in parsed.bids] == [
+        (Decimal(p).as_tuple(), Decimal(s).as_tuple()) for p, s in many]
