@@ -36,7 +36,7 @@ from schemas.events import BookDelta, BookSnapshot, PriceLevel
 from schemas.wire import encode_book_batch
 from schemas.wire_book import decode_book_message
 from streams.core.orderbook import SequencedBook, rules_for_venue
-from streams.core.venues.binance import Market, parse_line
+from streams.core.venues.binance import Market, forget_level_values, parse_line
 from tests.bench.report import report
 from tests.shared_data import BINANCE
 
@@ -171,11 +171,15 @@ def best_rates(works: dict[str, tuple[Callable[[], int], Callable[[], None] | No
 
 
 def reparse(s: DepthStream) -> Callable[[], None]:
-    """New event objects (fresh Decimals, no hash cached yet), as the parser hands them over."""
+    """New event objects (fresh Decimals, no hash cached yet), as the parser hands them over the
+    first time it meets each level's text. It remembers the values it has read and hands out the
+    same objects again (whose hash a book computed once); that is forgotten before every line
+    here, so the decoded figures measure the book on fresh keys, as before the parser did so."""
 
     def prepare() -> None:
         events: list[BookDelta | BookSnapshot] = []
         for line in s.lines:
+            forget_level_values()
             events += [e for e in parse_line(line, s.market, s.symbol) if isinstance(e, BookDelta | BookSnapshot)]
         s.events = events
 

@@ -325,6 +325,13 @@ _LEVEL_SIZES: dict[str, Decimal] = {}
 _LEVEL_CACHE_MAX: Final = 1 << 16
 
 
+def forget_level_values() -> None:
+    """Empty the remembered level values: the next levels are read as fresh `Decimal`s (a
+    benchmark that measures a book on fresh keys, whose hashes are not computed yet)."""
+    _LEVEL_PRICES.clear()
+    _LEVEL_SIZES.clear()
+
+
 def _levels(raw: Any, name: str) -> tuple[PriceLevel, ...]:
     if type(raw) is not list:
         raise ParseError(f"{name} must be a list of [price, size], got {type(raw).__name__}")
