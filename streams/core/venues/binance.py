@@ -362,18 +362,13 @@ def _levels(raw: Any, name: str) -> tuple[PriceLevel, ...]:
 
 
 def _level_value(text: Any, known: dict[str, Decimal], positive: bool) -> Decimal | None:
-    """A level's price (`positive`: above zero, below 1e30) or size (zero or more, below 1e20)
-    with at most 8 places, remembered in `known`; None if it is not one."""
-    value = Decimal(text)
-    if (
-        type(text) is not str
-        or not (_ZERO < value < _MAX_PRICE if positive else _ZERO <= value < _MAX_SIZE)
-        or _fit(value, _QUANT) != value
-    ):
-        return None
-    if len(known) >= _LEVEL_CACHE_MAX:
-        known.clear()
-    known[text] = value
+    """A level's price (`positive`: above zero, below 1e30) or size (zero or more, below 1e20),
+    remembered in `known`; None if it is not one."""
+    value = _decimal(text, _MAX_PRICE, zero_ok=False) if positive else _decimal(text, _MAX_SIZE, zero_ok=True)
+    if value is not None:
+        if len(known) >= _LEVEL_CACHE_MAX:
+            known.clear()
+        known[text] = value
     return value
 
 
@@ -381,26 +376,31 @@ def _bad_level(name: str, level: Any) -> ParseError:
     return ParseError(f"{name}: a level is [positive price, non-negative size] as decimal strings, got {level!r}")
 
 
-def _positive(text: Any, name: str) -> Decimal:
+def _decimal(text: Any, bound: Decimal, zero_ok: bool) -> Decimal | None:
+    """`text` read as a Decimal if it is a decimal string above zero (or zero, `zero_ok`), below
+    `bound`, with at most 8 places; else None."""
     if type(text) is str:
         try:
             value = Decimal(text)
-            if _ZERO < value < _MAX_PRICE and _fit(value, _QUANT) == value:
+            if (value >= _ZERO if zero_ok else value > _ZERO) and value < bound and _fit(value, _QUANT) == value:
                 return value
-        except InvalidOperation:
+        except InvalidOperation:  # not a number, or NaN compared
             pass
-    raise ParseError(f"{name} must be a positive decimal string, got {text!r}")
+    return None
+
+
+def _positive(text: Any, name: str) -> Decimal:
+    value = _decimal(text, _MAX_PRICE, zero_ok=False)
+    if value is None:
+        raise ParseError(f"{name} must be a positive decimal string, got {text!r}")
+    return value
 
 
 def _non_negative(text: Any, name: str, bound: Decimal) -> Decimal:
-    if type(text) is str:
-        try:
-            value = Decimal(text)
-            if _ZERO <= value < bound and _fit(value, _QUANT) == value:
-                return value
-        except InvalidOperation:
-            pass
-    raise ParseError(f"{name} must be a non-negative decimal string, got {text!r}")
+    value = _decimal(text, bound, zero_ok=True)
+    if value is None:
+        raise ParseError(f"{name} must be a non-negative decimal string, got {text!r}")
+    return value
 
 
 def _int(value: Any, name: str, bound: int = MAX_UPDATE_ID) -> int:
