@@ -1,7 +1,7 @@
 """WebSocket fan-out: `python -m tests.bench.bench_ws [--seconds 5] [--max-clients 1600]`.
 
 Tick-to-client latency: from the moment a trade batch is handed to the producer for the raw topic
-(`md.trades.v1`) to the moment a `websockets` client has parsed the `market` message carrying it.
+(`md.trades.v1`) to the moment a client (picows) has parsed the `market` message carrying it.
 The trade's price *is* its send time (seconds since the epoch, 6 decimals), so every process reads
 the latency off the message with no bookkeeping; the hosts share one clock (one machine).
 
@@ -12,10 +12,15 @@ channel, so each receives up to one message per tick.
 
 Reported: p50/p99 at 1k and 5k ticks/s with one client; then, at 1k ticks/s, 100 clients (the
 target: every update delivered, p99 < 15 ms, >= 100k deliveries/s per API process, see
-docs/architecture.md) and clients doubling from 200 until p99 passes 100 ms. Then the same
-figures for the anchor in the same run: a bare uvicorn fan-out (`plain_fanout_app`, ticks
-published in-process) with the same clients. Reported, never asserted. On a 2-core machine the
-client processes share the CPUs with the server, so the capacity figure is a lower bound.
+docs/architecture.md) and clients doubling from 200 until p99 passes 100 ms. Then the same with
+the ticks published inside the API (the fan-out alone, no broker hop), and the same figures for
+the anchor in the same run: a bare uvicorn fan-out (`plain_fanout_app`, ticks published
+in-process) with the same clients. Reported, never asserted. On a 2-core machine the client
+processes share the CPUs with the server, so the capacity figure is a lower bound.
+
+The producer is the ingest's own publisher (confluent-kafka, the connectors' linger) and the
+clients are picows: with aiokafka and `websockets` clients the bench's own processes took more
+CPU than the server (the plain anchor's p99 at 100 clients was 463 ms with them, 5 ms now).
 """
 
 from __future__ import annotations
@@ -193,37 +198,51 @@ def run_server(port: int, bootstrap: str) -> None:
 
 def run_clients(port: int, count: int, symbols: int, token: str) -> None:
     """Open `count` sockets, subscribe, print READY; then record latencies until stdin says STOP,
-    and print them (ms, one JSON list)."""
+    and print them (ms, one JSON list).
+
+    The clients are picows (frames parsed in C): they share the 2 cores with the server, so the
+    lighter they are the less they disturb what is measured (the `websockets` clients used before
+    took about as much CPU as the server at 100 clients). The same clients read both servers."""
+    import orjson
     import uvloop
-    from websockets.asyncio.client import connect
+    from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
     latencies: list[float] = []
     recording = False
+    subscribe = orjson.dumps({"action": "subscribe", "channel": "market",
+                              "symbols": [SYMBOL_FMT.format(i) for i in range(symbols)]})  # fmt: skip
 
-    async def client(ready: asyncio.Event) -> None:
-        async with connect(
-            f"ws://127.0.0.1:{port}/ws/market", additional_headers={"Authorization": f"Bearer {token}"},
-            compression=None, max_queue=None, ping_interval=None,
-        ) as ws:  # fmt: skip
-            await ws.send(json.dumps({"action": "subscribe", "channel": "market",
-                                      "symbols": [SYMBOL_FMT.format(i) for i in range(symbols)]}))  # fmt: skip
-            await ws.recv()
-            ready.set()
-            async for raw in ws:
-                if recording:
-                    price = json.loads(raw).get("price")
-                    if price is not None:
-                        latencies.append((time.time() - float(price)) * 1000)
+    class Client(WSListener):
+        def __init__(self) -> None:
+            self.ready = asyncio.get_running_loop().create_future()
+
+        def on_ws_connected(self, transport: WSTransport) -> None:
+            transport.send(WSMsgType.TEXT, subscribe)
+
+        def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+            if frame.msg_type == WSMsgType.PING:
+                transport.send_pong(frame.get_payload_as_bytes())
+                return
+            if frame.msg_type != WSMsgType.TEXT:
+                return
+            if not self.ready.done():  # the subscription's acknowledgement
+                self.ready.set_result(None)
+                return
+            if recording:
+                price = orjson.loads(frame.get_payload_as_bytes()).get("price")
+                if price is not None:
+                    latencies.append((time.time() - float(price)) * 1000)
 
     async def main() -> None:
         nonlocal recording
-        readies = []
-        tasks = []
+        url = f"ws://127.0.0.1:{port}/ws/market"
+        headers = {"Authorization": f"Bearer {token}"}
+        clients: list[tuple[WSTransport, Client]] = []
         for _ in range(count):
-            ready = asyncio.Event()
-            readies.append(ready)
-            tasks.append(asyncio.create_task(client(ready)))
-        await asyncio.gather(*(r.wait() for r in readies))
+            transport, listener = await ws_connect(Client, url, extra_headers=headers)
+            assert isinstance(listener, Client)
+            clients.append((transport, listener))
+        await asyncio.gather(*(listener.ready for _, listener in clients))
         print("READY", flush=True)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, sys.stdin.readline)  # START
@@ -231,8 +250,8 @@ def run_clients(port: int, count: int, symbols: int, token: str) -> None:
         await loop.run_in_executor(None, sys.stdin.readline)  # STOP
         recording = False
         print(json.dumps([round(x, 3) for x in latencies]), flush=True)
-        for task in tasks:
-            task.cancel()
+        for transport, _ in clients:
+            transport.disconnect()
 
     uvloop.run(main())
 
@@ -252,15 +271,13 @@ def _trade_batch(symbol: str, seq: int) -> bytes:
 
 
 async def produce(bootstrap: str, rate: float, seconds: float, symbols: int) -> int:
-    from aiokafka import AIOKafkaProducer
-
+    """Ticks into the raw topic through the ingest's own publisher (confluent-kafka, its default
+    linger of a few ms), as a connector sends them."""
     from schemas import topics
+    from streams.ingest.publisher import KafkaPublisher
 
     topic = topics.TRADES.full_name(NS)
-    # A few ms of batching, as the ingest does: one produce request per tick costs the broker more than
-    # the fan-out costs the API.
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, acks=1)
-    await producer.start()
+    publisher = KafkaPublisher(bootstrap)
     sent = 0
     try:
         start = time.perf_counter()
@@ -268,12 +285,12 @@ async def produce(bootstrap: str, rate: float, seconds: float, symbols: int) -> 
             due = int(elapsed * rate)
             while sent < due:
                 symbol = SYMBOL_FMT.format(sent % symbols)
-                await producer.send(topic, _trade_batch(symbol, sent), key=f"bench:{symbol}".encode())
+                publisher.publish(topic, f"bench:{symbol}".encode(), _trade_batch(symbol, sent))
                 sent += 1
             await asyncio.sleep(0.0005)
-        await producer.flush()
+        await asyncio.to_thread(publisher.flush)
     finally:
-        await producer.stop()
+        await asyncio.to_thread(publisher.close)
     return sent
 
 
@@ -392,11 +409,16 @@ async def drive(args: argparse.Namespace) -> None:
     if not args.direct:
         await asyncio.to_thread(create_topics, args.bootstrap, NS)
     api = await drive_one(args, "api", "direct" if args.direct else args.bootstrap)
+    # The API again with its ticks published in-process: the fan-out alone, without the broker
+    # hop (the embedded broker answers a fetch that found nothing after sleeping half its wait,
+    # docs/embedded.md), so the two parts of the latency are seen apart.
+    fanout = [] if args.direct or args.no_direct else await drive_one(args, "api-direct", "direct")
     if args.no_anchor:
         return
     anchor = await drive_one(args, "plain-anchor", "plain")
     by_clients = {(r["clients"], r["ticks_per_s"]): r for r in anchor}
     target = next((r for r in api if r["clients"] == 100), None)
+    direct = next((r for r in fanout if r["clients"] == 100), None)
     if target is not None:
         plain = by_clients.get((100, target["ticks_per_s"]), {})
         report(
@@ -412,6 +434,18 @@ async def drive(args: argparse.Namespace) -> None:
             "ws",
             "same: p99 raw topic -> client",
             target["p99_ms"],
+            "ms",
+            anchor="plain fan-out (in-process)",
+            anchor_value=plain.get("p99_ms"),
+            target="< 15 ms",
+            higher_is_better=False,
+        )
+    if direct is not None:
+        plain = by_clients.get((100, direct["ticks_per_s"]), {})
+        report(
+            "ws",
+            "same, ticks published in the API (fan-out alone): p99 tick -> client",
+            direct["p99_ms"],
             "ms",
             anchor="plain fan-out (in-process)",
             anchor_value=plain.get("p99_ms"),
@@ -451,6 +485,7 @@ def main() -> None:
     parser.add_argument("--bootstrap", default=os.environ.get("ENTASIS_TEST_KAFKA_BOOTSTRAP"))
     parser.add_argument("--direct", action="store_true", help="no broker: ticks published in the API process")
     parser.add_argument("--no-anchor", action="store_true", help="skip the plain fan-out anchor")
+    parser.add_argument("--no-direct", action="store_true", help="skip the fan-out-alone run")
     args = parser.parse_args()
     broker = None
     if not args.bootstrap and not args.direct:
