@@ -55,7 +55,7 @@ from typing import Any, Final, NamedTuple
 from schemas.book_ticker import BookTicker
 from schemas.codecs import book
 from schemas.events import BookDelta, BookSnapshot, PriceLevel, QualityEvent, QualityKind
-from streams.core.trusted import trusted
+from schemas.trusted import trusted
 from streams.core.venues.contract import BookRules
 from streams.core.venues.registry import VENUES, book_rules
 

@@ -37,7 +37,7 @@ from typing import Final
 import numpy as np
 
 from schemas.events import BookDelta, BookSnapshot, PriceLevel
-from streams.core.trusted import trusted
+from schemas.trusted import trusted
 
 BOOK_LEVELS: Final = 120  # per side: top N up to 100 is always there, even after a level is emptied
 LEVEL_STEP: Final = 3e-5  # grid step, relative to the start price

@@ -31,9 +31,9 @@ import numpy as np
 from schemas.codecs import trades as trades_codec
 from schemas.events import BookDelta, BookSnapshot, Side, Trade
 from schemas.symbols import normalize_symbol
+from schemas.trusted import trusted
 from streams.core.batching import TradeBatch
 from streams.core.simulated_book import SimulatedBook
-from streams.core.trusted import trusted
 
 SIM_VENUE: Final = "sim"
 _TICK: Final = 0.01
