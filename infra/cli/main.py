@@ -132,6 +132,8 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     from infra.config.settings import development_jwt_secret
 
     scopes = [s for part in (args.scope or [" ".join(KNOWN_SCOPES)]) for s in part.split()]
+    if args.data_dir:  # `up --data-dir X`'s development secret lives in X
+        settings = settings.model_copy(update={"data_dir": Path(args.data_dir)})
     try:
         api_settings = settings.api
         # no secret configured: the data directory's random development secret (made on first use)
@@ -456,6 +458,7 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--scope", action="append",
                        help="scopes, space-separated or repeated (default: all four)")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until `exp` (default 3600)")
+    token.add_argument("--data-dir", help="the data directory whose development secret signs (default .entasis)")
     token.set_defaults(func=cmd_token)
 
     keys = sub.add_parser("keys", help="API keys: create, list, revoke")

@@ -319,12 +319,12 @@ class Stack:
                   f"{self.data_dir / 'logs'}; Ctrl-C stops.\n"
                   f"DEVELOPMENT MODE: self-signed certificate {self.tls_cert} "
                   f"({'new' if self.tls_created else 'reused'}), development JWT secret, every client address "
-                  f"allowed. Try:\n  TOKEN=$(.venv/bin/entasis token)\n  curl --cacert {self.tls_cert} "
+                  f"allowed. Try:\n  TOKEN=$(.venv/bin/entasis token{self._data_dir_flag()})\n"
+                  f"  curl --cacert {self.tls_cert} "
                   f"-H \"Authorization: Bearer $TOKEN\" {base}/api/v1/market/price/ETH-USDT\n"
                   f"Metrics: API {base}/metrics, worker {worker_base}/metrics"
                   + (f", connectors {connector_base}/metrics" if connector_base else "")
-                  + "\nStatus: .venv/bin/entasis status"
-                  + ("" if self.data_dir.resolve() == Path(".entasis").resolve() else f" --data-dir {self.data_dir}"),
+                  + f"\nStatus: .venv/bin/entasis status{self._data_dir_flag()}",
                   flush=True)
             while not feed_done.wait(0.5):
                 self._check_children()
@@ -358,6 +358,10 @@ class Stack:
                       connectors=connectors, bootstrap=s.kafka_bootstrap, namespace=s.topic_namespace,
                       clickhouse_url=s.clickhouse.url, clickhouse_database=s.clickhouse.database,
                       data_dir=str(self.data_dir.resolve()), stale_feed_seconds=s.stale_feed_seconds)
+
+    def _data_dir_flag(self) -> str:
+        """What the printed commands need to find this run's data directory."""
+        return "" if self.data_dir.resolve() == Path(".entasis").resolve() else f" --data-dir {self.data_dir}"
 
     def _api_getter(self, base: str) -> Getter:
         """The readiness probe's client: the API's own certificate and a short-lived token for

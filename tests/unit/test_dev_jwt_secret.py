@@ -70,3 +70,22 @@ def test_production_has_no_development_secret(tmp_path: Path) -> None:
         issue_token(UNCONFIGURED, "alice")
     with pytest.raises(ApiError):
         JwtVerifier(UNCONFIGURED, dev=True).verify(jwt.encode({"sub": "a"}, "x" * 40, algorithm="HS256"))
+
+
+def test_entasis_token_signs_with_the_secret_of_the_data_directory_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`up --data-dir X` runs a --dev API on X's secret: `entasis token --data-dir X` must sign with it
+    (without the flag it signed with .entasis's, and `up`'s printed example was refused)."""
+    from infra.cli.main import main
+
+    monkeypatch.chdir(tmp_path)  # the default data directory, .entasis, is relative
+    for name in [n for n in os.environ if n.startswith("ENTASIS_")]:
+        monkeypatch.delenv(name)
+    given = tmp_path / "elsewhere"
+    assert main(["token", "--account", "bob", "--data-dir", str(given)]) == 0
+    token = capsys.readouterr().out.strip()
+    secret = (given / DEV_JWT_SECRET_FILE).read_text().strip()
+    assert jwt.decode(token, secret, algorithms=["HS256"])["sub"] == "bob"  # the oracle
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, development_jwt_secret(Settings(data_dir=tmp_path / ".entasis")), algorithms=["HS256"])
