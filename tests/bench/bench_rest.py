@@ -237,6 +237,15 @@ def wait_ready(base: str, cert: Path, timeout_s: float = 60) -> None:
     raise RuntimeError("server did not start")
 
 
+def install_wrk() -> None:
+    """Debian's wrk, as the test script installs what its tests need (a fresh machine has none)."""
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    print("wrk not found: installing it (apt-get install wrk)", flush=True)
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
+        if subprocess.run([*sudo, *command], stdout=subprocess.DEVNULL).returncode != 0:
+            return
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
         serve(sys.argv[2], int(sys.argv[3]), *sys.argv[4:8])
@@ -249,6 +258,8 @@ def main() -> None:
     parser.add_argument("--modes", default="hello,store,memory,hello")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measured path")
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        install_wrk()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
 
