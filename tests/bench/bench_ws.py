@@ -403,6 +403,11 @@ async def drive_one(args: argparse.Namespace, label: str, mode: str) -> list[dic
     return results
 
 
+def report_p99(figure: str, row: dict[str, Any], plain: dict[str, Any]) -> None:
+    report("ws", figure, row["p99_ms"], "ms", anchor="plain fan-out (in-process)", anchor_value=plain.get("p99_ms"),
+           target="< 15 ms", higher_is_better=False)
+
+
 async def drive(args: argparse.Namespace) -> None:
     from infra.cli.topics import create_topics
 
@@ -430,28 +435,10 @@ async def drive(args: argparse.Namespace) -> None:
             anchor_value=plain.get("deliveries_per_s"),
             target="every update, >= 100k/s per process",
         )
-        report(
-            "ws",
-            "same: p99 raw topic -> client",
-            target["p99_ms"],
-            "ms",
-            anchor="plain fan-out (in-process)",
-            anchor_value=plain.get("p99_ms"),
-            target="< 15 ms",
-            higher_is_better=False,
-        )
+        report_p99("same: p99 raw topic -> client", target, plain)
     if direct is not None:
-        plain = by_clients.get((100, direct["ticks_per_s"]), {})
-        report(
-            "ws",
-            "same, ticks published in the API (fan-out alone): p99 tick -> client",
-            direct["p99_ms"],
-            "ms",
-            anchor="plain fan-out (in-process)",
-            anchor_value=plain.get("p99_ms"),
-            target="< 15 ms",
-            higher_is_better=False,
-        )
+        report_p99("same, ticks published in the API (fan-out alone): p99 tick -> client", direct,
+                   by_clients.get((100, direct["ticks_per_s"]), {}))
     peak = max(api, key=lambda r: r["deliveries_per_s"])
     report(
         "ws",
