@@ -66,6 +66,21 @@ class Worker:
     metrics: WorkerMetrics
 
 
+# Faust stops fetching a partition once an agent's buffer is 80 % full, but still delivers what
+# the last poll returned, and while a full buffer takes it every partition waits. The history a
+# fresh `up` imports (90 days: ~9,500 candle messages in one poll) overran the risk and prediction
+# agents' 4,096 and held trade storage up for a minute. Candle messages are small (~0.4 KB), so
+# their agents buffer 32,768, and no poll returns more than the 20 % headroom above the mark.
+CANDLE_BUFFER = 32_768
+MAX_POLL_RECORDS = 5_000
+
+
+def candle_topic(app: faust.App, *names: str) -> Any:
+    """A topic whose agents buffer `CANDLE_BUFFER` messages (`app.topic` drops its `maxsize`
+    argument in faust-streaming 0.15.3, so the topic is built directly)."""
+    return faust.Topic(app, topics=list(names), maxsize=CANDLE_BUFFER)
+
+
 def faust_settings(settings: Settings) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "broker": f"kafka://{settings.kafka_bootstrap}",
@@ -80,6 +95,8 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         # Raw messages carry ~100 trades: a 1 MB per-partition fetch cap (Faust's default)
         # left the worker idle between fetches (tests/bench/bench_pipeline.py).
         "consumer_max_fetch_size": 16 * 1024 * 1024,
+        # Bounds what one poll hands the agents: see CANDLE_BUFFER
+        "broker_max_poll_records": MAX_POLL_RECORDS,
         # The candles agent acknowledges only what a stored checkpoint covers (see
         # streams/agents/candles.py); waiting for the rest at shutdown or rebalance would hang.
         "stream_wait_empty": False,
@@ -112,8 +129,8 @@ def build_worker(
     (Path(settings.data_dir) / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(settings.worker.id, **faust_settings(settings))
     trades_topic = app.topic(topics.TRADES.full_name(ns))
-    candle_topics = {iv: app.topic(spec.full_name(ns)) for iv, spec in topics.CANDLES.items()}
-    all_candles = app.topic(*(spec.full_name(ns) for spec in topics.CANDLES.values()))
+    candle_topics = {iv: candle_topic(app, spec.full_name(ns)) for iv, spec in topics.CANDLES.items()}
+    all_candles = candle_topic(app, *(spec.full_name(ns) for spec in topics.CANDLES.values()))
     quality_topic = app.topic(topics.QUALITY.full_name(ns))
     dead_topic = app.topic(topics.DEAD_LETTER.full_name(ns))
 
