@@ -13,6 +13,7 @@ from typing import Any
 
 import faust
 from clickhouse_connect.driver.client import Client
+from faust.tables import TableManager
 
 from infra.config.kafka import ssl_context
 from infra.config.settings import Settings
@@ -81,12 +82,25 @@ def candle_topic(app: faust.App, *names: str) -> Any:
     return faust.Topic(app, topics=list(names), maxsize=CANDLE_BUFFER)
 
 
+class PromptTableManager(TableManager):  # type: ignore[misc]
+    """Faust's table manager without its fixed one-second wait before table recovery starts
+    (`faust/tables/manager.py` `on_start`: it gives tables declared late a chance to register;
+    every table here is declared before the app starts, and the worker has none). Recovery gates
+    the first fetch, so the wait was a second of every worker start."""
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
+
+
 def faust_settings(settings: Settings) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "broker": f"kafka://{settings.kafka_bootstrap}",
         "value_serializer": "raw",
         "key_serializer": "raw",
         "store": "memory://",
+        "TableManager": PromptTableManager,
         "topic_disable_leader": True,  # no hidden leader topic: every topic is declared in schemas.topics
         "topic_allow_declare": False,  # topics are created up front by `entasis topics create`
         "consumer_auto_offset_reset": "earliest",
