@@ -39,4 +39,3 @@ def test_every_candle_agent_takes_a_whole_poll_past_its_pause_mark_without_filli
     for name, queue in queues.items():
         headroom = queue.maxsize - queue.pressure_high_size
         assert poll <= headroom, f"{name}: a poll of {poll} overruns the {headroom} messages above its pause mark"
-
