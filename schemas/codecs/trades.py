@@ -115,6 +115,21 @@ _QUANT = Decimal(1).scaleb(-MAX_DECIMALS)
 _fit = Context(prec=38, traps=[InvalidOperation]).quantize
 
 
+# Prices and sizes already read and checked, by their text. A stream's trades repeat the same
+# prices (one tick grid) and many sizes, and a hit skips Decimal(), the bounds and the 8-places
+# check: most of `decode`'s cost per trade (tests/bench/bench_candles.py). Only values that passed
+# are kept, so a hit is valid; each holds at most _KNOWN_MAX texts (cleared when full).
+_PRICES: dict[str, Decimal] = {}
+_SIZES: dict[str, Decimal] = {}
+_KNOWN_MAX = 1 << 16
+
+
+def forget_known_values() -> None:
+    """Empty the remembered prices and sizes (a benchmark measuring fresh values, a test)."""
+    _PRICES.clear()
+    _SIZES.clear()
+
+
 def decode(raw: bytes) -> tuple[str, str, list[TradeRow]]:
     """Fast decode for agents: (venue, symbol, rows). Raises WireError on anything malformed."""
     try:
@@ -128,27 +143,56 @@ def decode(raw: bytes) -> tuple[str, str, list[TradeRow]]:
         if any(type(r[0]) is not str or type(r[1]) is not str or type(r[2]) is not str
                or type(r[4]) not in _TIME or type(r[5]) not in _TIME for r in trades):  # fmt: skip
             raise WireError(f"malformed {TRADE_BATCH}: ids, prices and sizes must be strings, times numbers")
-        # tuple.__new__ builds the same TradeRow without the Python-level __new__ that
-        # NamedTuple generates: decode runs ~20 % faster (tests/bench/bench_candles.py).
-        rows = [
-            _new_row(TradeRow, (r[0], Decimal(r[1]), Decimal(r[2]), r[3], int(r[4]), int(r[5])))
-            for r in trades
-        ]
-        for row in rows:
-            price, size, ets, rts = row.price, row.size, row.event_ts_ns, row.recv_ts_ns
-            # inline bounds first (the hot path); schemas.limits names the problem when one fails
-            if not (0 < price < MAX_PRICE and 0 < size < MAX_SIZE and 0 <= ets <= MAX_TIME_NS
-                    and 0 <= rts <= MAX_TIME_NS):
-                raise WireError(f"trade {row.trade_id}: {trade_problem(price, size, ets, rts)}")
-            if row.side not in _SIDES:
-                raise WireError(f"trade {row.trade_id}: side must be one of {SIDES}, got {row.side!r:.20}")
-            if _fit(price, _QUANT) != price or _fit(size, _QUANT) != size:
-                raise WireError(f"trade {row.trade_id}: more than {MAX_DECIMALS} decimal places")
+        known_price, known_size = _PRICES.get, _SIZES.get
+        rows: list[TradeRow] = []
+        append = rows.append
+        for r in trades:
+            # a valid price or size is never zero, so `or` reads the text only on a miss
+            price = known_price(r[1]) or _read(r[1], _PRICES, MAX_PRICE)
+            size = known_size(r[2]) or _read(r[2], _SIZES, MAX_SIZE)
+            ets, rts = int(r[4]), int(r[5])
+            if (price is None or size is None or not (0 <= ets <= MAX_TIME_NS and 0 <= rts <= MAX_TIME_NS)
+                    or r[3] not in _SIDES):  # fmt: skip
+                return venue, symbol, _checked_rows(trades)  # names the first problem (raises)
+            # tuple.__new__ builds the same TradeRow without the Python-level __new__ that
+            # NamedTuple generates: decode runs ~20 % faster (tests/bench/bench_candles.py).
+            append(_new_row(TradeRow, (r[0], price, size, r[3], ets, rts)))
         return venue, symbol, rows
     except WireError:
         raise
     except Exception as exc:  # orjson, KeyError, decimal.InvalidOperation, IndexError, TypeError...
         raise WireError(f"malformed {TRADE_BATCH}: {exc!r}") from exc
+
+
+def _read(text: str, known: dict[str, Decimal], bound: Decimal) -> Decimal | None:
+    """`text` as a Decimal above zero and below `bound` with at most 8 places, remembered in
+    `known`; None when it is not one (`_checked_rows` then says why)."""
+    try:
+        value = Decimal(text)
+        if not (0 < value < bound) or _fit(value, _QUANT) != value:
+            return None
+    except InvalidOperation:  # not a number, NaN compared, more than 30 integer digits
+        return None
+    if len(known) >= _KNOWN_MAX:
+        known.clear()
+    known[text] = value
+    return value
+
+
+def _checked_rows(trades: list[Any]) -> list[TradeRow]:
+    """Every row read afresh and checked in order; raises WireError naming the first problem."""
+    rows = [_new_row(TradeRow, (r[0], Decimal(r[1]), Decimal(r[2]), r[3], int(r[4]), int(r[5]))) for r in trades]
+    for row in rows:
+        price, size, ets, rts = row.price, row.size, row.event_ts_ns, row.recv_ts_ns
+        # inline bounds first; schemas.limits names the problem when one fails
+        if not (0 < price < MAX_PRICE and 0 < size < MAX_SIZE and 0 <= ets <= MAX_TIME_NS
+                and 0 <= rts <= MAX_TIME_NS):
+            raise WireError(f"trade {row.trade_id}: {trade_problem(price, size, ets, rts)}")
+        if row.side not in _SIDES:
+            raise WireError(f"trade {row.trade_id}: side must be one of {SIDES}, got {row.side!r:.20}")
+        if _fit(price, _QUANT) != price or _fit(size, _QUANT) != size:
+            raise WireError(f"trade {row.trade_id}: more than {MAX_DECIMALS} decimal places")
+    return rows
 
 
 def decode_trades(raw: bytes) -> list[Trade]:
@@ -184,7 +228,8 @@ def table_from_raw(messages: Sequence[bytes]) -> pa.Table:
     """Rows of `trades` straight from trade_batch.v1 bytes, with no Python Decimal per value:
     Arrow parses the decimal strings (several times faster; the sink is on the worker's hot
     path). Refuses the whole list (WireError, or Arrow's own error for a value that would not
-    fit exactly) if any message is malformed: the caller falls back to `decode` per message."""
+    fit exactly or a trade id that is not a string, as `decode` refuses it) if any message is
+    malformed: the caller falls back to `decode` per message."""
     venues: list[str] = []
     symbols: list[str] = []
     ids: list[str] = []
@@ -198,22 +243,29 @@ def table_from_raw(messages: Sequence[bytes]) -> pa.Table:
         problem = stream_problem(venue, symbol)
         if problem:
             raise WireError(problem)
+        if not rows:
+            continue
         venues += [venue] * len(rows)
         symbols += [symbol] * len(rows)
-        for r in rows:
-            ids.append(str(r[0]))
-            prices.append(r[1])
-            sizes.append(r[2])
-            sides.append(r[3])
-            ets.append(r[4])
-            rts.append(r[5])
+        # One transposition in C per message instead of six appends per trade. A row of another
+        # length fails it (strict, or the unpacking); a row that is no list gives values of the
+        # wrong types, which the checks below refuse (times must be ints, texts strings).
+        row_ids, row_prices, row_sizes, row_sides, row_ets, row_rts = zip(*rows, strict=True)
+        ids += row_ids
+        prices += row_prices
+        sizes += row_sizes
+        sides += row_sides
+        ets += row_ets
+        rts += row_rts
     price = pa.array(prices, pa.string()).cast(DEC)
     size = pa.array(sizes, pa.string()).cast(DEC)
     if pc.any(pc.less_equal(price, 0)).as_py() or pc.any(pc.less_equal(size, 0)).as_py():
         raise WireError("a price or size is not positive")
     if pc.any(pc.greater_equal(size, pa.scalar(MAX_SIZE, DEC))).as_py():
         raise WireError(f"a size is not below {MAX_SIZE}")
-    if any(type(t) is not int or not 0 <= t <= MAX_TIME_NS for t in (*ets, *rts)):
+    # exactly int (bool is a subclass, a float may be integral): checked by type in C, bounds by min/max
+    if ets and (not set(map(type, ets)) | set(map(type, rts)) <= {int}
+                or min(min(ets), min(rts)) < 0 or max(max(ets), max(rts)) > MAX_TIME_NS):  # fmt: skip
         raise WireError("a time is not integer nanoseconds within int64")
     if not pc.all(pc.is_in(pa.array(sides, pa.string()), pa.array(SIDES))).as_py():
         raise WireError(f"a side is not one of {SIDES}")

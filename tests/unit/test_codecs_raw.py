@@ -74,6 +74,40 @@ def test_trade_batch_refuses_rows_the_store_would_alter_or_cannot_hold(row: list
         trades.decode(trade_batch(row, key="schema"))
 
 
+@pytest.mark.parametrize("bad", [
+    ["9", "2683.81", "0.0031", "up", 1, 1],  # known price and size, bad side
+    ["9", "2683.81", "0.0031", "buy", -1, 1],  # known price and size, bad time
+    ["9", "2683.81", "1.123456789", "buy", 1, 1],  # known price, new size it must refuse
+    ["9", "NaN", "0.0031", "buy", 1, 1],
+])
+def test_remembered_prices_and_sizes_change_no_answer(bad: list[object]) -> None:
+    """decode remembers the price and size texts it has read (trades.py `_PRICES`, `_SIZES`):
+    with them remembered or forgotten, a good message decodes to the same rows, spelled as sent,
+    and a bad one is refused with the same words; a refused text is never remembered."""
+    good = trade_batch(["8", "2683.81", "0.0031", "buy", 1, 1])
+    refused = trade_batch(["7", "2683.81", "1", "buy", 1, 1], bad)
+    trades.forget_known_values()
+    with pytest.raises(WireError) as cold:
+        trades.decode(refused)
+    cold_rows = trades.decode(good)[2]
+    warm_rows = trades.decode(good)[2]  # now from what the first decode remembered
+    assert warm_rows == cold_rows == [TradeRow("8", D("2683.81"), D("0.0031"), "buy", 1, 1)]
+    assert [(str(r.price), str(r.size)) for r in warm_rows] == [("2683.81", "0.0031")]
+    with pytest.raises(WireError) as warm:
+        trades.decode(refused)
+    assert str(warm.value) == str(cold.value)
+    assert bad[1] not in trades._PRICES or bad[1] == "2683.81"
+    assert bad[2] not in trades._SIZES or bad[2] == "0.0031"
+
+
+def test_remembered_values_stay_bounded() -> None:
+    trades.forget_known_values()
+    for start in range(0, trades._KNOWN_MAX + 500, 500):
+        trades.decode(trade_batch(*[[str(i), f"{i + 1}.5", "1", "buy", 1, 1] for i in range(start, start + 500)]))
+    assert 0 < len(trades._PRICES) <= trades._KNOWN_MAX
+    assert trades.decode(trade_batch(["1", "3.5", "1", "buy", 1, 1]))[2][0].price == D("3.5")
+
+
 def test_trade_batch_accepts_the_widest_value_the_store_holds() -> None:
     widest = "9" * 30 + "." + "9" * 8
     [row] = trades.decode(trade_batch(["1", widest, "0.00000001", "buy", 1, 1]))[2]
@@ -123,11 +157,25 @@ def test_trades_table_holds_the_hand_written_rows(raw: bytes) -> None:
         assert got == expected
 
 
-def test_trades_table_from_raw_refuses_a_list_with_any_bad_row() -> None:
+@pytest.mark.parametrize("bad", [
+    ["2", "1.123456789", "1", "buy", 1, 1],
+    ["2", "-1", "1", "buy", 1, 1],
+    ["2", "1", "1", "up", 1, 1],
+    [2, "1", "1", "buy", 1, 1],  # an id that is no string
+    ["2", "1", "1", "buy", 1],  # a row too short
+    "123456",  # a row that is no list (six characters)
+    {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6},
+    ["2", "1", "1", "buy", True, 1],
+    ["2", "1", "1", "buy", -1, 1],
+    ["2", "1", "1", "buy", 1, 2**63],
+])
+def test_trades_table_from_raw_refuses_a_list_with_any_row_decode_refuses(bad: object) -> None:
     good = trade_batch(["1", "1.5", "2", "buy", 1, 1])
-    for bad in (["2", "1.123456789", "1", "buy", 1, 1], ["2", "-1", "1", "buy", 1, 1], ["2", "1", "1", "up", 1, 1]):
-        with pytest.raises(Exception):  # noqa: B017 - Arrow's own error or WireError: the caller decodes one by one
-            trades.table_from_raw([good, trade_batch(bad)])
+    with pytest.raises(WireError):
+        trades.decode(trade_batch(bad))  # type: ignore[arg-type]
+    with pytest.raises(Exception):  # noqa: B017 - Arrow's own error or WireError: the caller decodes one by one
+        trades.table_from_raw([good, trade_batch(bad)])  # type: ignore[arg-type]
+    assert trades.table_from_raw([good, good]).num_rows == 2
 
 
 # --- book_batch.v1 and book_ticker_batch.v1 ---------------------------------------------------
