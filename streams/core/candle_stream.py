@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from schemas.events import INTERVAL_NS, Candle
@@ -49,6 +50,25 @@ class RecentIds:
         self._set.add(trade_id)
         return True
 
+    def add_all(self, trade_ids: Sequence[str]) -> bool:
+        """Every one of `trade_ids` remembered, as `add` one by one would, and True, when all
+        are new and distinct (the common case); False, with nothing changed, otherwise."""
+        seen = self._set
+        fresh = set(trade_ids)
+        if len(fresh) != len(trade_ids) or not seen.isdisjoint(fresh):
+            return False
+        if len(trade_ids) >= self.capacity:
+            kept = trade_ids[len(trade_ids) - self.capacity :]
+            self._order, self._set = deque(kept, maxlen=self.capacity), set(kept)
+            return True
+        # the oldest ids that `add` would push out of a full window
+        overflow = len(self._order) + len(trade_ids) - self.capacity
+        if overflow > 0:
+            seen.difference_update(islice(self._order, overflow))
+        self._order.extend(trade_ids)
+        seen |= fresh
+        return True
+
     def __iter__(self) -> Any:
         return iter(self._order)
 
@@ -70,12 +90,15 @@ class CandleStream:
 
     def update(self, trades: Iterable[TradeRow]) -> StreamUpdate:
         out = StreamUpdate()
-        fresh = []
-        for t in trades:
-            if self.recent.add(t.trade_id):
-                fresh.append(t)
-            else:
-                out.duplicates.append(t)
+        trades = trades if isinstance(trades, list) else list(trades)
+        fresh = trades
+        if not self.recent.add_all([t.trade_id for t in trades]):
+            fresh = []
+            for t in trades:
+                if self.recent.add(t.trade_id):
+                    fresh.append(t)
+                else:
+                    out.duplicates.append(t)
         finest, *coarser = self.builders
         first = finest.update(fresh)
         out.candles += first.candles
