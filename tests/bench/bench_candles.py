@@ -8,7 +8,9 @@ The data: the recorded Binance spot trades repeated (each copy shifted past the 
 time and trade id, so windows keep closing as in a live feed) until there are `--trades`; and the
 simulated feed with the pipeline benchmark's batching (~100 trades a message).
 
-Decode alone and `orjson.loads` alone are printed too, so a miss shows where the time goes.
+Decode alone and `orjson.loads` alone are printed too, so a miss shows where the time goes; and
+decode with its remembered values forgotten before every message (the floor: the recorded day
+is repeated, so past its first copy every price and size is one decode has seen).
 Every figure is the best of `--repeat` runs. Reported, never asserted (docs/decisions.md).
 """
 
@@ -22,6 +24,7 @@ from decimal import Decimal
 
 import orjson
 
+from schemas.codecs.trades import forget_known_values
 from schemas.symbols import stream_key
 from schemas.wire import TRADE_BATCH, TradeRow, decode_trade_batch, encode_trade_batch
 from streams.core.candle_stream import CandleStream
@@ -163,6 +166,20 @@ def decode_only(stream: Stream) -> Callable[[], int]:
     return work
 
 
+def decode_unseen(stream: Stream) -> Callable[[], int]:
+    """decode with its remembered prices and sizes forgotten before every message: each message's
+    values read as if never seen (only repeats inside the message hit). The recorded stream is one
+    day repeated, so after its first copy every value is a remembered one; this is the floor."""
+
+    def work() -> int:
+        for raw in stream.raws:
+            forget_known_values()
+            decode_trade_batch(raw)
+        return 0
+
+    return work
+
+
 def orjson_only(stream: Stream) -> Callable[[], int]:
     def work() -> int:
         for raw in stream.raws:
@@ -178,6 +195,7 @@ def bench(stream: Stream, repeat: int) -> dict[str, float]:
     raw, _ = best_rate(candles_from_raw(stream), n, repeat)
     decode, _ = best_rate(decode_only(stream), n, repeat)
     loads, _ = best_rate(orjson_only(stream), n, repeat)
+    unseen, _ = best_rate(decode_unseen(stream), n, repeat)
     stream_raw, _ = best_rate(candle_stream_from_raw(stream), n, repeat)
     print(f"{stream.name}: {n:,} trades in {len(stream.raws):,} messages ({n / len(stream.raws):.1f} a message), "
           f"{candles:,} candles emitted")
@@ -187,6 +205,7 @@ def bench(stream: Stream, repeat: int) -> dict[str, float]:
     print(f"  {'candles from raw (decode + update)':34} {raw:12,.0f} {RAW_TARGET:10,} {raw / RAW_TARGET:6.2f}")
     print(f"  {'CandleStream, 4 intervals, raw':34} {stream_raw:12,.0f}")
     print(f"  {'decode_trade_batch only':34} {decode:12,.0f}")
+    print(f"  {'decode, values unseen (floor)':34} {unseen:12,.0f}")
     print(f"  {'orjson.loads only':34} {loads:12,.0f}")
     # Per trade: the raw path's time is decode's plus the candle update's; printing both shares
     # tells which one a miss must come from.
@@ -197,6 +216,7 @@ def bench(stream: Stream, repeat: int) -> dict[str, float]:
            anchor="orjson.loads alone", anchor_value=loads, target=f">= {RAW_TARGET:,}")
     return {"trades": n, "messages": len(stream.raws), "candles": candles, "decoded_trades_per_s": decoded,
             "raw_trades_per_s": raw, "decode_only_trades_per_s": decode, "orjson_only_trades_per_s": loads,
+            "decode_unseen_trades_per_s": unseen,
             "candle_stream_raw_trades_per_s": stream_raw,
             "decoded_ratio": decoded / DECODED_TARGET, "raw_ratio": raw / RAW_TARGET}
 
