@@ -186,9 +186,8 @@ def candle_fields_json(row: CandleRow, fields: tuple[str, ...], trades: int | No
 
 # Remembered by its arguments: between two trades every price request renders the same body, and
 # rendering it (two decimals and a timestamp, ~6.5 us) cost more than reading the read model
-# (~5 us) in a price answer from memory. Equal
-# Decimals render alike (fixed 8 places), so a hit on an equal but differently spelled value is
-# the same bytes. Bounded: one entry per trade at most, the newest kept.
+# (~5 us) in a price answer from memory. Equal Decimals render alike (fixed 8 places), so a hit on
+# an equal but differently spelled value is the same bytes. Bounded: the newest 4,096 bodies.
 @functools.lru_cache(maxsize=4096)
 def price_json(symbol: str, price: Decimal, event_ns: int, volume: Decimal, exchange: str) -> bytes:
     """A PriceResponse's JSON, byte for byte what its `model_dump_json()` writes (tested), without

@@ -214,10 +214,12 @@ class CandleBuilder:
         would one by one (none is late or revises an emitted window there), and True; False,
         with nothing changed, when they span windows or theirs is not open."""
         bucket = _one_bucket(trades, self.interval_ns)
-        window = None if bucket is None else self._open.get(bucket[0])
-        if window is None or bucket is None:
+        if bucket is None:
             return False
-        last = bucket[1]
+        open_ts, last = bucket
+        window = self._open.get(open_ts)
+        if window is None:
+            return False
         if self.max_event_ts_ns is None or last > self.max_event_ts_ns:
             self.max_event_ts_ns = last
         window.add_all(trades)
