@@ -82,15 +82,24 @@ class Harness:
 
     async def run(self, messages: Sequence[bytes]) -> None:
         state = self.wiring.state
-        start = state.messages
+
+        def outcomes() -> int:
+            # A message is counted as read before its fold (streams/runtime/decoded.py), and the
+            # fold runs in a thread: waiting on `messages` could close the agent before the last
+            # candle's estimates were emitted. An outcome is counted once the fold has returned,
+            # and this test's emit appends without yielding, so every counted one is published.
+            return state.folded + state.skipped + state.malformed + state.redelivered
+
+        start, done = state.messages, outcomes()
         async with self.wiring.agents["risk"].test_context() as agent:
             for raw in messages:
                 await agent.put(raw, key=KEY, wait=False)
             for _ in range(3000):
-                if state.messages - start == len(messages):
+                if outcomes() - done == len(messages):
                     break
                 await asyncio.sleep(0.01)
         assert state.messages - start == len(messages)
+        assert outcomes() - done == len(messages)
 
 
 SMALL: dict[str, Any] = {
