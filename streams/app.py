@@ -74,6 +74,8 @@ class Worker:
 # their agents buffer 32,768, and no poll returns more than the 20 % headroom above the mark.
 CANDLE_BUFFER = 32_768
 MAX_POLL_RECORDS = 5_000
+# With the embedded broker (see faust_settings)
+TANSU_SESSION_TIMEOUT_S = 2.0
 
 
 def candle_topic(app: faust.App, *names: str) -> Any:
@@ -125,9 +127,13 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
             username=settings.kafka_username, password=settings.kafka_password.get_secret_value(),
             mechanism=settings.kafka_sasl_mechanism, ssl_context=ssl_context(settings))
     if settings.broker_flavour == "tansu":
-        # Tansu holds a group join for half the session timeout: keep it short so a
-        # (re)started worker gets its partitions in about a second, not five.
-        conf.update(broker_session_timeout=3.0, broker_heartbeat_interval=0.5, broker_rebalance_timeout=3.0)
+        # Tansu holds a group join in whole-second sleeps until half the session timeout has
+        # passed (tansu-broker coordinator/group/administrator.rs, join_group's loop): 2 s makes
+        # it one sleep, the least it allows, so a (re)started worker has its partitions in ~1 s
+        # (3 s made two). A member is evicted only when another one's request finds it silent
+        # for the session timeout; heartbeats go every 0.5 s.
+        conf.update(broker_session_timeout=TANSU_SESSION_TIMEOUT_S, broker_heartbeat_interval=0.5,
+                    broker_rebalance_timeout=3.0)
     return conf
 
 

@@ -17,7 +17,6 @@ tables absorb. The models' work runs in a worker thread, so the event loop keeps
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +48,9 @@ class PredictAgentState(PredictProcessor):
     `loader` the stored final candles (None: no replay; tests, no database)."""
 
     def __init__(self, config: PredictAgentConfig, store: ModelStore, loader: BarLoader | None = None,
-                 models_ready: Future[None] | None = None) -> None:
+                 models: model_store.ModelImports | None = None) -> None:
         super().__init__(config)
-        self.store, self.loader, self.models_ready = store, loader, models_ready
+        self.store, self.loader, self.models = store, loader, models
         self.streams: KeyedState[tuple[str, str], PredictStream] = KeyedState()
 
     async def fold(self, view: CandleView, partition: Any = None) -> list[PredictionEvent]:
@@ -60,7 +59,7 @@ class PredictAgentState(PredictProcessor):
             return []
         key = (view.venue, view.symbol)
         s, new = await self.streams.get_or_load(
-            key, partition, lambda: model_store.open_stream(self.store, self, *key, self.models_ready))
+            key, partition, lambda: model_store.open_stream(self.store, self, *key, self.models))
         replay = await model_store.stored_bars(self.loader, self.config, *key, self.replay_window(s, view, new))
         if self.is_redelivery(s, view, replay):
             return []
@@ -94,7 +93,7 @@ def register_predict_agent(app: Any, settings: Any, *, candle_topic: Any, predic
     config = config or PredictAgentConfig.from_settings(settings)
     state = PredictAgentState(config, store if store is not None else ClickHouseModelStore(sink),
                               loader if loader is not None else ClickHouseBarLoader(sink),
-                              models_ready=model_store.prepare_models(config))
+                              models=model_store.prepare_models(config))
     agents = {
         # the checkpoint comes after publishing: a crash in between re-folds the same candles, same events
         "predict": app.agent(candle_topic, name="predict")(candle_agent(

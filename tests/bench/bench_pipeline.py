@@ -439,7 +439,7 @@ def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
     if binary is None:
         raise RuntimeError("--profile-worker needs py-spy on PATH or in $PY_SPY")
     fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(out.suffix, "raw")
-    return subprocess.Popen([binary, "record", "--pid", str(pid), "--idle", "--threads", "--rate", "200",
+    return subprocess.Popen([binary, "record", "--pid", str(pid), "--idle", "--threads", "--nonblocking", "--rate", "200",
                              "--format", fmt, "--output", str(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 

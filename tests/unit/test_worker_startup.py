@@ -34,3 +34,23 @@ async def test_the_worker_starts_table_recovery_without_waiting() -> None:
     await manager.on_start()
     assert started == [True]
     assert waits == []
+
+
+def tansu_join_hold_s(session_timeout_s: float) -> float:
+    """How long Tansu 0.6 holds a JoinGroup, as its coordinator's loop does it
+    (tansu-broker src/coordinator/group/administrator.rs, join_group): while less than half the
+    session timeout has passed since the request arrived, sleep one whole second and look again."""
+    elapsed = 0.0
+    while elapsed < session_timeout_s / 2:
+        elapsed += 1.0
+    return elapsed
+
+
+def test_a_worker_on_the_embedded_broker_joins_after_one_of_its_sleeps() -> None:
+    conf = faust_settings(Settings(worker_id="test-join", kafka_bootstrap="127.0.0.1:1", broker_flavour="tansu"))
+    session = conf["broker_session_timeout"]
+    assert tansu_join_hold_s(session) == 1.0  # 3 s (the previous setting) held joins for 2 s
+    # heartbeats well inside the session, as Kafka's clients require (at most a third of it)
+    assert conf["broker_heartbeat_interval"] <= session / 3
+    kafka = faust_settings(Settings(worker_id="test-join", kafka_bootstrap="127.0.0.1:1", broker_flavour="kafka"))
+    assert "broker_session_timeout" not in kafka  # a real Kafka keeps Faust's defaults
