@@ -16,7 +16,7 @@ from typing import Any
 
 from schemas.events import INTERVAL_NS, Candle
 from schemas.wire import TradeRow
-from streams.core.candles import CandleBuilder, partials
+from streams.core.candles import CandleBuilder, one_partial, partials
 
 INTERVALS: tuple[str, ...] = tuple(INTERVAL_NS)  # finest first: 1m, 5m, 1h, 1d
 STATE_VERSION = 1
@@ -100,16 +100,26 @@ class CandleStream:
                 else:
                     out.duplicates.append(t)
         finest, *coarser = self.builders
-        first = finest.update(fresh)
-        out.candles += first.candles
-        out.late = first.late
-        on_time = fresh
-        if first.late:
-            late_ids = {id(t) for t in first.late}
-            on_time = [t for t in fresh if id(t) not in late_ids]
-        if coarser and on_time:
+        # The common case: the message's trades fall in one open window of the finest interval.
+        # They are folded once, into a partial window that the finest merges and the coarser
+        # intervals (multiples of it) merge too.
+        part = one_partial(fresh, finest.interval_ns)
+        merged = finest.merge_into_open(part) if part is not None else None
+        if merged is not None:
+            assert part is not None
+            out.candles += merged.candles
+            parts = [part]
+        else:
+            first = finest.update(fresh)
+            out.candles += first.candles
+            out.late = first.late
+            on_time = fresh
+            if first.late:
+                late_ids = {id(t) for t in first.late}
+                on_time = [t for t in fresh if id(t) not in late_ids]
             # every interval is a multiple of the finest: fold its per-bucket partials, not each trade
-            parts = partials(on_time, finest.interval_ns)
+            parts = partials(on_time, finest.interval_ns) if coarser and on_time else []
+        if parts:
             for builder in coarser:
                 out.candles += builder.update_partials(parts).candles
         return out

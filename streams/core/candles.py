@@ -105,15 +105,24 @@ class _Window:
         self.trades += p.trades
 
 
+def one_partial(trades: Sequence[TradeRow], interval_ns: int) -> _Window | None:
+    """`trades` pre-aggregated, when they all fall in one `interval_ns` bucket (the common case: a
+    message holds milliseconds of one stream); None when they span buckets or there are none."""
+    bucket = _one_bucket(trades, interval_ns)
+    if bucket is None:
+        return None
+    window = _Window.start(bucket[0], trades[0])
+    if len(trades) > 1:
+        window.add_all(trades[1:])
+    return window
+
+
 def partials(trades: Sequence[TradeRow], interval_ns: int) -> list[_Window]:
     """Trades pre-aggregated per `interval_ns` bucket, in order of first arrival. Coarser
     intervals fold these instead of every trade: one merge per bucket and message."""
-    bucket = _one_bucket(trades, interval_ns)
-    if bucket is not None:  # the common case: a message holds milliseconds of one stream
-        window = _Window.start(bucket[0], trades[0])
-        if len(trades) > 1:
-            window.add_all(trades[1:])
-        return [window]
+    one = one_partial(trades, interval_ns)
+    if one is not None:
+        return [one]
     out: dict[int, _Window] = {}
     for t in trades:
         open_ts = t.event_ts_ns - t.event_ts_ns % interval_ns
@@ -206,6 +215,22 @@ class CandleBuilder:
                 # never final here: a finer window that is not final lies in a coarser one that is not
                 self._open[open_ts] = _Window(**{**asdict(p), "open_ts_ns": open_ts, "revision": 0, "emitted": False})
         self._emit_revisions(revised, out)
+        self._advance(out)
+        return out
+
+    def merge_into_open(self, part: _Window) -> CandleUpdate | None:
+        """A partial window of this interval (`one_partial`) merged into the open window it
+        belongs to, as `update` of its trades would fold them (none is late or revises an emitted
+        window there), then the watermark's closes; None, with nothing changed, when that window
+        is not open. Lets a `CandleStream` fold a message once for its finest interval and pass
+        the same partial on to the coarser ones."""
+        window = self._open.get(part.open_ts_ns)
+        if window is None:
+            return None
+        if self.max_event_ts_ns is None or part.last_ts_ns > self.max_event_ts_ns:
+            self.max_event_ts_ns = part.last_ts_ns
+        window.merge(part)
+        out = CandleUpdate()
         self._advance(out)
         return out
 

@@ -132,3 +132,49 @@ def test_a_message_of_new_ids_takes_the_batch_path_and_a_repeat_does_not() -> No
     assert not recent.add_all(["e", "e"])  # repeated inside the message
     assert not recent.add_all(["e", "d"])  # "d" already seen
     assert list(recent) == ["b", "c", "d"]  # a refused batch changes nothing
+
+
+@settings(max_examples=150, deadline=None)
+@given(messages(), st.sampled_from([0, 5 * SEC]))
+def test_every_interval_closes_its_windows_as_soon_as_the_newest_trade_allows(
+        msgs: list[list[TradeRow]], lateness_ns: int) -> None:
+    """After each message, every interval's newest event time is that of the newest trade not
+    seen before, and every window that it closes (its end at or before that time less the
+    lateness) has been emitted: a message folded once for all intervals moves each one's clock."""
+    stream = CandleStream("v", "A-B", lateness_ns=lateness_ns)
+    seen: set[str] = set()
+    times: list[int] = []
+    emitted: set[tuple[str, int]] = set()
+    for m in msgs:
+        update = stream.update(m)
+        for t in m:
+            if t.trade_id not in seen:
+                seen.add(t.trade_id)
+                times.append(t.event_ts_ns)
+        emitted |= {(c.interval.value, c.open_ts_ns) for c in update.candles}
+        newest = max(times)
+        for builder in stream.builders:
+            assert builder.max_event_ts_ns == newest, builder.interval.value
+            windows = {ts - ts % builder.interval_ns for ts in times}
+            due = {o for o in windows if o + builder.interval_ns <= newest - lateness_ns}
+            assert due <= {o for interval, o in emitted if interval == builder.interval.value}
+
+
+def test_a_message_inside_the_open_minute_closes_the_previous_one_once_lateness_allows() -> None:
+    """Lateness 5 s: a trade at 62 s opens the second minute but leaves the first open (the
+    watermark is at 57 s); the next message, inside the open second minute (the fold-once path),
+    moves it to 61 s, which closes the first minute in that update, and the 5 minutes that end
+    with it (the 5m window holding T0 ends at T0 + 60 s)."""
+    stream = CandleStream("v", "A-B", lateness_ns=5 * SEC)
+
+    def trade(trade_id: str, at_s: int) -> TradeRow:
+        return TradeRow(trade_id, Decimal("100.5"), Decimal("1"), "buy", T0 + at_s * SEC, T0 + at_s * SEC)
+
+    assert stream.update([trade("1", 50)]).candles == []
+    assert stream.update([trade("2", 62)]).candles == []
+    closed = stream.update([trade("3", 66), trade("4", 65)]).candles
+    five = T0 - T0 % (5 * MIN)
+    assert five + 5 * MIN == T0 + MIN
+    assert [(c.interval.value, c.open_ts_ns, c.trades, c.is_final) for c in closed] == [
+        ("1m", T0, 1, True), ("5m", five, 1, True)]
+    assert stream.builders[0].max_event_ts_ns == T0 + 66 * SEC
