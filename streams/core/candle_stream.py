@@ -104,9 +104,7 @@ class CandleStream:
         # They are folded once, into a partial window that the finest merges and the coarser
         # intervals (multiples of it) merge too.
         part = one_partial(fresh, finest.interval_ns)
-        merged = finest.merge_into_open(part) if part is not None else None
-        if merged is not None:
-            assert part is not None
+        if part is not None and (merged := finest.merge_into_open(part)) is not None:
             out.candles += merged.candles
             parts = [part]
         else:

@@ -189,9 +189,12 @@ class CandleBuilder:
         out = CandleUpdate()
         revised: set[int] = set()
         trades = trades if isinstance(trades, list | tuple) else list(trades)
-        if not self._fold_into_open(trades):
-            for t in trades:
-                self._add(t, out, revised)
+        # the common case, all of them in one open window: folded at once
+        part = one_partial(trades, self.interval_ns)
+        if part is not None and (merged := self.merge_into_open(part)) is not None:
+            return merged
+        for t in trades:
+            self._add(t, out, revised)
         self._emit_revisions(revised, out)
         self._advance(out)
         return out
@@ -233,22 +236,6 @@ class CandleBuilder:
         out = CandleUpdate()
         self._advance(out)
         return out
-
-    def _fold_into_open(self, trades: Sequence[TradeRow]) -> bool:
-        """All of `trades` folded at once into the open window they all fall in, as `_add`
-        would one by one (none is late or revises an emitted window there), and True; False,
-        with nothing changed, when they span windows or theirs is not open."""
-        bucket = _one_bucket(trades, self.interval_ns)
-        if bucket is None:
-            return False
-        open_ts, last = bucket
-        window = self._open.get(open_ts)
-        if window is None:
-            return False
-        if self.max_event_ts_ns is None or last > self.max_event_ts_ns:
-            self.max_event_ts_ns = last
-        window.add_all(trades)
-        return True
 
     def _add(self, t: TradeRow, out: CandleUpdate, revised: set[int]) -> None:
         if self.max_event_ts_ns is None or t.event_ts_ns > self.max_event_ts_ns:
