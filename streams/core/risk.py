@@ -54,6 +54,7 @@ EWMA's float sums may differ in the last bits only, from a different summation o
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -63,13 +64,14 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy import special
 from sortedcontainers import SortedList
 
 from schemas.risk import RiskMethod
 
 ALPHA = 0.05  # 95 % VaR: the 5 % left tail of the one-day return
-Z_ALPHA = float(special.ndtri(ALPHA))  # -1.6448536...
+# scipy.special.ndtri(ALPHA), written out so that importing this module does not import scipy
+# (see `special`); tests/unit/test_risk.py checks it against scipy.
+Z_ALPHA = -1.6448536269514729
 DAY_NS = 86_400 * 10**9
 YEAR_DAYS = 365  # crypto trades every day: annualise over 365 days, not 252
 NU_MAX = 1000.0  # beyond this the Student-t is the normal for every purpose here
@@ -158,6 +160,17 @@ class Estimate:
 # --- distribution tails (pure functions, also used by the backtest and the portfolio) -----
 
 
+@functools.cache
+def special() -> Any:
+    """scipy.special, imported on first use: it costs ~0.3 s (its array-API layer pulls in
+    numpy.f2py), a quarter of what a worker imports before it starts. The worker imports it on
+    a thread of its own while it waits for its consumer group (streams.agents.risk), so the
+    first estimate finds it loaded."""
+    from scipy import special as module
+
+    return module
+
+
 def normal_tail(mu: float, sigma: float) -> tuple[float, float]:
     """(VaR, ES) as fractions of the price for a one-day log return R ~ N(mu, sigma²)."""
     if sigma <= 0.0:
@@ -166,7 +179,7 @@ def normal_tail(mu: float, sigma: float) -> tuple[float, float]:
     q = mu + sigma * Z_ALPHA
     var = -math.expm1(q)
     # E[e^R 1{R <= q}] = e^{mu + sigma²/2} Φ(z - sigma): the lognormal partial expectation.
-    tail_mean = math.exp(mu + 0.5 * sigma * sigma) * float(special.ndtr(Z_ALPHA - sigma)) / ALPHA
+    tail_mean = math.exp(mu + 0.5 * sigma * sigma) * float(special().ndtr(Z_ALPHA - sigma)) / ALPHA
     return max(var, 0.0), max(1.0 - tail_mean, 0.0)
 
 
@@ -177,8 +190,8 @@ def student_t_tail(mu: float, sigma: float, nu: float) -> tuple[float, float]:
     if sigma <= 0.0 or nu > NU_MAX:
         return normal_tail(mu, sigma)
     s = sigma * math.sqrt((nu - 2.0) / nu)
-    var = -math.expm1(mu + s * float(special.stdtrit(nu, ALPHA)))
-    tail_mean = float(np.dot(_TAIL_W, np.exp(mu + s * special.stdtrit(nu, _TAIL_U)))) / ALPHA
+    var = -math.expm1(mu + s * float(special().stdtrit(nu, ALPHA)))
+    tail_mean = float(np.dot(_TAIL_W, np.exp(mu + s * special().stdtrit(nu, _TAIL_U)))) / ALPHA
     return max(var, 0.0), max(1.0 - tail_mean, 0.0)
 
 

@@ -27,10 +27,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from scipy import special
-
 from schemas.risk import RiskMethod
-from streams.core.risk import ALPHA, DAY_NS, RiskConfig, RollingRisk
+from streams.core.risk import ALPHA, DAY_NS, RiskConfig, RollingRisk, special
 
 
 @dataclass(frozen=True)
@@ -77,7 +75,7 @@ def kupiec_pof(observations: int, breaches: int, p: float = ALPHA) -> Likelihood
     null = _xlogy(n - x, 1.0 - p) + _xlogy(x, p)
     alt = _xlogy(n - x, 1.0 - phat) + _xlogy(x, phat)
     lr = _statistic(null, alt)
-    return LikelihoodRatio(lr, float(special.chdtrc(1, lr)))
+    return LikelihoodRatio(lr, float(special().chdtrc(1, lr)))
 
 
 def transition_counts(hits: Sequence[bool]) -> tuple[int, int, int, int]:
@@ -99,14 +97,14 @@ def christoffersen_independence(hits: Sequence[bool]) -> LikelihoodRatio:
     null = _xlogy(n00 + n10, 1.0 - pi) + _xlogy(n01 + n11, pi)
     alt = _xlogy(n00, 1.0 - pi01) + _xlogy(n01, pi01) + _xlogy(n10, 1.0 - pi11) + _xlogy(n11, pi11)
     lr = _statistic(null, alt)
-    return LikelihoodRatio(lr, float(special.chdtrc(1, lr)))
+    return LikelihoodRatio(lr, float(special().chdtrc(1, lr)))
 
 
 def conditional_coverage(pof: LikelihoodRatio, ind: LikelihoodRatio) -> LikelihoodRatio:
     lr = pof.statistic + ind.statistic
     if math.isnan(lr):
         return LikelihoodRatio(math.nan, math.nan)
-    return LikelihoodRatio(lr, float(special.chdtrc(2, lr)))
+    return LikelihoodRatio(lr, float(special().chdtrc(2, lr)))
 
 
 def evaluate(method: RiskMethod, forecasts: Sequence[tuple[int, float, float]]) -> BacktestRow:
