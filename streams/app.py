@@ -56,6 +56,7 @@ from streams.runtime.metrics import (
 from streams.sinks.checkpoints import ClickHouseCheckpointStore
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.sinks.portfolio_snapshots import ClickHousePortfolioSnapshotStore
+from streams.sinks.trade_store import TradeStoreProcess
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Worker:
     sink: ClickHouseSink
     agents: dict[str, Any]
     metrics: WorkerMetrics
+    trade_store: TradeStoreProcess | None = None  # closed by whoever runs the app (`entasis worker`)
 
 
 # Faust stops fetching a partition once an agent's buffer is 80 % full, but still delivers what
@@ -154,11 +156,18 @@ def build_worker(
     quality_topic = app.topic(topics.QUALITY.full_name(ns))
     dead_topic = app.topic(topics.DEAD_LETTER.full_name(ns))
 
+    trade_store: TradeStoreProcess | None = None
     if client_factory is None:
         from infra.store.clickhouse import make_client
 
         def client_factory() -> Client:
             return make_client(settings)
+
+        # The trade sink's rows built and inserted on the machine's other core (streams.sinks.trade_store);
+        # started now, so that its imports overlap the worker's start-up. A caller's own client
+        # factory (tests) keeps that work in this process.
+        trade_store = TradeStoreProcess(settings)
+        trade_store.start()
 
     # each waits for the broker before the input behind it is acknowledged; the candles agent
     # sends without waiting and waits for them all before its next checkpoint (runtime.checkpointed)
@@ -202,7 +211,7 @@ def build_worker(
             make_candle_agent(state, emit_candle, emit_quality, emit_dead, observe=candle_observe)
         ),
         "trade_sink": app.agent(trades_topic, name="trade_sink")(
-            make_trade_sink(sink, batch, within, observe("trade_sink"))
+            make_trade_sink(sink, batch, within, observe("trade_sink"), store=trade_store)
         ),
         "candle_sink": app.agent(all_candles, name="candle_sink")(
             make_candle_sink(sink, batch, within, emit_dead, "md.candles", observe("candle_sink"))
@@ -265,4 +274,4 @@ def build_worker(
             # Stopped with the worker: the runner's sockets close when the loop ends.
             await serve(metrics, settings.worker.metrics_host, settings.worker.metrics_port)
 
-    return Worker(app, state, sink, agents, metrics)
+    return Worker(app, state, sink, agents, metrics, trade_store)

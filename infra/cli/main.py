@@ -86,7 +86,11 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         replay_cli.prepare_run(settings)  # a run's worker may start before anything else of the run
     worker = build_worker(settings)
     settle_garbage_collector()  # the worker's hot path allocates several hundred objects a message
-    faust.Worker(worker.app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
+    try:
+        faust.Worker(worker.app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
+    finally:
+        if worker.trade_store is not None:
+            worker.trade_store.close()
     return 0
 
 

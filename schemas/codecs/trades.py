@@ -272,6 +272,22 @@ def table_from_raw(messages: Sequence[bytes]) -> pa.Table:
     return _table(venues, symbols, ids, price, size, sides, ets, rts)
 
 
+def table_for_sink(messages: Sequence[bytes]) -> pa.Table:
+    """The rows of `trades` a batch of raw messages stores: `table_from_raw`, or, when it refuses
+    the batch, every message `decode` accepts (the rest are skipped: the candles agent
+    dead-letters each of them, one report per message)."""
+    try:
+        return table_from_raw(messages)
+    except Exception:  # something malformed in the batch: the careful path keeps the rest
+        batches: list[tuple[str, str, list[TradeRow]]] = []
+        for raw in messages:
+            try:
+                batches.append(decode(raw))
+            except WireError:
+                continue
+        return table(batches)
+
+
 def _table(venues: list[str], symbols: list[str], ids: list[str], price: pa.Array, size: pa.Array,
            sides: list[str], ets: list[int], rts: list[int]) -> pa.Table:
     return pa.table(

@@ -8,30 +8,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import pyarrow as pa
-
 from schemas.codecs import candles, dead_letters, portfolio, quality, trades
 from schemas.codecs.envelope import WireError
-from schemas.codecs.trades import TradeRow
 from streams.agents.candles import DeadLetterEmitter, dead_letter_for
 from streams.core.portfolio import event_signed
 from streams.runtime.batch_sink import Agent, BatchSink, Observe, TableSink, batch_agent, model_rows
 from streams.sinks.clickhouse import ClickHouseSink
+from streams.sinks.trade_store import TradeStoreProcess
 
 log = logging.getLogger(__name__)
-
-
-def _trades(values: Sequence[bytes]) -> pa.Table:
-    try:
-        return trades.table_from_raw(values)
-    except Exception:  # something malformed in the batch: the careful path keeps the rest
-        batches: list[tuple[str, str, list[TradeRow]]] = []
-        for raw in values:
-            try:
-                batches.append(trades.decode(raw))
-            except WireError:
-                continue  # the candles agent dead-letters it; one report per message is enough
-        return trades.table(batches)
 
 
 class CandleSink(BatchSink):
@@ -54,8 +39,28 @@ class CandleSink(BatchSink):
 # `observe`: the worker's metrics hook, told each batch's size and write time (None: no metrics).
 
 
-def make_trade_sink(sink: ClickHouseSink, batch: int, within: float, observe: Observe | None = None) -> Agent:
-    return batch_agent(TableSink(sink, lambda values: [("trades", _trades(values))]), batch, within, observe)
+class ProcessTradeSink(BatchSink):
+    """md.trades.v1 -> `trades`, the rows built and inserted by the trade store's process
+    (`streams.sinks.trade_store`); the batch is acknowledged once that process has stored it, as
+    in process. `sink` only counts what was stored (rows and insert time, for the metrics)."""
+
+    def __init__(self, store: TradeStoreProcess, sink: ClickHouseSink) -> None:
+        self.store, self.sink = store, sink
+
+    async def write(self, values: Sequence[bytes]) -> None:
+        started = time.perf_counter()
+        rows = await self.store.store(values)
+        self.sink.note_insert("trades", rows, time.perf_counter() - started)
+
+
+def make_trade_sink(sink: ClickHouseSink, batch: int, within: float, observe: Observe | None = None,
+                    store: TradeStoreProcess | None = None) -> Agent:
+    """`store`: build and insert the rows in that process (the worker's default with its own
+    database); None: here, on the sink's thread (tests, a client factory of the caller's)."""
+    if store is not None:
+        return batch_agent(ProcessTradeSink(store, sink), batch, within, observe)
+    return batch_agent(TableSink(sink, lambda values: [("trades", trades.table_for_sink(values))]), batch, within,
+                       observe)
 
 
 def make_candle_sink(sink: ClickHouseSink, batch: int, within: float, dead_letter: DeadLetterEmitter,

@@ -476,3 +476,8 @@ class MeteredClickHouseSink(ClickHouseSink):
         n = await super().insert(table, data)
         self.metrics.observe_insert(table, self.clock() - started)
         return n
+
+    def note_insert(self, table: str, rows: int, seconds: float) -> None:
+        super().note_insert(table, rows, seconds)
+        if rows:
+            self.metrics.observe_insert(table, seconds)

@@ -61,6 +61,10 @@ class ClickHouseSink:
         self.rows_written[table] = self.rows_written.get(table, 0) + n
         return n
 
+    def note_insert(self, table: str, rows: int, seconds: float) -> None:
+        """Count rows another process stored into `table` for this sink (the trade store's)."""
+        self.rows_written[table] = self.rows_written.get(table, 0) + rows
+
     def _query_sync(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
         if self._client is None:
             self._client = self._factory()

@@ -90,6 +90,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: fields 14 and 15 of stat(5)
 
 
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is `pid`, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # ppid: field 4 of stat(5)
+            found.append(int(stat.parent.name))
+    return found
+
+
 # ---------------------------------------------------------------------------------------------
 # the messages
 
@@ -413,6 +426,8 @@ def _run_pipeline(settings: Settings, feed: Feed, rate: float, work: Path, pids:
             time.sleep(0.05)
         out.cpu_s = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
         out.cpu_s["worker"] = sum(cpu_seconds(w.pid) for w in workers)
+        # the trade store's process of each worker (streams/sinks/trade_store.py), started at its spawn
+        out.cpu_s["trade store"] = sum(cpu_seconds(child) for w in workers for child in children_of(w.pid))
         # Busy share of one core once past start-up: near 1.0 means CPU-bound on the event loop.
         assert first_rows_s is not None
         out.worker_steady_cpu_share = (out.cpu_s["worker"] - worker_cpu_at_first) / (trades_done_s - first_rows_s)

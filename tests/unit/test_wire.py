@@ -69,8 +69,8 @@ def test_the_sinks_fast_path_builds_the_same_table_as_the_validated_one() -> Non
 
 
 def test_a_malformed_message_costs_the_sink_only_itself() -> None:
-    from streams.agents.sinks import _trades
+    from schemas.codecs.trades import table_for_sink
 
     good = batch(["1", "2683.80000000", "0.0031", "sell", 5, 6])
-    table = _trades([good, b"{garbage", batch(["2", "1.123456789", "1", "buy", 1, 1]), good])
+    table = table_for_sink([good, b"{garbage", batch(["2", "1.123456789", "1", "buy", 1, 1]), good])
     assert table.column("trade_id").to_pylist() == ["1", "1"]  # duplicates are the table's job (FINAL)
