@@ -53,6 +53,7 @@ from streams.runtime.metrics import (
     serve,
     track_assignment,
 )
+from streams.runtime.preload import start_preload
 from streams.sinks.checkpoints import ClickHouseCheckpointStore
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.sinks.portfolio_snapshots import ClickHousePortfolioSnapshotStore
@@ -274,4 +275,7 @@ def build_worker(
             # Stopped with the worker: the runner's sockets close when the loop ends.
             await serve(metrics, settings.worker.metrics_host, settings.worker.metrics_port)
 
+    # What the first seconds of work would import on the event loop (streams.runtime.preload), now:
+    # the app starts in ~0.05 s and then waits ~1 s for its consumer group.
+    start_preload()
     return Worker(app, state, sink, agents, metrics, trade_store)

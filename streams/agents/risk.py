@@ -14,7 +14,6 @@ never stalls.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -23,7 +22,6 @@ from typing import Any
 from schemas.codecs import risk as risk_codec
 from schemas.risk import RiskEstimate
 from streams.agents.candle_messages import candle_agent
-from streams.core import risk
 from streams.core.risk_processor import CandleView, RiskAgentConfig, RiskProcessor, RiskStream, decode_candle
 from streams.runtime.batch_sink import TableSink, batch_agent, model_rows
 from streams.runtime.emit import Emitter, topic_emitter
@@ -91,7 +89,4 @@ def register_risk_agents(app: Any, settings: Any, *, candle_topic: Any, risk_top
             batch_agent(rows, settings.sink.batch_messages, settings.sink.flush_seconds)),
     }
     forget_on_revoke(app, state)
-    # scipy.special, which the estimates need, on a thread of its own now: a starting worker waits
-    # ~1 s for its consumer group, and importing it there costs no trade any time (streams.core.risk).
-    threading.Thread(target=risk.special, name="risk-imports", daemon=True).start()
     return RiskWiring(agents, state)

@@ -164,7 +164,7 @@ class Estimate:
 def special() -> Any:
     """scipy.special, imported on first use: it costs ~0.3 s (its array-API layer pulls in
     numpy.f2py), a quarter of what a worker imports before it starts. The worker imports it on
-    a thread of its own while it waits for its consumer group (streams.agents.risk), so the
+    a thread of its own while it waits for its consumer group (streams.runtime.preload), so the
     first estimate finds it loaded."""
     from scipy import special as module
 

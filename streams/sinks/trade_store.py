@@ -105,7 +105,11 @@ def _exit_with(parent: int) -> None:
 
 
 def _warm_up() -> None:
+    import pyarrow as pa
+
     import infra.store.clickhouse  # noqa: F401  (clickhouse-connect and pyarrow, before the first batch)
+
+    pa.array([0])  # pyarrow imports pandas on its first conversion of Python values (~0.2 s)
 
     # A batch parses ~50,000 rows into lists that die with it, none in a cycle: collecting the
     # young generation every 700 allocations (the default) measured ~2x the parse's own cost

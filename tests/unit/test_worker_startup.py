@@ -4,6 +4,10 @@ spawn -> Ready 4.4 s -> 3.3-3.6 s."""
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -54,3 +58,21 @@ def test_a_worker_on_the_embedded_broker_joins_after_one_of_its_sleeps() -> None
     assert conf["broker_heartbeat_interval"] <= session / 3
     kafka = faust_settings(Settings(worker_id="test-join", kafka_bootstrap="127.0.0.1:1", broker_flavour="kafka"))
     assert "broker_session_timeout" not in kafka  # a real Kafka keeps Faust's defaults
+
+
+PRELOADED = ("scipy.special", "pandas")
+
+
+def _imported_after(code: str) -> dict[str, bool]:
+    script = f"import sys, infra.cli.main, streams.app\n{code}\nprint([m in sys.modules for m in {PRELOADED!r}])"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=root)
+    return dict(zip(PRELOADED, ast.literal_eval(out.stdout.strip()), strict=True))
+
+
+def test_a_starting_worker_imports_its_late_libraries_on_the_preload_thread() -> None:
+    """`entasis worker` imports neither before it builds the app (scipy.special ~0.3 s, pandas ~0.2 s);
+    the preload thread imports both (streams.runtime.preload), while the worker joins its group."""
+    assert _imported_after("") == {"scipy.special": False, "pandas": False}
+    assert _imported_after("from streams.runtime.preload import start_preload\nstart_preload().join()") == {
+        "scipy.special": True, "pandas": True}
