@@ -47,10 +47,9 @@ class PredictAgentState(PredictProcessor):
     """The processor, with the streams' predictors and the I/O: `store` holds the checkpoints,
     `loader` the stored final candles (None: no replay; tests, no database)."""
 
-    def __init__(self, config: PredictAgentConfig, store: ModelStore, loader: BarLoader | None = None,
-                 models: model_store.ModelImports | None = None) -> None:
+    def __init__(self, config: PredictAgentConfig, store: ModelStore, loader: BarLoader | None = None) -> None:
         super().__init__(config)
-        self.store, self.loader, self.models = store, loader, models
+        self.store, self.loader = store, loader
         self.streams: KeyedState[tuple[str, str], PredictStream] = KeyedState()
 
     async def fold(self, view: CandleView, partition: Any = None) -> list[PredictionEvent]:
@@ -59,7 +58,7 @@ class PredictAgentState(PredictProcessor):
             return []
         key = (view.venue, view.symbol)
         s, new = await self.streams.get_or_load(
-            key, partition, lambda: model_store.open_stream(self.store, self, *key, self.models))
+            key, partition, lambda: model_store.open_stream(self.store, self, *key))
         replay = await model_store.stored_bars(self.loader, self.config, *key, self.replay_window(s, view, new))
         if self.is_redelivery(s, view, replay):
             return []
@@ -92,8 +91,7 @@ def register_predict_agent(app: Any, settings: Any, *, candle_topic: Any, predic
     `loader` replace publishing, the ClickHouse checkpoint store and the stored-candle loader (tests)."""
     config = config or PredictAgentConfig.from_settings(settings)
     state = PredictAgentState(config, store if store is not None else ClickHouseModelStore(sink),
-                              loader if loader is not None else ClickHouseBarLoader(sink),
-                              models=model_store.prepare_models(config))
+                              loader if loader is not None else ClickHouseBarLoader(sink))
     agents = {
         # the checkpoint comes after publishing: a crash in between re-folds the same candles, same events
         "predict": app.agent(candle_topic, name="predict")(candle_agent(

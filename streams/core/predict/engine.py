@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
+from streams.core.predict import versions
 from streams.core.predict.features import FEATURES_VERSION, Bar, FeatureBuilder, FeatureConfig, Features
 from streams.core.predict.scoring import DirectionCalibrator, RunningScore, ScoreSnapshot, Shrink
 
@@ -199,10 +200,47 @@ def _make_model(name: str, config: PredictConfig, n_features: int) -> Model:
 
         return EnsembleModel(steps, learning_rate=config.ensemble_learning_rate)
     # torch is imported only by a process that runs the network
-    from streams.core.predict.lstm import LstmModel
+    from streams.core.predict.lstm import LstmModel, limit_torch_threads
 
+    limit_torch_threads(1)
     return LstmModel(n_features, steps, seq_len=config.lstm_seq_len, hidden=config.lstm_hidden,
                      lr=config.lstm_lr, steps=config.lstm_steps, replay=config.lstm_replay, seed=config.seed)
+
+
+def _version(name: str, config: PredictConfig) -> str:
+    if name == "ensemble":
+        return versions.ENSEMBLE
+    return versions.lstm(config.lstm_hidden, config.lstm_seq_len, config.lstm_replay, config.lstm_steps)
+
+
+class _Deferred:
+    """A stream's model, built on its first prediction or lesson. The libraries behind the models
+    cost ~3 s of CPU to import (torch ~2, river's ensemble ~1) and a worker's threads share one
+    interpreter lock, so paying that while trades flow slows them (bench_pipeline); a stream has
+    nothing to predict until its features fill (`FeatureBuilder`: days of hourly candles on a
+    fresh stream), so until then nothing is imported. A model built late is the same model: its
+    initial state depends on its configuration and seed only, and a reset of one never built
+    changes nothing. Built on the prediction agent's worker thread, never on the event loop."""
+
+    def __init__(self, name: str, config: PredictConfig, n_features: int) -> None:
+        self.name, self.config, self.n_features = name, config, n_features
+        self.model: Model | None = None
+        self.version = _version(name, config)
+
+    def _built(self) -> Model:
+        if self.model is None:
+            self.model = _make_model(self.name, self.config, self.n_features)
+        return self.model
+
+    def predict(self, index: int, features: Features) -> dict[int, float]:
+        return self._built().predict(index, features)
+
+    def learn(self, examples: Sequence[tuple[int, int, Features, float]]) -> None:
+        self._built().learn(examples)
+
+    def reset(self) -> None:
+        if self.model is not None:
+            self.model.reset()
 
 
 @dataclass
@@ -225,7 +263,7 @@ class StreamPredictor:
         cfg = self.config
         fc = cfg.features
         self.features = FeatureBuilder(fc)
-        self.models = {m: _make_model(m, cfg, len(fc.names)) for m in cfg.models}
+        self.models = {m: _Deferred(m, cfg, len(fc.names)) for m in cfg.models}
         self.tracks = {
             (m, h): _Track(
                 RunningScore(cfg.score_window),

@@ -32,9 +32,10 @@ from typing import Any
 
 from river import base, ensemble, linear_model, optim, tree
 
+from streams.core.predict import versions
 from streams.core.predict.features import Features
 
-MODEL_VERSION = "ewa-nochange-blr-blr998-ht-v1"
+MODEL_VERSION = versions.ENSEMBLE
 
 
 class NoChange(base.Regressor):

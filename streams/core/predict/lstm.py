@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from streams.core.predict import versions
 from streams.core.predict.features import Features
 
 
@@ -82,7 +83,7 @@ class LstmModel:
 
     @property
     def version(self) -> str:
-        return f"lstm-h{self.hidden}-s{self.seq_len}-r{self.replay}x{self.steps}-v1"
+        return versions.lstm(self.hidden, self.seq_len, self.replay, self.steps)
 
     def _build(self) -> None:
         generator_state = torch.random.get_rng_state()
