@@ -38,12 +38,6 @@ def limit_torch_threads(threads: int = 1) -> None:
         torch.set_num_threads(threads)
 
 
-def import_optimiser_compiler() -> None:
-    """Import what `torch.optim`'s optimisers import on their first construction (torch._dynamo,
-    through `torch._compile._disable_dynamo`): about a second, better spent before the first model."""
-    import torch._dynamo  # noqa: F401
-
-
 class _Net(nn.Module):
     def __init__(self, n_in: int, hidden: int, n_out: int) -> None:
         super().__init__()
