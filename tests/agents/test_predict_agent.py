@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -105,10 +106,15 @@ async def test_agent_in_faust_test_context_publishes_forecasts_and_outcomes() ->
     async with wiring.agents["predict"].test_context() as agent:
         for raw in messages:
             await agent.put(raw, key=KEY, wait=False)
-        for _ in range(1000):
-            # the message count moves when a message arrives; its checkpoint is written after
-            # the fold (in a thread), so wait for that too before the context stops the agent
-            if wiring.state.messages == len(messages) and wiring.state.checkpoints == wiring.state.folded:
+        # The message count moves when a message arrives, before its fold; a checkpoint is written
+        # after its fold (in a thread). Both counts can agree while the last candle is still being
+        # folded, so wait for every candle's fold and its checkpoint. The first prediction builds
+        # the models (torch's import, seconds of CPU on a loaded machine): the wait is generous
+        # and ends as soon as the work is done.
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if (wiring.state.messages == len(messages) and wiring.state.folded == len(series)
+                    and wiring.state.checkpoints == wiring.state.folded):
                 break
             await asyncio.sleep(0.01)
     state = wiring.state
