@@ -16,13 +16,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 
 from schemas.book_ticker import BookTicker
 from schemas.codecs.envelope import VERSION_KEY, WireError, load, version_of
 from schemas.events import BookDelta, BookSnapshot, PriceLevel
+from schemas.level_keys import attach, price_key
 from schemas.limits import (
     MAX_TIME_NS,
     MAX_UPDATE_ID,
@@ -42,6 +43,7 @@ BOOK_SNAPSHOT: str = BookSnapshot.model_fields[VERSION_KEY].default
 BOOK_TICKER: str = BookTicker.model_fields[VERSION_KEY].default
 
 BookUpdate = BookDelta | BookSnapshot
+V = TypeVar("V")
 BookMessageItem = BookDelta | BookSnapshot | BookTicker
 
 
@@ -125,7 +127,8 @@ _SNAPSHOT_FIELDS: Final = frozenset(BookSnapshot.model_fields)
 _PLAIN_DECIMAL: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?")  # what Decimal() reads one way only
 # Level texts already read and checked (a book's diffs repeat the same prices and sizes): a hit
 # skips Decimal() and its checks; kept apart since a size may be 0 and a price may not; bounded.
-_PRICES: dict[str, Decimal] = {}
+# A price is remembered with its book key (`schemas.level_keys`), which the decoded event carries.
+_PRICES: dict[str, tuple[Decimal, int]] = {}
 _SIZES: dict[str, Decimal] = {}
 _CACHE_MAX: Final = 1 << 16
 
@@ -153,14 +156,19 @@ def _plain_update(u: Any) -> BookUpdate | None:
     bids, asks = _levels(u["bids"]), _levels(u["asks"])
     if bids is None or asks is None:
         return None
+    update: BookUpdate
     if version == BOOK_DELTA:
-        return trusted(BookDelta, {"venue": venue, "symbol": symbol, "event_ts_ns": event_ts, "recv_ts_ns": recv_ts,
-                                   "schema_version": version, "first_update_id": u["first_update_id"],
-                                   "last_update_id": u["last_update_id"], "prev_update_id": prev,
-                                   "bids": bids, "asks": asks})  # fmt: skip
-    return trusted(BookSnapshot, {"venue": venue, "symbol": symbol, "event_ts_ns": event_ts, "recv_ts_ns": recv_ts,
-                                  "schema_version": version, "last_update_id": u["last_update_id"],
-                                  "bids": bids, "asks": asks})  # fmt: skip
+        update = trusted(BookDelta, {"venue": venue, "symbol": symbol, "event_ts_ns": event_ts, "recv_ts_ns": recv_ts,
+                                     "schema_version": version, "first_update_id": u["first_update_id"],
+                                     "last_update_id": u["last_update_id"], "prev_update_id": prev,
+                                     "bids": bids[0], "asks": asks[0]})  # fmt: skip
+    else:
+        update = trusted(BookSnapshot, {"venue": venue, "symbol": symbol, "event_ts_ns": event_ts,
+                                        "recv_ts_ns": recv_ts, "schema_version": version,
+                                        "last_update_id": u["last_update_id"],
+                                        "bids": bids[0], "asks": asks[0]})  # fmt: skip
+    attach(update, bids[1], asks[1])
+    return update
 
 
 def _id(value: Any) -> bool:
@@ -171,11 +179,13 @@ def _time(value: Any) -> bool:
     return type(value) is int and 0 <= value <= MAX_TIME_NS
 
 
-def _levels(raw: Any) -> tuple[PriceLevel, ...] | None:
+def _levels(raw: Any) -> tuple[tuple[PriceLevel, ...], list[int]] | None:
+    """(the levels, their prices' book keys), or None if `raw` is not plainly written levels."""
     if type(raw) is not list:
         return None
     out: list[PriceLevel] = []
-    append = out.append
+    keys: list[int] = []
+    append, add_key = out.append, keys.append
     known_price, known_size = _PRICES.get, _SIZES.get
     for level in raw:
         if type(level) is not list or len(level) != 2:
@@ -184,21 +194,35 @@ def _levels(raw: Any) -> tuple[PriceLevel, ...] | None:
         if type(price_text) is not str or type(size_text) is not str:
             return None
         price = known_price(price_text)
-        if price is None and (price := _read(price_text, _PRICES, is_price=True)) is None:
+        if price is None and (price := _read_price(price_text)) is None:
             return None
         size = known_size(size_text)
-        if size is None and (size := _read(size_text, _SIZES, is_price=False)) is None:
+        if size is None and (size := _read_size(size_text)) is None:
             return None
-        append((price, size))
-    return tuple(out)
+        append((price[0], size))
+        add_key(price[1])
+    return tuple(out), keys
 
 
-def _read(text: str, known: dict[str, Decimal], is_price: bool) -> Decimal | None:
-    if not _PLAIN_DECIMAL.fullmatch(text):
+def _read_price(text: str) -> tuple[Decimal, int] | None:
+    value = _read(text)
+    if value is None or price_problem(value) is not None:
         return None
-    value = Decimal(text)
-    if (price_problem(value) if is_price else size_problem(value, allow_zero=True)) is not None:
+    return _remember(_PRICES, text, (value, price_key(value)))
+
+
+def _read_size(text: str) -> Decimal | None:
+    value = _read(text)
+    if value is None or size_problem(value, allow_zero=True) is not None:
         return None
+    return _remember(_SIZES, text, value)
+
+
+def _read(text: str) -> Decimal | None:
+    return Decimal(text) if _PLAIN_DECIMAL.fullmatch(text) else None
+
+
+def _remember(known: dict[str, V], text: str, value: V) -> V:
     if len(known) >= _CACHE_MAX:
         known.clear()
     known[text] = value

@@ -8,9 +8,13 @@ rescales itself, so the keys stay exact). Each side is a dict key -> the level a
 gave it (`(price, size)`, `Decimal`s exactly as printed) plus a plain list of the keys of
 the best few hundred levels kept sorted with `bisect` (C code, no Python-level tree), best
 level last: bids by price, asks by negated price, so one code path serves both sides and the
-churn near the top moves few list slots. Turning a fresh `Decimal` into its key costs about
-half of hashing it, which is what a `SortedDict` keyed by `Decimal` pays on every level;
-`tests.bench.bench_orderbook` measures both on the recorded captures.
+churn near the top moves few list slots. The keys at 8 places come with the event from the
+parser that read its level texts (`schemas.level_keys`: the Binance parser and the book topic's
+decoder remember each price text's key with its value), so a level costs the book a dict
+operation or two; for an event without them (built by hand, or a book rescaled finer) the
+book computes them (a multiply and `int()` of a fresh `Decimal`, ~0.25 us a level: that was
+half the book's time). A `SortedDict` keyed by `Decimal` pays a hash of every fresh price
+(~0.4 us); `tests.bench.bench_orderbook` measures both on the recorded captures.
 
 `SequencedBook` keeps an `L2Book` in step with a venue's snapshot + diff stream, by the venue's
 `BookRules` (`streams.core.venues.contract`; each venue module names its rules, e.g. Binance's
@@ -55,6 +59,7 @@ from typing import Any, Final, NamedTuple
 from schemas.book_ticker import BookTicker
 from schemas.codecs import book
 from schemas.events import BookDelta, BookSnapshot, PriceLevel, QualityEvent, QualityKind
+from schemas.level_keys import KEY_PLACES, LevelKeys, attached
 from schemas.trusted import trusted
 from streams.core.venues.contract import BookRules
 from streams.core.venues.registry import VENUES, book_rules
@@ -141,16 +146,18 @@ class L2Book:
     def asks(self) -> BookSide:
         return BookSide(self._ask_levels, negated=True)
 
-    def load(self, bids: Iterable[PriceLevel], asks: Iterable[PriceLevel]) -> None:
-        """Replace both sides (a snapshot). Zero sizes are not levels."""
+    def load(self, bids: Iterable[PriceLevel], asks: Iterable[PriceLevel], keys: LevelKeys | None = None) -> None:
+        """Replace both sides (a snapshot). Zero sizes are not levels. `keys`: the prices' keys at
+        `KEY_PLACES`, as the event's parser gave them (`schemas.level_keys.attached`)."""
         bids, asks = tuple(bids), tuple(asks)
         while True:
             try:
-                self._bid_levels = _keyed(bids, self._scale, 1)
-                self._ask_levels = _keyed(asks, self._scale, -1)
+                bid_keys, ask_keys = self._keys(bids, asks, keys)
                 break
             except _Inexact as finer:
                 self._set_places(finer.places)
+        self._bid_levels = {k: level for k, level in zip(bid_keys, bids, strict=True) if level[1]}
+        self._ask_levels = {k: level for k, level in zip(ask_keys, asks, strict=True) if level[1]}
         self._bound()
         self._bid_front = _front(self._bid_levels)
         self._ask_front = _front(self._ask_levels)
@@ -169,29 +176,36 @@ class L2Book:
         self._bid_levels, self._bid_front = {}, []
         self._ask_levels, self._ask_front = {}, []
 
-    def apply(self, bids: Sequence[PriceLevel], asks: Sequence[PriceLevel], depth: int = 0) -> bool:
+    def apply(self, bids: Sequence[PriceLevel], asks: Sequence[PriceLevel], depth: int = 0,
+              keys: LevelKeys | None = None) -> bool:
         """Apply absolute sizes (size 0 deletes). Returns whether the top `depth` levels of
-        either side changed (price or size); `depth` 0 means any level.
+        either side changed (price or size); `depth` 0 means any level. `keys` as for `load`.
 
         A change can reach the top `depth` only at a price at or better than the side's
         `depth`-th level before the change (or anywhere while the side has fewer levels):
         one threshold per side and diff, instead of comparing tops before and after."""
-        scale = self._scale
         try:
-            changed = _apply_side(self._bid_levels, self._bid_front, bids, scale, 1, depth)
-            changed = _apply_side(self._ask_levels, self._ask_front, asks, scale, -1, depth) or changed
+            bid_keys, ask_keys = self._keys(bids, asks, keys)
         except _Inexact as finer:
-            # Rare: a finer price than any before. Sizes are absolute, so applying the whole
-            # diff again on rescaled keys is exact; what changed is no longer known: say so.
-            held_bids, held_asks = list(self._bid_levels.values()), list(self._ask_levels.values())
+            # Rare: a finer price than any before. The held levels are keyed again at the finer
+            # scale, then the diff applied; what changed is no longer known: say so.
             self._set_places(finer.places)
-            self.load(held_bids, held_asks)
-            _apply_side(self._bid_levels, self._bid_front, bids, self._scale, 1, 0)
-            _apply_side(self._ask_levels, self._ask_front, asks, self._scale, -1, 0)
-            changed = True
+            self.load(list(self._bid_levels.values()), list(self._ask_levels.values()))
+            self.apply(bids, asks)
+            return True
+        changed = _apply_side(self._bid_levels, self._bid_front, bids, bid_keys, depth)
+        changed = _apply_side(self._ask_levels, self._ask_front, asks, ask_keys, depth) or changed
         if len(self._bid_levels) > self.max_levels or len(self._ask_levels) > self.max_levels:
             self._bound()  # never the top: `changed` stands
         return changed
+
+    def _keys(self, bids: Sequence[PriceLevel], asks: Sequence[PriceLevel],
+              keys: LevelKeys | None) -> tuple[Sequence[int], Sequence[int]]:
+        """The keys of both sides' levels (asks negated): the parser's when it gave them for this
+        book's scale, else computed (raises `_Inexact` for a price finer than the scale)."""
+        if keys is not None and self.places == KEY_PLACES:
+            return keys.bid_keys, [-k for k in keys.ask_keys]
+        return _keys_at(bids, self._scale, 1), _keys_at(asks, self._scale, -1)
 
     def _set_places(self, places: int) -> None:
         self.places = max(self.places, places)
@@ -225,18 +239,16 @@ class L2Book:
         return len(self._bid_levels) + len(self._ask_levels)
 
 
-def _keyed(levels: Iterable[PriceLevel], scale: Decimal, sign: int) -> dict[int, PriceLevel]:
-    out: dict[int, PriceLevel] = {}
-    for level in levels:
-        price, size = level
-        if not size:
-            continue
+def _keys_at(levels: Sequence[PriceLevel], scale: Decimal, sign: int) -> list[int]:
+    """The keys of `levels`' prices at `scale` (times `sign`), exact or `_Inexact`."""
+    keys = []
+    for price, _ in levels:
         scaled = price * scale
         key = int(scaled)
         if key != scaled:
             raise _Inexact(price)
-        out[sign * key] = level
-    return out
+        keys.append(sign * key)
+    return keys
 
 
 def _best_of(levels: dict[int, PriceLevel], n: int) -> dict[int, PriceLevel]:
@@ -251,25 +263,21 @@ def _front(levels: dict[int, PriceLevel]) -> list[int]:
     return front
 
 
-def _apply_side(levels: dict[int, PriceLevel], front: list[int], changes: Sequence[PriceLevel], scale: Decimal,
-                sign: int, depth: int) -> bool:
-    """One side of `L2Book.apply`: `sign` 1 for bids, -1 for asks (negated keys). The hot loop
-    of the book: the common case (a new size at a held price) comes first and compares sizes
-    only where the answer can matter (at or above the threshold, nothing changed yet)."""
+def _apply_side(levels: dict[int, PriceLevel], front: list[int], changes: Sequence[PriceLevel], keys: Sequence[int],
+                depth: int) -> bool:
+    """One side of `L2Book.apply`, `keys` the changes' keys (exact: negated prices for asks).
+    The hot loop of the book: the common case (a new size at a held price) comes first and
+    compares sizes only where the answer can matter (at or above the threshold, nothing changed
+    yet)."""
     changed = False
     # While the front holds fewer than `depth` keys it holds the whole side: any change counts.
     threshold = front[-depth] if 0 < depth <= len(front) else None
     get = levels.get
     front_min = _FRONT_MIN
-    for level in changes:
-        price, size = level
-        scaled = price * scale
-        magnitude = int(scaled)
-        key = sign * magnitude
+    for level, key in zip(changes, keys, strict=True):
+        size = level[1]
         old = get(key)
         if old is not None:
-            if old[0] != price:
-                raise _Inexact(price)  # a finer price truncated onto a held level's key
             if size:
                 levels[key] = level
                 if changed or (threshold is not None and key < threshold) or old[1] == size:
@@ -281,8 +289,6 @@ def _apply_side(levels: dict[int, PriceLevel], front: list[int], changes: Sequen
                     if len(front) < front_min and len(levels) > len(front):
                         front[:] = _front(levels)
         elif size:
-            if magnitude != scaled:
-                raise _Inexact(price)
             levels[key] = level
             if len(front) < front_min or key > front[0]:  # a short front holds the whole side
                 insort(front, key)
@@ -503,7 +509,7 @@ class SequencedBook:
 
     def _apply(self, d: BookDelta) -> BookOutcome:
         book = self.book
-        changed = book.apply(d.bids, d.asks, self.depth)
+        changed = book.apply(d.bids, d.asks, self.depth, attached(d))
         self._last = d.last_update_id
         self.applied += 1
         if d.event_ts_ns > self.event_ts_ns:
@@ -558,7 +564,7 @@ class SequencedBook:
             self.snapshots_rejected += 1
             self._buffer = deque(pending, maxlen=self._buffer.maxlen)
             return _SKIPPED_INVALID
-        self.book.load(snap.bids, snap.asks)
+        self.book.load(snap.bids, snap.asks, attached(snap))
         if self.book.crossed():
             self.book.clear()
             self.snapshots_rejected += 1
@@ -598,7 +604,7 @@ class SequencedBook:
         ours. This is how whole-book streams work (the live connectors publish the book ccxt
         keeps, every 100 ms); diffs that follow must bridge it like after any snapshot."""
         previous = self.book.top(self.depth) if self.depth else None
-        self.book.load(snap.bids, snap.asks)
+        self.book.load(snap.bids, snap.asks, attached(snap))
         if self.book.crossed():
             self.book.clear()
             self.state = SyncState.AWAITING_SNAPSHOT

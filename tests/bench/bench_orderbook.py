@@ -11,7 +11,10 @@ update, against the targets of docs/architecture.md:
   agent's default depth) too.
   The events are parsed afresh (untimed) before every run: a `Decimal` computes its hash on
   first use (~0.3-0.4 µs, the largest single cost of a level) and keeps it, so feeding the same
-  objects again would leave that cost out. That flattering figure is printed too ("warm");
+  objects again would leave that cost out. That flattering figure is printed too ("warm").
+  The parser hands each event over with its prices' integer keys (`schemas.level_keys`), as the
+  book topic's decoder does for the book agent; the anchor ignores them. Computing a key is part
+  of the raw figure below (remembered per price text, as the parser remembers the values);
 - raw: `parse_line` of the recorded JSON line + `update` + `best()` — target ≥ 15k updates/s;
 - wire: `decode_book_message` of `book_batch.v1` bytes (what the agent reads from Kafka, one
   update a message, as the replay writes them) + `update` + `best()`, reported only.
@@ -84,14 +87,17 @@ class SortedDictBook:
         self.bids: SortedDict = SortedDict()
         self.asks: SortedDict = SortedDict()
 
-    def load(self, bids: Iterable[PriceLevel], asks: Iterable[PriceLevel]) -> None:
+    # `keys` (the parser's integer keys, `schemas.level_keys`) are the fixed-point core's: the
+    # anchor keys by the Decimal price and ignores them.
+    def load(self, bids: Iterable[PriceLevel], asks: Iterable[PriceLevel], keys: object = None) -> None:
         self.bids = SortedDict({p: s for p, s in bids if s})
         self.asks = SortedDict({p: s for p, s in asks if s})
 
     def clear(self) -> None:
         self.bids, self.asks = SortedDict(), SortedDict()
 
-    def apply(self, bids: Iterable[PriceLevel], asks: Iterable[PriceLevel], depth: int = 0) -> bool:
+    def apply(self, bids: Iterable[PriceLevel], asks: Iterable[PriceLevel], depth: int = 0,
+              keys: object = None) -> bool:
         changed = False
         side = self.bids
         threshold = side.keys()[-depth] if 0 < depth <= len(side) else None

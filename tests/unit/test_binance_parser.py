@@ -28,6 +28,7 @@ from streams.core.venues.binance import (
     split_line,
     venue_of,
 )
+from tests.level_keys_oracle import assert_keys_of_texts
 
 BINANCE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "binance"
 pytestmark = pytest.mark.skipif(not BINANCE.is_dir(), reason=f"recorded data not found at {BINANCE}")
@@ -116,6 +117,7 @@ def test_depth_updates_match_the_recorded_fields(
         assert delta.prev_update_id == (None if market == "spot" else data["pu"])
         assert [[format(p, "f"), format(q, "f")] for p, q in delta.bids] == data["b"]
         assert [[format(p, "f"), format(q, "f")] for p, q in delta.asks] == data["a"]
+        assert_keys_of_texts(delta, data["b"], data["a"])
 
 
 @pytest.mark.parametrize(("name", "market", "binance_symbol", "venue", "symbol"), FILES, ids=FILE_IDS)
@@ -132,6 +134,7 @@ def test_the_snapshot_matches_the_recorded_body(
     assert len(snapshot.bids) == len(snapshot.asks) == 1000
     assert [[format(p, "f"), format(q, "f")] for p, q in snapshot.bids] == body["bids"]
     assert [[format(p, "f"), format(q, "f")] for p, q in snapshot.asks] == body["asks"]
+    assert_keys_of_texts(snapshot, body["bids"], body["asks"])
     assert snapshot.bids[0][0] < snapshot.asks[0][0]
 
 

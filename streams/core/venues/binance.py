@@ -23,13 +23,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Context, Decimal, InvalidOperation
 from functools import lru_cache
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import orjson
 
 from schemas.book_ticker import BookTicker
 from schemas.codecs import book, trades
 from schemas.events import BookDelta, BookSnapshot, PriceLevel, Side, Trade
+from schemas.level_keys import attach, price_key
 from schemas.limits import MAX_PRICE, MAX_SIZE, MAX_TIME_NS, MAX_UPDATE_ID
 from schemas.symbols import InvalidSymbol, normalize_symbol
 from schemas.trusted import trusted
@@ -250,7 +251,9 @@ def _depth(d: dict[str, Any], market: Market, venue: str, recv_ns: int, hint: st
         raise ParseError(f"depthUpdate: U {first} is after u {last}")
     # Spot diffs chain by U == previous u + 1 and have no `pu`; futures diffs chain by pu.
     prev = None if market == "spot" else _int(d["pu"], "pu")
-    return trusted(
+    bids, bid_keys = _levels(d["b"], "b")
+    asks, ask_keys = _levels(d["a"], "a")
+    delta = trusted(
         BookDelta,
         {
             "venue": venue,
@@ -261,10 +264,12 @@ def _depth(d: dict[str, Any], market: Market, venue: str, recv_ns: int, hint: st
             "first_update_id": first,
             "last_update_id": last,
             "prev_update_id": prev,
-            "bids": _levels(d["b"], "b"),
-            "asks": _levels(d["a"], "a"),
+            "bids": bids,
+            "asks": asks,
         },
     )
+    attach(delta, bid_keys, ask_keys)
+    return delta
 
 
 def _ticker(d: dict[str, Any], market: Market, venue: str, recv_ns: int, hint: str | None) -> BookTicker:
@@ -290,7 +295,9 @@ def _snapshot(d: dict[str, Any], market: Market, venue: str, recv_ns: int, hint:
     raw_symbol = d.get("symbol", hint)
     if raw_symbol is None:
         raise ParseError("snapshot: the body names no symbol and none was given (symbol=...)")
-    return trusted(
+    bids, bid_keys = _levels(d["bids"], "bids")
+    asks, ask_keys = _levels(d["asks"], "asks")
+    snapshot = trusted(
         BookSnapshot,
         {
             "venue": venue,
@@ -299,10 +306,12 @@ def _snapshot(d: dict[str, Any], market: Market, venue: str, recv_ns: int, hint:
             "recv_ts_ns": recv_ns,
             "schema_version": book.BOOK_SNAPSHOT,
             "last_update_id": _int(d["lastUpdateId"], "lastUpdateId"),
-            "bids": _levels(d["bids"], "bids"),
-            "asks": _levels(d["asks"], "asks"),
+            "bids": bids,
+            "asks": asks,
         },
     )
+    attach(snapshot, bid_keys, ask_keys)
+    return snapshot
 
 
 def _exchange_time(d: dict[str, Any], market: Market, recv_ns: int) -> int:
@@ -319,10 +328,12 @@ def _exchange_time(d: dict[str, Any], market: Market, recv_ns: int) -> int:
 # prices over and over (97 % of the recorded spot levels' prices had been seen before, 77 % of the
 # sizes: "0.00000000" removes a level), and a dict lookup costs a fraction of Decimal() and its
 # checks. Only strings that passed the checks are kept, so a hit is a valid value; bounded by
-# clearing when full.
-_LEVEL_PRICES: dict[str, Decimal] = {}
+# clearing when full. A price is kept with its book key (`schemas.level_keys`): the event carries
+# its levels' keys, so the book does not compute them.
+_LEVEL_PRICES: dict[str, tuple[Decimal, int]] = {}
 _LEVEL_SIZES: dict[str, Decimal] = {}
 _LEVEL_CACHE_MAX: Final = 1 << 16
+V = TypeVar("V")
 
 
 def forget_level_values() -> None:
@@ -332,11 +343,13 @@ def forget_level_values() -> None:
     _LEVEL_SIZES.clear()
 
 
-def _levels(raw: Any, name: str) -> tuple[PriceLevel, ...]:
+def _levels(raw: Any, name: str) -> tuple[tuple[PriceLevel, ...], list[int]]:
+    """(the levels, their prices' book keys)."""
     if type(raw) is not list:
         raise ParseError(f"{name} must be a list of [price, size], got {type(raw).__name__}")
     levels: list[PriceLevel] = []
-    append = levels.append
+    keys: list[int] = []
+    append, add_key = levels.append, keys.append
     known_price, known_size = _LEVEL_PRICES.get, _LEVEL_SIZES.get
     # Inlined (no helper call per value on a hit): a snapshot holds 2000 levels, a diff dozens.
     try:
@@ -347,28 +360,37 @@ def _levels(raw: Any, name: str) -> tuple[PriceLevel, ...]:
             # a str key only ever equals a str; an unhashable value raises TypeError (a bad level)
             price = known_price(price_text)
             if price is None:
-                price = _level_value(price_text, _LEVEL_PRICES, positive=True)
+                price = _level_price(price_text)
             size = known_size(size_text)
             if size is None:
-                size = _level_value(size_text, _LEVEL_SIZES, positive=False)
+                size = _level_size(size_text)
             if price is None or size is None:
                 raise _bad_level(name, level)
-            append((price, size))
+            append((price[0], size))
+            add_key(price[1])
     except ParseError:
         raise
     except (InvalidOperation, TypeError, ValueError) as exc:  # Decimal() of a non-number, NaN compared
         raise _bad_level(name, level) from exc
-    return tuple(levels)
+    return tuple(levels), keys
 
 
-def _level_value(text: Any, known: dict[str, Decimal], positive: bool) -> Decimal | None:
-    """A level's price (`positive`: above zero, below 1e30) or size (zero or more, below 1e20),
-    remembered in `known`; None if it is not one."""
-    value = _decimal(text, _MAX_PRICE, zero_ok=False) if positive else _decimal(text, _MAX_SIZE, zero_ok=True)
-    if value is not None:
-        if len(known) >= _LEVEL_CACHE_MAX:
-            known.clear()
-        known[text] = value
+def _level_price(text: Any) -> tuple[Decimal, int] | None:
+    """A level's price (above zero, below 1e30) and its book key, remembered; None if it is not one."""
+    value = _decimal(text, _MAX_PRICE, zero_ok=False)
+    return None if value is None else _remember(_LEVEL_PRICES, text, (value, price_key(value)))
+
+
+def _level_size(text: Any) -> Decimal | None:
+    """A level's size (zero or more, below 1e20), remembered; None if it is not one."""
+    value = _decimal(text, _MAX_SIZE, zero_ok=True)
+    return None if value is None else _remember(_LEVEL_SIZES, text, value)
+
+
+def _remember(known: dict[str, V], text: str, value: V) -> V:
+    if len(known) >= _LEVEL_CACHE_MAX:
+        known.clear()
+    known[text] = value
     return value
 
 
