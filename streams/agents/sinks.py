@@ -13,6 +13,7 @@ from schemas.codecs.envelope import WireError
 from streams.agents.candles import DeadLetterEmitter, dead_letter_for
 from streams.core.portfolio import event_signed
 from streams.runtime.batch_sink import Agent, BatchSink, Observe, TableSink, batch_agent, model_rows
+from streams.runtime.batch_take import take_batches
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.sinks.trade_store import TradeStoreProcess
 
@@ -114,7 +115,7 @@ def portfolio_event_sink_agent(writer: PortfolioEventSink, batch: int, within: f
 
     async def portfolio_event_sink(stream: Any) -> None:
         # events, not values: the signature travels in the headers
-        async for events in stream.take_events(batch, within=within):
+        async for events in take_batches(stream, batch, within, events=True):
             started = time.perf_counter()
             await writer.write(events)
             if observe is not None:

@@ -1,10 +1,11 @@
 """A topic's values written in batches, with the flush tied to acknowledgement.
 
 After quix-streams' `BatchingSink`: values are gathered into a batch and the sink writes the
-whole batch at once; the input offsets are committed only after the write. Here the batch is
-Faust's `stream.take(size, within=seconds)`, which acknowledges a batch only once the loop
-body that received it returns, i.e. after `write`: a crash before that re-delivers the batch,
-which the idempotent (ReplacingMergeTree) tables absorb."""
+whole batch at once; the input offsets are committed only after the write. Here the batch comes
+from `take_batches` (Faust's `stream.take(size, within=seconds)`, and a large partial batch goes
+as soon as its stream is idle), which acknowledges a batch only once the loop body that received
+it returns, i.e. after `write`: a crash before that re-delivers the batch, which the idempotent
+(ReplacingMergeTree) tables absorb."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from schemas.codecs.envelope import EventCodec
+from streams.runtime.batch_take import take_batches
 from streams.sinks.clickhouse import ClickHouseSink
 
 Agent = Callable[[Any], Coroutine[Any, Any, None]]
@@ -51,7 +53,7 @@ def batch_agent(sink: BatchSink, size: int, within: float, observe: Observe | No
     per batch: the metrics cost nothing per message)."""
 
     async def sink_agent(stream: Any) -> None:
-        async for values in stream.take(size, within=within):
+        async for values in take_batches(stream, size, within):
             if observe is None:
                 await sink.write(values)
                 continue

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -15,7 +15,7 @@ import pytest
 from schemas.codecs import quality as quality_codec
 from schemas.events import QualityEvent, QualityKind
 from streams.core.checkpoint import MemoryCheckpointStore
-from streams.runtime.batch_sink import TableSink, batch_agent, model_rows
+from streams.runtime.batch_sink import TableSink, model_rows
 from streams.runtime.checkpointed import CheckpointedStreams
 from streams.runtime.emit import routed, topic_emitter
 from streams.runtime.keyed import KeyedState, forget_on_revoke
@@ -115,19 +115,6 @@ async def test_inputs_are_acknowledged_only_by_the_checkpoint_that_covers_them()
     assert (slot.folded_offset, slot.state.total) == (1, 7)  # m0 and m1 are re-deliveries now
 
 
-class FakeStream:
-    """Faust's `take`: a batch is acknowledged when the loop body that got it returns."""
-
-    def __init__(self, batches: Sequence[list[bytes]]) -> None:
-        self.batches = batches
-        self.log: list[str] = []
-
-    async def take(self, size: int, within: float) -> AsyncIterator[list[bytes]]:
-        for i, batch in enumerate(self.batches):
-            yield batch
-            self.log.append(f"ack {i}")
-
-
 class RecordingSink:
     def __init__(self, log: list[str], fail_on: int | None = None) -> None:
         self.log, self.fail_on, self.inserted = log, fail_on, 0
@@ -149,17 +136,17 @@ def symbols_table(events: Sequence[QualityEvent]) -> pa.Table:
     return pa.table({"symbol": [e.symbol for e in events]})
 
 
-async def test_a_batch_is_acknowledged_after_its_write_and_never_when_the_write_fails() -> None:
-    stream = FakeStream([[quality("BTC-USDT"), b"{oops"], [quality("ETH-USDT")]])
-    sink = RecordingSink(stream.log)
-    await batch_agent(TableSink(sink, model_rows(quality_codec.CODEC, "q", symbols_table)), 10, 1.0)(stream)  # type: ignore[arg-type]
-    assert stream.log == ["insert q 1", "ack 0", "insert q 1", "ack 1"]
+async def test_a_table_sink_inserts_each_batchs_rows_and_raises_what_the_insert_raised() -> None:
+    # when a batch is acknowledged (after its write, never when it fails): tests/agents/test_batch_take.py
+    log: list[str] = []
+    sink = TableSink(RecordingSink(log), model_rows(quality_codec.CODEC, "q", symbols_table))
+    await sink.write([quality("BTC-USDT"), b"{oops"])
+    await sink.write([quality("ETH-USDT")])
+    assert log == ["insert q 1", "insert q 1"]
 
-    failing = FakeStream([[quality("BTC-USDT")], [quality("ETH-USDT")]])
-    down = RecordingSink(failing.log, fail_on=1)
+    down = TableSink(RecordingSink(log, fail_on=0), model_rows(quality_codec.CODEC, "q", symbols_table))
     with pytest.raises(ConnectionError):
-        await batch_agent(TableSink(down, model_rows(quality_codec.CODEC, "q", symbols_table)), 10, 1.0)(failing)  # type: ignore[arg-type]
-    assert failing.log == ["insert q 1", "ack 0"]  # the second batch stays unacknowledged
+        await down.write([quality("BTC-USDT")])
 
 
 def test_model_rows_keep_only_valid_events() -> None:

@@ -4,7 +4,6 @@ and `/healthz`, `/readyz`, `/metrics` over a real aiohttp server on loopback."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +15,6 @@ from infra.config.settings import Settings
 from schemas.events import Candle, DeadLetter, QualityEvent
 from streams.app import build_worker
 from streams.core.checkpoint import MemoryCheckpointStore
-from streams.runtime.batch_sink import BatchSink, batch_agent
 from streams.runtime.metrics import WorkerMetrics, WorkerStateCollector, track_assignment, web_app
 from tests.agents.test_candle_agent import batches, feed, spot_trades
 
@@ -131,35 +129,6 @@ def test_the_collector_reads_forged_portfolio_messages_by_where_they_were_met_at
     got = samples(metrics)
     assert got[("entasis_worker_forged_messages_total", (("where", "portfolio_event_sink"),))] == 5
     assert got[("entasis_worker_forged_messages_total", (("where", "portfolio_commands"),))] == 2
-
-
-class Recording(BatchSink):
-    async def write(self, values: Sequence[bytes]) -> None:
-        pass
-
-
-class FakeStream:
-    def __init__(self, batches: list[list[bytes]]) -> None:
-        self.batches = batches
-
-    async def take(self, size: int, within: float) -> Any:
-        for batch in self.batches:
-            yield batch
-
-
-async def test_a_sink_agent_is_observed_once_per_batch_with_its_size() -> None:
-    metrics = WorkerMetrics()
-    seen: list[int] = []
-
-    def observe(messages: int, seconds: float) -> None:
-        seen.append(messages)
-        metrics.observe_agent("trade_sink", messages, seconds)
-
-    await batch_agent(Recording(), 10, 1.0, observe)(FakeStream([[b"a", b"b", b"c"], [b"d"]]))
-    assert seen == [3, 1]
-    got = samples(metrics)
-    assert got[("entasis_worker_agent_messages_total", (("agent", "trade_sink"),))] == 4
-    assert got[("entasis_worker_agent_processing_seconds_count", (("agent", "trade_sink"),))] == 2
 
 
 async def test_the_metered_sink_times_each_insert_by_table() -> None:
