@@ -30,7 +30,7 @@ from schemas.events import DeadLetter
 from schemas.portfolio import BalanceSet, OpenPosition, PortfolioEvent, PositionType, SetBalance, decode_event
 from schemas.wire import encode_event
 from streams.agents.portfolio import PortfolioWiring, TopicHistory, register_portfolio_agent
-from streams.agents.sinks import make_portfolio_event_sink
+from streams.agents.sinks import PortfolioEventSink
 from streams.core.portfolio import SIGNATURE_HEADER, admin_signature, command_signature
 from streams.runtime.portfolio_store import positioned_emitter
 from streams.runtime.topic_reader import TopicRecord
@@ -188,20 +188,11 @@ async def test_a_rebuilt_agent_folds_no_forged_event_and_a_signed_one() -> None:
 
 @dataclass
 class _Event:
-    """A Faust event as `take_events` yields it."""
+    """A Faust event as the sink agent's batches hold it (`take_batches(..., events=True)`)."""
 
     key: bytes | None
     value: bytes
     headers: Any
-
-
-class _Stream:
-    def __init__(self, batches: list[list[_Event]]) -> None:
-        self.batches = batches
-
-    async def take_events(self, size: int, within: float) -> Any:
-        for batch in self.batches:
-            yield batch
 
 
 class _ClickHouse:
@@ -225,9 +216,10 @@ async def test_the_sink_stores_only_signed_events_and_dead_letters_the_rest() ->
     async def dead_letter(letter: DeadLetter) -> None:
         dead.append(letter)
 
-    agent = make_portfolio_event_sink(clickhouse, 100, 1.0, signing_key=SIGNING_KEY,  # type: ignore[arg-type]
-                                      dead_letter=dead_letter, source="t.pf.events")
-    await agent(_Stream([[signed[0], *bad[:2]], [*bad[2:], signed[1]]]))
+    # the agent's batching and acknowledgement: tests/agents/test_batch_take.py
+    writer = PortfolioEventSink(clickhouse, SIGNING_KEY, dead_letter, "t.pf.events")  # type: ignore[arg-type]
+    for batch in ([signed[0], *bad[:2]], [*bad[2:], signed[1]]):
+        await writer.write(batch)  # type: ignore[arg-type]
     assert [(row["account"], row["seq"]) for row in clickhouse.rows] == [("alice", 1), ("alice", 2)]
     assert [bytes.fromhex(letter.raw_hex) for letter in dead] == [forged] * len(bad)
     assert {letter.source for letter in dead} == {"t.pf.events"}
