@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import orjson
 
@@ -33,6 +33,7 @@ from schemas.limits import (
     size_problem,
     stream_problem,
 )
+from schemas.text_memo import remember
 from schemas.trusted import trusted
 
 BOOK_BATCH = "book_batch.v1"
@@ -43,7 +44,6 @@ BOOK_SNAPSHOT: str = BookSnapshot.model_fields[VERSION_KEY].default
 BOOK_TICKER: str = BookTicker.model_fields[VERSION_KEY].default
 
 BookUpdate = BookDelta | BookSnapshot
-V = TypeVar("V")
 BookMessageItem = BookDelta | BookSnapshot | BookTicker
 
 
@@ -130,7 +130,6 @@ _PLAIN_DECIMAL: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?")  # what Decimal() rea
 # A price is remembered with its book key (`schemas.level_keys`), which the decoded event carries.
 _PRICES: dict[str, tuple[Decimal, int]] = {}
 _SIZES: dict[str, Decimal] = {}
-_CACHE_MAX: Final = 1 << 16
 
 
 def _plain_update(u: Any) -> BookUpdate | None:
@@ -208,25 +207,18 @@ def _read_price(text: str) -> tuple[Decimal, int] | None:
     value = _read(text)
     if value is None or price_problem(value) is not None:
         return None
-    return _remember(_PRICES, text, (value, price_key(value)))
+    return remember(_PRICES, text, (value, price_key(value)))
 
 
 def _read_size(text: str) -> Decimal | None:
     value = _read(text)
     if value is None or size_problem(value, allow_zero=True) is not None:
         return None
-    return _remember(_SIZES, text, value)
+    return remember(_SIZES, text, value)
 
 
 def _read(text: str) -> Decimal | None:
     return Decimal(text) if _PLAIN_DECIMAL.fullmatch(text) else None
-
-
-def _remember(known: dict[str, V], text: str, value: V) -> V:
-    if len(known) >= _CACHE_MAX:
-        known.clear()
-    known[text] = value
-    return value
 
 
 def forget_level_values() -> None:

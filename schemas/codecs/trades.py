@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 from schemas.codecs.envelope import DEC, MAX_DECIMALS, TS, VERSION_KEY, WireError, decimals, version_of
 from schemas.events import Side, Trade
 from schemas.limits import MAX_PRICE, MAX_SIZE, MAX_TIME_NS, stream_problem, trade_problem
+from schemas.text_memo import remember
 
 TRADE_BATCH = "trade_batch.v1"
 FORMATS = (TRADE_BATCH,)
@@ -118,10 +119,9 @@ _fit = Context(prec=38, traps=[InvalidOperation]).quantize
 # Prices and sizes already read and checked, by their text. A stream's trades repeat the same
 # prices (one tick grid) and many sizes, and a hit skips Decimal(), the bounds and the 8-places
 # check: most of `decode`'s cost per trade (tests/bench/bench_candles.py). Only values that passed
-# are kept, so a hit is valid; each holds at most _KNOWN_MAX texts (cleared when full).
+# are kept, so a hit is valid; bounded (`schemas.text_memo`).
 _PRICES: dict[str, Decimal] = {}
 _SIZES: dict[str, Decimal] = {}
-_KNOWN_MAX = 1 << 16
 
 
 def forget_known_values() -> None:
@@ -173,10 +173,7 @@ def _read(text: str, known: dict[str, Decimal], bound: Decimal) -> Decimal | Non
             return None
     except InvalidOperation:  # not a number, NaN compared, more than 30 integer digits
         return None
-    if len(known) >= _KNOWN_MAX:
-        known.clear()
-    known[text] = value
-    return value
+    return remember(known, text, value)
 
 
 def _checked_rows(trades: list[Any]) -> list[TradeRow]:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from schemas.book_ticker import BookTicker
 from schemas.events import BookDelta, BookSnapshot, Side, Trade
+from schemas.text_memo import MAX_TEXTS
 from streams.core.venues.binance import (
     VENUES,
     ParseError,
@@ -386,10 +387,10 @@ def test_level_values_read_before_never_let_a_bad_level_through() -> None:
 def test_the_remembered_level_values_stay_bounded() -> None:
     from streams.core.venues import binance
 
-    many = [[f"{1 + i / 1e6:.6f}", f"{i / 1e8:.8f}"] for i in range(binance._LEVEL_CACHE_MAX + 1000)]
+    many = [[f"{1 + i / 1e6:.6f}", f"{i / 1e8:.8f}"] for i in range(MAX_TEXTS + 1000)]
     parsed = only(line_of(with_data(DEPTH, b=many, a=[])), "usdm")
-    assert len(binance._LEVEL_PRICES) <= binance._LEVEL_CACHE_MAX
-    assert len(binance._LEVEL_SIZES) <= binance._LEVEL_CACHE_MAX
+    assert len(binance._LEVEL_PRICES) <= MAX_TEXTS
+    assert len(binance._LEVEL_SIZES) <= MAX_TEXTS
     # read in full all the same, each value as Decimal reads its text (digits and exponent)
     assert [(p.as_tuple(), s.as_tuple()) for p, s in parsed.bids] == [
         (Decimal(p).as_tuple(), Decimal(s).as_tuple()) for p, s in many]

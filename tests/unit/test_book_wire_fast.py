@@ -18,6 +18,7 @@ from schemas.codecs import book
 from schemas.codecs.envelope import WireError
 from schemas.events import BookDelta, BookSnapshot
 from schemas.limits import MAX_UPDATE_ID, count_problem, level_problem
+from schemas.text_memo import MAX_TEXTS
 from streams.core.venues.binance import parse_line
 from tests.level_keys_oracle import assert_keys_of_texts
 from tests.shared_data import BINANCE
@@ -156,6 +157,6 @@ def test_any_level_text_gets_the_pydantic_outcome(price: str, size: str) -> None
 def test_the_remembered_level_texts_stay_bounded() -> None:
     book.forget_level_values()
     base = base_updates()[0]
-    for i in range(book._CACHE_MAX + 10):
+    for i in range(MAX_TEXTS + 10):
         book._plain_update({**base, "bids": [[f"{i + 1}.5", "1"]], "asks": []})
-    assert 0 < len(book._PRICES) <= book._CACHE_MAX
+    assert 0 < len(book._PRICES) <= MAX_TEXTS

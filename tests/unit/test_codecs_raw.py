@@ -14,6 +14,7 @@ from schemas.codecs import book, trades
 from schemas.codecs.envelope import WireError
 from schemas.codecs.trades import TradeRow
 from schemas.events import BookDelta, BookSnapshot, Side, Trade
+from schemas.text_memo import MAX_TEXTS
 
 D = Decimal
 E1, R1 = 1_723_161_256_560_000_000, 1_723_161_256_561_000_000
@@ -102,9 +103,9 @@ def test_remembered_prices_and_sizes_change_no_answer(bad: list[object]) -> None
 
 def test_remembered_values_stay_bounded() -> None:
     trades.forget_known_values()
-    for start in range(0, trades._KNOWN_MAX + 500, 500):
+    for start in range(0, MAX_TEXTS + 500, 500):
         trades.decode(trade_batch(*[[str(i), f"{i + 1}.5", "1", "buy", 1, 1] for i in range(start, start + 500)]))
-    assert 0 < len(trades._PRICES) <= trades._KNOWN_MAX
+    assert 0 < len(trades._PRICES) <= MAX_TEXTS
     assert trades.decode(trade_batch(["1", "3.5", "1", "buy", 1, 1]))[2][0].price == D("3.5")
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Context, Decimal, InvalidOperation
 from functools import lru_cache
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -33,6 +33,7 @@ from schemas.events import BookDelta, BookSnapshot, PriceLevel, Side, Trade
 from schemas.level_keys import attach, price_key
 from schemas.limits import MAX_PRICE, MAX_SIZE, MAX_TIME_NS, MAX_UPDATE_ID
 from schemas.symbols import InvalidSymbol, normalize_symbol
+from schemas.text_memo import remember
 from schemas.trusted import trusted
 from streams.core.venues.contract import BookRules
 
@@ -332,8 +333,6 @@ def _exchange_time(d: dict[str, Any], market: Market, recv_ns: int) -> int:
 # its levels' keys, so the book does not compute them.
 _LEVEL_PRICES: dict[str, tuple[Decimal, int]] = {}
 _LEVEL_SIZES: dict[str, Decimal] = {}
-_LEVEL_CACHE_MAX: Final = 1 << 16
-V = TypeVar("V")
 
 
 def forget_level_values() -> None:
@@ -378,20 +377,13 @@ def _levels(raw: Any, name: str) -> tuple[tuple[PriceLevel, ...], list[int]]:
 def _level_price(text: Any) -> tuple[Decimal, int] | None:
     """A level's price (above zero, below 1e30) and its book key, remembered; None if it is not one."""
     value = _decimal(text, _MAX_PRICE, zero_ok=False)
-    return None if value is None else _remember(_LEVEL_PRICES, text, (value, price_key(value)))
+    return None if value is None else remember(_LEVEL_PRICES, text, (value, price_key(value)))
 
 
 def _level_size(text: Any) -> Decimal | None:
     """A level's size (zero or more, below 1e20), remembered; None if it is not one."""
     value = _decimal(text, _MAX_SIZE, zero_ok=True)
-    return None if value is None else _remember(_LEVEL_SIZES, text, value)
-
-
-def _remember(known: dict[str, V], text: str, value: V) -> V:
-    if len(known) >= _LEVEL_CACHE_MAX:
-        known.clear()
-    known[text] = value
-    return value
+    return None if value is None else remember(_LEVEL_SIZES, text, value)
 
 
 def _bad_level(name: str, level: Any) -> ParseError:
