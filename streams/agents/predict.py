@@ -10,13 +10,16 @@ start (or after its partition comes back) the agent loads the checkpoint and rep
 the injected `BarLoader`, the stored final candles between the checkpoint and this candle; a
 stream without a checkpoint replays up to `bootstrap_bars`. A checkpoint that cannot be used is
 logged and the stream starts from scratch with status `load_failed` (the API answers AI_001);
-it never stops the worker. Replayed candles publish the same events again, which the idempotent
-tables absorb. The models' work runs in a worker thread, so the event loop keeps serving.
+it never stops the worker. Nor does the database going away: the stored candles a stream replays
+are waited for, and a checkpoint that cannot be saved is tried again after the next candle.
+Replayed candles publish the same events again, which the idempotent tables absorb. The models'
+work runs in a worker thread, so the event loop keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +39,11 @@ from streams.runtime.batch_sink import TableSink, batch_agent
 from streams.runtime.emit import Emitter, topic_emitter
 from streams.runtime.keyed import KeyedState, forget_on_revoke
 from streams.runtime.model_store import BarLoader, MemoryModelStore, ModelStore
+from streams.runtime.retrying import brief, until_done
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.sinks.predict import ClickHouseBarLoader, ClickHouseModelStore, prediction_rows
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MemoryModelStore", "PredictAgentConfig", "PredictAgentState", "PredictionEvent", "decode_candle",
            "outcome_event", "prediction_event", "register_predict_agent"]
@@ -50,6 +56,7 @@ class PredictAgentState(PredictProcessor):
     def __init__(self, config: PredictAgentConfig, store: ModelStore, loader: BarLoader | None = None) -> None:
         super().__init__(config)
         self.store, self.loader = store, loader
+        self.failed_checkpoints = 0
         self.streams: KeyedState[tuple[str, str], PredictStream] = KeyedState()
 
     async def fold(self, view: CandleView, partition: Any = None) -> list[PredictionEvent]:
@@ -57,9 +64,11 @@ class PredictAgentState(PredictProcessor):
         if not self.admit(view):
             return []
         key = (view.venue, view.symbol)
-        s, new = await self.streams.get_or_load(
+        s, new = await self.streams.get_or_load(  # a checkpoint it cannot read: `load_predictor`'s own policy
             key, partition, lambda: model_store.open_stream(self.store, self, *key))
-        replay = await model_store.stored_bars(self.loader, self.config, *key, self.replay_window(s, view, new))
+        window = self.replay_window(s, view, new)
+        replay = await until_done(lambda: model_store.stored_bars(self.loader, self.config, *key, window),
+                                  f"reading the stored candles of {key} to replay")
         if self.is_redelivery(s, view, replay):
             return []
         return self.counted(await asyncio.to_thread(s.handle, view, replay, self.imbalance(view)), len(replay))
@@ -67,7 +76,13 @@ class PredictAgentState(PredictProcessor):
     async def checkpoint_if_due(self, venue: str, symbol: str) -> None:
         s = self.streams.get((venue, symbol))
         if s is not None and s.checkpoint_due():
-            await model_store.save_predictor(self.store, self.config.interval, venue, symbol, s)
+            try:
+                await model_store.save_predictor(self.store, self.config.interval, venue, symbol, s)
+            except Exception as exc:  # due still: tried again after the next candle; a restart replays more
+                self.failed_checkpoints += 1
+                log.warning("storing the prediction checkpoint of %s %s failed (%s); tried again after the "
+                            "next candle", venue, symbol, brief(exc))
+                return
             self.checkpoints += 1
 
     def forget(self, partitions: set[Any]) -> None:

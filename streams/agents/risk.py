@@ -5,7 +5,8 @@ Decisions and counters: `streams.core.risk_processor.RiskProcessor` (which candl
 `RiskStream` per (venue, symbol, interval)). Restart safety: the rolling state is not checkpointed; it is a function of
 the last `rebuild_bars` final candles, which the candle sink stored. On the first candle of a
 stream after a start (or after its partition comes back) the state is rebuilt from the stored
-final candles BEFORE it through the injected `loader`. A re-delivered candle gives the same
+final candles BEFORE it through the injected `loader` (waited for while the database is away:
+`streams.runtime.retrying`). A re-delivered candle gives the same
 estimates again, which the idempotent table absorbs; estimates carry the candle's receive time,
 never the wall clock. The arithmetic (a GARCH refit, a rebuild) runs on a thread of the state's
 own (`streams.runtime.offload`), one candle at a time in arrival order, so the shared event loop
@@ -27,6 +28,7 @@ from streams.runtime.batch_sink import TableSink, batch_agent, model_rows
 from streams.runtime.emit import Emitter, topic_emitter
 from streams.runtime.keyed import KeyedState, forget_on_revoke
 from streams.runtime.offload import Offload
+from streams.runtime.retrying import until_done
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.sinks.risk import ClickHouseCandleLoader
 
@@ -48,7 +50,9 @@ class RiskAgentState(RiskProcessor):
     async def open(self, view: CandleView) -> RiskStream:
         s = self.opened(view)
         if self.loader is not None:
-            await self.thread.run(s.replay, list(await self.loader(*self.rebuild_window(view))))
+            loader, window = self.loader, self.rebuild_window(view)
+            stored = await until_done(lambda: loader(*window), f"reading the stored candles of {window[:3]} for risk")
+            await self.thread.run(s.replay, list(stored))
             self.rebuilt += 1
         return s
 

@@ -12,8 +12,17 @@ from schemas.codecs import candles, dead_letters, portfolio, quality, trades
 from schemas.codecs.envelope import WireError
 from streams.agents.candles import DeadLetterEmitter, dead_letter_for
 from streams.core.portfolio import event_signed
-from streams.runtime.batch_sink import Agent, BatchSink, Observe, TableSink, batch_agent, model_rows
+from streams.runtime.batch_sink import (
+    Agent,
+    BatchSink,
+    Observe,
+    TableSink,
+    batch_agent,
+    insert_until_stored,
+    model_rows,
+)
 from streams.runtime.batch_take import take_batches
+from streams.runtime.retrying import until_done
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.sinks.trade_store import TradeStoreProcess
 
@@ -34,7 +43,7 @@ class CandleSink(BatchSink):
                 rows.append(candles.decode(raw).model_dump(mode="json"))
             except WireError as exc:
                 await self.dead_letter(dead_letter_for(raw, self.source, exc))
-        await self.sink.insert("candles", candles.table(rows))
+        await insert_until_stored(self.sink, "candles", candles.table(rows))
 
 
 # `observe`: the worker's metrics hook, told each batch's size and write time (None: no metrics).
@@ -45,12 +54,13 @@ class ProcessTradeSink(BatchSink):
     (`streams.sinks.trade_store`); the batch is acknowledged once that process has stored it, as
     in process. `sink` only counts what was stored (rows and insert time, for the metrics)."""
 
-    def __init__(self, store: TradeStoreProcess, sink: ClickHouseSink) -> None:
-        self.store, self.sink = store, sink
+    def __init__(self, trade_store: TradeStoreProcess, sink: ClickHouseSink) -> None:
+        self.trade_store, self.sink = trade_store, sink
 
     async def write(self, values: Sequence[bytes]) -> None:
         started = time.perf_counter()
-        rows = await self.store.store(values)
+        rows = await until_done(lambda: self.trade_store.store(values), f"storing {len(values)} trade messages",
+                                lambda: self.sink.note_failure("trades"))
         self.sink.note_insert("trades", rows, time.perf_counter() - started)
 
 
@@ -93,7 +103,7 @@ class PortfolioEventSink:
             log.warning("portfolio event on %s without the agent's signature: not stored", self.source)
             if self.dead_letter is not None:
                 await self.dead_letter(dead_letter_for(raw, self.source, "portfolio event without a valid signature"))
-        await self.sink.insert("portfolio_events", portfolio.events_table(values))
+        await insert_until_stored(self.sink, "portfolio_events", portfolio.events_table(values))
 
 
 def make_portfolio_event_sink(sink: ClickHouseSink, batch: int, within: float,

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from schemas.codecs.envelope import EventCodec
 from streams.runtime.batch_take import take_batches
+from streams.runtime.retrying import until_done
 from streams.sinks.clickhouse import ClickHouseSink
 
 Agent = Callable[[Any], Coroutine[Any, Any, None]]
@@ -29,10 +30,16 @@ Rows = Callable[[Sequence[bytes]], Iterable[tuple[str, pa.Table]]]
 Observe = Callable[[int, float], None]
 
 
+async def insert_until_stored(sink: ClickHouseSink, table: str, data: pa.Table) -> int:
+    """`data` inserted into `table`, tried again until the database takes it."""
+    return await until_done(lambda: sink.insert(table, data), f"inserting {data.num_rows} rows into {table}")
+
+
 class BatchSink(ABC):
     @abstractmethod
     async def write(self, values: Sequence[bytes]) -> None:
-        """Store one batch; the runtime acknowledges it once this returns."""
+        """Store one batch; the runtime acknowledges it once this returns. Inserts go through
+        `insert_until_stored`; what the batch does besides (dead letters, counts) is done once."""
 
 
 class TableSink(BatchSink):
@@ -44,7 +51,7 @@ class TableSink(BatchSink):
 
     async def write(self, values: Sequence[bytes]) -> None:
         for table, data in self.rows(values):
-            await self.sink.insert(table, data)
+            await insert_until_stored(self.sink, table, data)
 
 
 def batch_agent(sink: BatchSink, size: int, within: float, observe: Observe | None = None) -> Agent:

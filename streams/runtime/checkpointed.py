@@ -11,11 +11,18 @@ work and checkpoints, so a checkpoint never holds half an input.
 Outputs are delivered without waiting for the broker (`deliver`): a checkpoint first waits for
 every acknowledgement still pending, so an input is never covered by a stored checkpoint (and so
 never skipped at a restart) before the broker holds everything it produced. Waiting per output
-instead held the worker to one broker round trip per candle (tests/bench/bench_pipeline.py)."""
+instead held the worker to one broker round trip per candle (tests/bench/bench_pipeline.py).
+
+The database going away must not stop the streams: a checkpoint that cannot be stored is
+tried again at the next interval, its inputs held unacknowledged meanwhile (nothing is lost, a
+restart folds them again), and a stream seen for the first time waits for its checkpoint to be
+read (`streams.runtime.retrying`). Raising instead stopped the worker: the checkpoint runs on the
+candle timer too, and a Faust timer that raises crashes the app."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +31,9 @@ from typing import Any, Generic, Protocol, TypeVar
 from streams.core.checkpoint import Checkpoint, CheckpointStore
 from streams.runtime.emit import sender
 from streams.runtime.keyed import KeyedState
+from streams.runtime.retrying import brief, until_done
+
+log = logging.getLogger(__name__)
 
 # Outputs in flight before `deliver` waits for them all (bounds the memory a stalled broker costs).
 MAX_PENDING = 10_000
@@ -58,6 +68,7 @@ class CheckpointedStreams(Generic[S]):
         self.last_checkpoint: float | None = None
         self.ack: Callable[[Any], Awaitable[Any]] | None = None  # acknowledges an input (the Faust stream's)
         self.pending: list[Awaitable[Any]] = []  # broker acknowledgements of delivered outputs
+        self.failed_saves = 0  # checkpoints the store refused (tried again at the next interval)
 
     async def deliver(self, emit: Callable[[Any], Awaitable[Any]], event: Any) -> None:
         """`event` to the producer of `emit` without waiting for the broker; the next checkpoint
@@ -81,7 +92,8 @@ class CheckpointedStreams(Generic[S]):
         slot = self.slots.get(key)
         if slot is None:
             slot = Slot(self.make(key), partition)
-            saved = await self.store.load(self.topic, key)
+            saved = await until_done(lambda: self.store.load(self.topic, key),
+                                     f"reading the checkpoint of {self.topic} {key}")
             if saved is not None:
                 slot.state.restore(saved.state)
                 slot.folded_offset = saved.offset
@@ -108,8 +120,16 @@ class CheckpointedStreams(Generic[S]):
         keys = sorted(self.dirty)
         slots = [self.slots[k] for k in keys]
         await self.delivered()  # before the store: a stored checkpoint skips its inputs at a restart
-        await self.store.save([Checkpoint(self.topic, k, s.partition.partition, s.folded_offset, s.state.to_state())
-                               for k, s in zip(keys, slots, strict=True)])
+        try:
+            await self.store.save([Checkpoint(self.topic, k, s.partition.partition, s.folded_offset,
+                                              s.state.to_state()) for k, s in zip(keys, slots, strict=True)])
+        except Exception as exc:
+            self.failed_saves += 1
+            self.last_checkpoint = self.clock()  # the next try in `every_s`; nothing acknowledged
+            log.warning("storing the checkpoint of %d %s streams failed (%s); their inputs stay unacknowledged "
+                        "and the next checkpoint in %.1f s covers them", len(keys), self.topic, brief(exc),
+                        self.every_s)
+            return
         self.dirty.clear()
         self.last_checkpoint = self.clock()
         for slot in slots:

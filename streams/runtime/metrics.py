@@ -169,6 +169,12 @@ class WorkerMetrics:
             ["table"],
             registry=self.registry,
         )
+        self.insert_failures = Counter(
+            "entasis_worker_sink_insert_failures",
+            "Inserts into the database that failed, by table (each is tried again until stored).",
+            ["table"],
+            registry=self.registry,
+        )
         self.dead_letters = Counter(
             "entasis_worker_dead_letters",
             "Dead letters the worker published, by source topic.",
@@ -201,6 +207,9 @@ class WorkerMetrics:
     def observe_insert(self, table: str, seconds: float) -> None:
         self.child(self.insert_batches, "batches", table).inc()
         self.child(self.insert_seconds, "insert", table).observe(seconds)
+
+    def observe_insert_failure(self, table: str) -> None:
+        self.child(self.insert_failures, "failures", table).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -481,3 +490,7 @@ class MeteredClickHouseSink(ClickHouseSink):
         super().note_insert(table, rows, seconds)
         if rows:
             self.metrics.observe_insert(table, seconds)
+
+    def note_failure(self, table: str) -> None:
+        super().note_failure(table)
+        self.metrics.observe_insert_failure(table)

@@ -46,6 +46,7 @@ class ClickHouseSink:
         self._client: Client | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-sink")
         self.rows_written: dict[str, int] = {}
+        self.failed_inserts: dict[str, int] = {}
 
     def _insert_sync(self, table: str, data: pa.Table) -> int:
         if self._client is None:
@@ -57,13 +58,22 @@ class ClickHouseSink:
         if data.num_rows == 0:
             return 0
         loop = asyncio.get_running_loop()
-        n = await loop.run_in_executor(self._pool, self._insert_sync, table, data)
+        try:
+            n = await loop.run_in_executor(self._pool, self._insert_sync, table, data)
+        except Exception:
+            self.note_failure(table)
+            raise
         self.rows_written[table] = self.rows_written.get(table, 0) + n
         return n
 
     def note_insert(self, table: str, rows: int, seconds: float) -> None:
         """Count rows another process stored into `table` for this sink (the trade store's)."""
         self.rows_written[table] = self.rows_written.get(table, 0) + rows
+
+    def note_failure(self, table: str) -> None:
+        """Count an insert into `table` that failed (here, or in the trade store's process); the
+        sink agents try it again (`streams.runtime.retrying.until_done`)."""
+        self.failed_inserts[table] = self.failed_inserts.get(table, 0) + 1
 
     def _query_sync(self, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
         if self._client is None:

@@ -151,6 +151,50 @@ async def test_restart_resumes_from_the_checkpoint_and_replays_the_candles_it_mi
     assert after.replayed == 5 and after.load_failures == 0
 
 
+async def test_the_database_away_for_a_checkpoint_and_a_replay_changes_no_forecast(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both raised out of the agent before: Faust restarted it on the next candle, this one unhandled.
+    from streams.runtime import retrying
+
+    monkeypatch.setattr(retrying, "RETRY_FIRST_S", 0.001)
+    series = bars(50)
+    expected = await fold_all(PredictAgentState(CONFIG, MemoryModelStore(), ListLoader([])),
+                              [candle(b) for b in series])
+
+    class AwaySaves(MemoryModelStore):
+        def __init__(self, away: int) -> None:
+            super().__init__()
+            self.away = away
+
+        async def save(self, venue: str, symbol: str, interval: str, last_open_ns: int, blob: bytes) -> None:
+            if self.away > 0:
+                self.away -= 1
+                raise ConnectionError("database down")
+            await super().save(venue, symbol, interval, last_open_ns, blob)
+
+    class AwayLoader(ListLoader):
+        def __init__(self, stored: Sequence[Bar], away: int) -> None:
+            super().__init__(stored)
+            self.away = away
+
+        async def __call__(self, venue: str, symbol: str, interval: str, after_ns: int | None, before_ns: int,
+                           limit: int) -> list[Bar]:
+            if self.away > 0:
+                self.away -= 1
+                raise ConnectionError("database down")
+            return await super().__call__(venue, symbol, interval, after_ns, before_ns, limit)
+
+    store = AwaySaves(away=3)
+    before = PredictAgentState(CONFIG, store, ListLoader([]))
+    first = await fold_all(before, [candle(b) for b in series[:40]])
+    assert before.failed_checkpoints == 3 and store.saved[("binance", "BTC-USDT", "1h")][0] == series[39].open_ns
+    loader = AwayLoader(series[:45], away=2)  # the restarted worker's replay waits for the database
+    after = PredictAgentState(CONFIG, store, loader)
+    rest = await fold_all(after, [candle(b) for b in series[45:]])
+    assert loader.away == 0 and len(loader.calls) == 1 and after.replayed == 5
+    assert comparable(first + rest) == comparable(expected)
+
+
 async def test_redelivered_candles_change_nothing_after_a_restart() -> None:
     series = bars(30)
     store = MemoryModelStore()

@@ -59,8 +59,10 @@ def _no_client() -> Any:
 class Harness:
     """One worker: the risk agent with captured estimates and an in-memory candle store."""
 
-    def __init__(self, settings: dict[str, Any], stored: Sequence[Candle] = ()) -> None:
+    def __init__(self, settings: dict[str, Any], stored: Sequence[Candle] = (), away: int = 0) -> None:
+        """`away`: the store's first loads fail (the database is away)."""
         self.published: list[RiskEstimate] = []
+        self.away = away
         self.loads: list[tuple[str, str, str, int, int]] = []
         app = faust.App(f"t-risk-{next(_app_ids)}", broker="kafka://127.0.0.1:1", value_serializer="raw",
                         key_serializer="raw", store="memory://")
@@ -70,6 +72,9 @@ class Harness:
 
         async def loader(venue: str, symbol: str, interval: str, before_ns: int, limit: int
                          ) -> list[tuple[int, Decimal]]:
+            if self.away > 0:
+                self.away -= 1
+                raise ConnectionError("database down")
             self.loads.append((venue, symbol, interval, before_ns, limit))
             rows = [(c.open_ts_ns, c.close) for c in stored
                     if (c.venue, c.symbol, c.interval.value) == (venue, symbol, interval) and c.is_final
@@ -141,11 +146,17 @@ async def test_estimates_equal_the_core_and_only_final_candles_of_the_interval_c
     assert all(e.expected_shortfall >= e.var_95 > 0 for e in h.published)
 
 
-async def test_a_restarted_worker_rebuilds_from_stored_candles_and_publishes_the_same_bytes() -> None:
+@pytest.mark.parametrize("away", [0, 3])
+async def test_a_restarted_worker_rebuilds_from_stored_candles_and_publishes_the_same_bytes(
+        away: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Worker 1 runs through everything. Worker 2 crashes after `cut` candles; worker 3 is a new
     process: the broker re-delivers from a few candles before the cut (the uncommitted tail),
     the store holds the candles up to the cut. Worker 3's estimates are worker 1's, byte for
-    byte, GARCH included (refitted at the same midnight on the same returns)."""
+    byte, GARCH included (refitted at the same midnight on the same returns). `away`: worker 3's
+    first reads of the store fail, and its rebuild waits for the database."""
+    from streams.runtime import retrying
+
+    monkeypatch.setattr(retrying, "RETRY_FIRST_S", 0.001)
     settings: dict[str, Any] = {"risk_window_days": 12, "risk_min_days": 2, "risk_garch_min_returns": 200}
     candles = hourly_candles(24 * 16 + 9, start=5000)
     messages = [encode_event(c) for c in candles]
@@ -158,10 +169,10 @@ async def test_a_restarted_worker_rebuilds_from_stored_candles_and_publishes_the
     cut = len(candles) - 30
     crashed = Harness(settings)
     await crashed.run(messages[:cut])
-    restarted = Harness(settings, stored=candles[:cut])
+    restarted = Harness(settings, stored=candles[:cut], away=away)
     await restarted.run(messages[cut - 5 :])
     state = restarted.wiring.state
-    assert state.rebuilt == 1 and state.redelivered == 0
+    assert state.rebuilt == 1 and state.redelivered == 0 and restarted.away == 0
     assert restarted.loads == [("bitstamp", "BTC-USD", "1h", candles[cut - 5].open_ts_ns,
                                 RiskAgentConfig(window_days=12).core("1h").rebuild_bars)]
     again = {(e.event_ts_ns, e.method): encode_event(e) for e in restarted.published}

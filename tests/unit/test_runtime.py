@@ -14,7 +14,8 @@ import pytest
 
 from schemas.codecs import quality as quality_codec
 from schemas.events import QualityEvent, QualityKind
-from streams.core.checkpoint import MemoryCheckpointStore
+from streams.core.checkpoint import Checkpoint, MemoryCheckpointStore
+from streams.runtime import retrying
 from streams.runtime.batch_sink import TableSink, model_rows
 from streams.runtime.checkpointed import CheckpointedStreams
 from streams.runtime.emit import routed, topic_emitter
@@ -115,16 +116,78 @@ async def test_inputs_are_acknowledged_only_by_the_checkpoint_that_covers_them()
     assert (slot.folded_offset, slot.state.total) == (1, 7)  # m0 and m1 are re-deliveries now
 
 
+class AwayStore(MemoryCheckpointStore):
+    """A checkpoint store whose database is away for the next `loads` loads and `saves` saves."""
+
+    def __init__(self, loads: int = 0, saves: int = 0) -> None:
+        super().__init__()
+        self.away_loads, self.away_saves = loads, saves
+
+    async def load(self, topic: str, key: str) -> Any:
+        if self.away_loads > 0:
+            self.away_loads -= 1
+            raise ConnectionError("database down")
+        return await super().load(topic, key)
+
+    async def save(self, checkpoints: Any) -> None:
+        if self.away_saves > 0:
+            self.away_saves -= 1
+            raise ConnectionError("database down")
+        await super().save(checkpoints)
+
+
+async def test_a_checkpoint_the_database_refuses_acknowledges_nothing_and_is_stored_at_the_next_interval() -> None:
+    now = [10.0]
+    store = AwayStore(saves=1)
+    acked: list[str] = []
+
+    async def ack(message: str) -> None:
+        acked.append(message)
+
+    streams: CheckpointedStreams[Tally] = CheckpointedStreams(store, "in", lambda key: Tally(), 5.0, lambda: now[0])
+    streams.ack = ack
+    slot = await streams.slot("k", TP(0))
+    slot.state.total += 3
+    streams.folded("k", slot, 0, "m0")
+    now[0] = 15.0
+    await streams.checkpoint_if_due()  # raised before: on the candle timer that stopped the worker
+    assert acked == [] and store.saved == {} and streams.failed_saves == 1
+    assert streams.dirty == {"k"} and not streams.due()  # tried again one interval later, not at every input
+    slot.state.total += 4
+    streams.folded("k", slot, 1, "m1")
+    now[0] = 20.0
+    await streams.checkpoint_if_due()
+    assert acked == ["m0", "m1"] and not streams.dirty
+    assert (store.saved[("in", "k")].offset, store.saved[("in", "k")].state) == (1, {"total": 7})
+
+
+async def test_a_stream_seen_first_while_the_database_is_away_waits_for_its_checkpoint(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retrying, "RETRY_FIRST_S", 0.001)
+    store = AwayStore(loads=3)
+    await store.save([Checkpoint("in", "k", 0, 41, {"total": 9})])
+    streams: CheckpointedStreams[Tally] = CheckpointedStreams(store, "in", lambda key: Tally(), 5.0)
+    slot = await streams.slot("k", TP(0))
+    assert (slot.folded_offset, slot.state.total, store.away_loads) == (41, 9, 0)  # not a fresh state
+
+
 class RecordingSink:
-    def __init__(self, log: list[str], fail_on: int | None = None) -> None:
-        self.log, self.fail_on, self.inserted = log, fail_on, 0
+    """A database sink whose insert number `fail_on` fails `failures` times before it is taken."""
+
+    def __init__(self, log: list[str], fail_on: int | None = None, failures: int = 0) -> None:
+        self.log, self.fail_on, self.failures, self.inserted = log, fail_on, failures, 0
 
     async def insert(self, table: str, data: pa.Table) -> int:
-        if self.inserted == self.fail_on:
+        if self.inserted == self.fail_on and self.failures > 0:
+            self.failures -= 1
+            self.note_failure(table)  # as ClickHouseSink.insert counts it
             raise ConnectionError("database down")
         self.inserted += 1
-        self.log.append(f"insert {table} {data.num_rows}")
+        self.log.append(f"insert {table} {data.num_rows} {data.column(0).to_pylist()}")
         return data.num_rows
+
+    def note_failure(self, table: str) -> None:
+        self.log.append(f"failed {table}")
 
 
 def quality(symbol: str) -> bytes:
@@ -136,17 +199,20 @@ def symbols_table(events: Sequence[QualityEvent]) -> pa.Table:
     return pa.table({"symbol": [e.symbol for e in events]})
 
 
-async def test_a_table_sink_inserts_each_batchs_rows_and_raises_what_the_insert_raised() -> None:
+async def test_a_table_sink_inserts_each_batchs_rows_and_tries_a_failed_insert_again_until_taken(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     # when a batch is acknowledged (after its write, never when it fails): tests/agents/test_batch_take.py
+    monkeypatch.setattr(retrying, "RETRY_FIRST_S", 0.001)
     log: list[str] = []
     sink = TableSink(RecordingSink(log), model_rows(quality_codec.CODEC, "q", symbols_table))
     await sink.write([quality("BTC-USDT"), b"{oops"])
     await sink.write([quality("ETH-USDT")])
-    assert log == ["insert q 1", "insert q 1"]
+    assert log == ["insert q 1 ['BTC-USDT']", "insert q 1 ['ETH-USDT']"]
 
-    down = TableSink(RecordingSink(log, fail_on=0), model_rows(quality_codec.CODEC, "q", symbols_table))
-    with pytest.raises(ConnectionError):
-        await down.write([quality("BTC-USDT")])
+    log.clear()
+    down = TableSink(RecordingSink(log, fail_on=0, failures=3), model_rows(quality_codec.CODEC, "q", symbols_table))
+    await down.write([quality("BTC-USDT")])
+    assert log == ["failed q", "failed q", "failed q", "insert q 1 ['BTC-USDT']"]
 
 
 def test_model_rows_keep_only_valid_events() -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -131,12 +132,18 @@ def test_the_collector_reads_forged_portfolio_messages_by_where_they_were_met_at
     assert got[("entasis_worker_forged_messages_total", (("where", "portfolio_commands"),))] == 2
 
 
-async def test_the_metered_sink_times_each_insert_by_table() -> None:
+async def test_the_metered_sink_times_each_insert_by_table_and_counts_failed_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.runtime import retrying
+    from streams.runtime.batch_sink import insert_until_stored
     from streams.runtime.metrics import MeteredClickHouseSink
+
+    down = [ConnectionError("database down")] * 2
 
     class Client:
         def insert_arrow(self, table: str, data: pa.Table) -> None:
-            pass
+            if table == "candles" and down:
+                raise down.pop()
 
         def close(self) -> None:
             pass
@@ -146,11 +153,16 @@ async def test_the_metered_sink_times_each_insert_by_table() -> None:
     try:
         assert await sink.insert("trades", pa.table({"x": [1, 2]})) == 2
         assert await sink.insert("trades", pa.table({"x": []})) == 0  # nothing inserted: not a batch
+        monkeypatch.setattr(retrying, "RETRY_FIRST_S", 0.001)
+        assert await insert_until_stored(sink, "candles", pa.table({"x": [1, 2, 3]})) == 3
     finally:
         sink.close()
     got = samples(metrics)
     assert got[("entasis_worker_sink_batches_total", (("table", "trades"),))] == 1
     assert got[("entasis_worker_sink_insert_seconds_count", (("table", "trades"),))] == 1
+    assert got[("entasis_worker_sink_insert_failures_total", (("table", "candles"),))] == 2
+    assert got[("entasis_worker_sink_batches_total", (("table", "candles"),))] == 1  # only the taken one
+    assert sink.rows_written == {"trades": 2, "candles": 3}
 
 
 class Signal:
