@@ -72,7 +72,7 @@ DEFAULT_MAX_BUFFER: Final = 10_000
 # level that changes again comes back exact), and the cap is far above any venue's depth (Binance
 # spot snapshots hold at most 5000 levels a side).
 DEFAULT_MAX_LEVELS: Final = 20_000
-DEFAULT_PLACES: Final = 8
+DEFAULT_PLACES: Final = KEY_PLACES  # the parser's keys (schemas.level_keys) are used at this scale only
 
 
 # Each side keeps the keys of its best levels sorted (its "front"): at least _FRONT_MIN of them
