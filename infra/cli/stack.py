@@ -43,12 +43,19 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _interrupt_on(*signals: signal.Signals) -> None:
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopNow(Exception):
+    """A second Ctrl-C (or SIGTERM) while `up` drains: stop without waiting for the drain."""
+
+
+def _interrupt_on(*signals: signal.Signals, raising: type[BaseException] = KeyboardInterrupt) -> None:
     """Ctrl-C and SIGTERM both mean "stop cleanly" (even where SIGINT was inherited ignored,
-    as for a background job of a non-interactive shell)."""
+    as for a background job of a non-interactive shell); once stopping, `raising=StopNow`."""
 
     def interrupt(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
+        raise raising
 
     for sig in signals:
         signal.signal(sig, interrupt)
@@ -244,7 +251,7 @@ class Stack:
 
         started = time.monotonic()
         stop = threading.Event()
-        _interrupt_on(signal.SIGINT, signal.SIGTERM)
+        _interrupt_on(*STOP_SIGNALS)
         feed_result: dict[str, Any] = {}
         feed_done = threading.Event()
         try:
@@ -337,11 +344,17 @@ class Stack:
                 time.sleep(0.5)
                 self._check_children()
         except KeyboardInterrupt:
-            print("\nstopping: feed, then draining what the broker acknowledged into the database...")
-            stop.set()
-            if not feed_done.wait(timeout=15):
-                print("the feed did not stop within 15s: nothing to drain against")
-            self._drain(feed_result.get("summary"))
+            print("\nstopping: feed, then draining what the broker acknowledged into the database "
+                  "(Ctrl-C again: stop without waiting)...", flush=True)
+            _interrupt_on(*STOP_SIGNALS, raising=StopNow)
+            try:
+                stop.set()
+                if not feed_done.wait(timeout=15):
+                    print("the feed did not stop within 15s: nothing to drain against")
+                self._drain(feed_result.get("summary"))
+            except StopNow:
+                print("\nstopping without the drain: what the broker acknowledged and the worker had not stored "
+                      "yet goes with the embedded broker", flush=True)
             return 0
         finally:
             from infra.cli.status import remove_up_file
@@ -388,13 +401,26 @@ class Stack:
         print("everything acknowledged is stored" if stored else f"drain timed out after {timeout_s:.0f}s")
 
     def stop_all(self) -> None:
-        # reverse start order: feed is already stopped; worker, api, db, broker
-        for child in reversed(self.children):
-            if child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM)
-                try:
-                    child.proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
+        """Each child in reverse start order (feed already stopped; worker, api, db, broker): SIGTERM,
+        SIGKILL after 20 s. Another Ctrl-C meanwhile kills the rest at once."""
+        _interrupt_on(*STOP_SIGNALS, raising=StopNow)
+        try:
+            for child in reversed(self.children):
+                if child.proc.poll() is None:
+                    child.proc.send_signal(signal.SIGTERM)
+                    try:
+                        child.proc.wait(timeout=20)
+                    except subprocess.TimeoutExpired:
+                        child.proc.kill()
+                        child.proc.wait()
+        except (StopNow, KeyboardInterrupt):
+            print("\nkilling what is still running", flush=True)
+            for child in self.children:
+                with contextlib.suppress(OSError):
                     child.proc.kill()
-                    child.proc.wait()
+            for child in self.children:
+                child.proc.wait()
+        finally:
+            for sig in STOP_SIGNALS:  # everything is stopped: a late Ctrl-C just ends this process
+                signal.signal(sig, signal.SIG_DFL)
         self.children.clear()

@@ -191,3 +191,48 @@ def test_ctrl_c_drains_every_acknowledged_trade_into_the_table_once(tmp_path: Pa
         db.stop()
     output = log.read_text()
     assert "stopping: feed, then draining" in output and "drain timed out" not in output
+
+
+def processes_of(work: Path) -> list[str]:
+    """Command lines of the processes still running with `work` (the run's data directory) in them."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(work) in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback_and_leaves_no_process(tmp_path: Path) -> None:
+    # Before: the second interrupt raised out of the drain, and `up` ended with a traceback.
+    work = tmp_path / "up"
+    work.mkdir()
+    settings = isolated_settings(work)
+    env = {**os.environ, **settings.to_env(), "ENTASIS_LOGLEVEL": "WARNING"}
+    log = work / "up.log"
+    up = subprocess.Popen([sys.executable, "-m", "infra.cli", "up", "--data-dir", str(work), "--history-days", "0",
+                           "--rate", str(RATE), "--ready-timeout", "400"],
+                          cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_line(log, UP_LINE, up, timeout_s=480)
+        assert processes_of(work), "the children name the data directory: the check below would prove nothing"
+        up.send_signal(signal.SIGINT)
+        wait_for_line(log, "stopping: feed, then draining", up, timeout_s=60)
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=120) == 0, log.read_text()[-4000:]
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+    output = log.read_text(errors="replace")
+    assert "Traceback" not in output, output[-4000:]
+    assert "stopping without the drain" in output or "killing what is still running" in output, output[-4000:]
+    deadline = time.monotonic() + 10  # a killed child is reaped by `up`; its /proc entry goes with it
+    while processes_of(work) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_of(work) == []
