@@ -137,8 +137,8 @@ def stored_count(settings: Settings) -> int:
 
 
 @pytest.mark.timeout(900)
-def test_ctrl_c_drains_every_acknowledged_trade_into_the_table_once(tmp_path: Path) -> None:
-    work = tmp_path / "up"
+def start_up(work: Path) -> tuple[Settings, Path, subprocess.Popen[bytes]]:
+    """`entasis up` on the simulated feed at RATE, no history, in `work`: (settings, log, process)."""
     work.mkdir()
     settings = isolated_settings(work)
     env = {**os.environ, **settings.to_env(), "ENTASIS_LOGLEVEL": "WARNING"}
@@ -146,6 +146,12 @@ def test_ctrl_c_drains_every_acknowledged_trade_into_the_table_once(tmp_path: Pa
     up = subprocess.Popen([sys.executable, "-m", "infra.cli", "up", "--data-dir", str(work), "--history-days", "0",
                            "--rate", str(RATE), "--ready-timeout", "400"],
                           cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    return settings, log, up
+
+
+def test_ctrl_c_drains_every_acknowledged_trade_into_the_table_once(tmp_path: Path) -> None:
+    work = tmp_path / "up"
+    settings, log, up = start_up(work)
     follower = TopicFollower(settings.kafka_bootstrap, topics.TRADES.full_name(settings.topic_namespace))
     reader = threading.Thread(target=follower.run, name="topic-follower", daemon=True)
     try:
@@ -211,13 +217,7 @@ def processes_of(work: Path) -> list[str]:
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback_and_leaves_no_process(tmp_path: Path) -> None:
     # Before: the second interrupt raised out of the drain, and `up` ended with a traceback.
     work = tmp_path / "up"
-    work.mkdir()
-    settings = isolated_settings(work)
-    env = {**os.environ, **settings.to_env(), "ENTASIS_LOGLEVEL": "WARNING"}
-    log = work / "up.log"
-    up = subprocess.Popen([sys.executable, "-m", "infra.cli", "up", "--data-dir", str(work), "--history-days", "0",
-                           "--rate", str(RATE), "--ready-timeout", "400"],
-                          cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    _, log, up = start_up(work)
     try:
         wait_for_line(log, UP_LINE, up, timeout_s=480)
         assert processes_of(work), "the children name the data directory: the check below would prove nothing"
