@@ -90,15 +90,15 @@ async def test_a_stop_during_the_retries_ends_them_and_stores_nothing() -> None:
         attempts += 1
         raise ConnectionError("down")
 
-    task = asyncio.create_task(until_done(store, "x", backoff=Backoff(0.05, 0.05)))
+    task = asyncio.create_task(until_done(store, "x", backoff=Backoff(0.02, 0.02)))
     while attempts == 0:
         await asyncio.sleep(0.001)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    seen = attempts
-    await asyncio.sleep(0.1)
-    assert attempts == seen == 1
+    seen = attempts  # one, or more if a delay drawn near 0 came first
+    await asyncio.sleep(0.2)  # ten times the longest delay
+    assert attempts == seen >= 1
 
 
 def candle(minute: int) -> bytes:
