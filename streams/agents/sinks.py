@@ -21,7 +21,6 @@ from streams.runtime.batch_sink import (
     insert_until_stored,
     model_rows,
 )
-from streams.runtime.batch_take import take_batches
 from streams.runtime.retrying import until_done
 from streams.sinks.clickhouse import ClickHouseSink
 from streams.sinks.trade_store import TradeStoreProcess
@@ -79,7 +78,7 @@ def make_candle_sink(sink: ClickHouseSink, batch: int, within: float, dead_lette
     return batch_agent(CandleSink(sink, dead_letter, source), batch, within, observe)
 
 
-class PortfolioEventSink:
+class PortfolioEventSink(BatchSink):
     """pf.events.v1 -> `portfolio_events`, only what the portfolio agent signed: the broker takes
     any local producer's message, and a stored forged event would show balances and positions no
     agent decided. An unsigned or wrongly signed one is counted (`forged`), logged and, with a
@@ -121,17 +120,9 @@ def make_portfolio_event_sink(sink: ClickHouseSink, batch: int, within: float,
 
 def portfolio_event_sink_agent(writer: PortfolioEventSink, batch: int, within: float,
                                observe: Observe | None = None) -> Agent:
-    """The agent body feeding `writer` (whose `forged` count the worker's metrics read)."""
-
-    async def portfolio_event_sink(stream: Any) -> None:
-        # events, not values: the signature travels in the headers
-        async for events in take_batches(stream, batch, within, events=True):
-            started = time.perf_counter()
-            await writer.write(events)
-            if observe is not None:
-                observe(len(events), time.perf_counter() - started)
-
-    return portfolio_event_sink
+    """The agent body feeding `writer` (whose `forged` count the worker's metrics read) events, not
+    values: the signature travels in the headers."""
+    return batch_agent(writer, batch, within, observe, events=True)
 
 
 def make_quality_sink(sink: ClickHouseSink, batch: int, within: float, observe: Observe | None = None) -> Agent:

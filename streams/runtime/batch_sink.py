@@ -54,13 +54,15 @@ class TableSink(BatchSink):
             await insert_until_stored(self.sink, table, data)
 
 
-def batch_agent(sink: BatchSink, size: int, within: float, observe: Observe | None = None) -> Agent:
-    """The agent body feeding `sink` batches of at most `size` values or `within` seconds.
-    `observe(messages, seconds)`, when given, is told each batch's size and write time (once
-    per batch: the metrics cost nothing per message)."""
+def batch_agent(sink: BatchSink, size: int, within: float, observe: Observe | None = None, *,
+                events: bool = False) -> Agent:
+    """The agent body feeding `sink` batches of at most `size` values or `within` seconds (the
+    Faust events, with `events`: for their keys and headers). `observe(messages, seconds)`, when
+    given, is told each batch's size and write time (once per batch: the metrics cost nothing per
+    message)."""
 
     async def sink_agent(stream: Any) -> None:
-        async for values in take_batches(stream, size, within):
+        async for values in take_batches(stream, size, within, events=events):
             if observe is None:
                 await sink.write(values)
                 continue
