@@ -17,6 +17,7 @@ password file the server writes), so `client_for_url(url)` and settings built on
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -68,17 +69,30 @@ class ChdbServerProcess:
         return self.process.returncode
 
 
-def launch_chdb_server(path: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    """Start the process without waiting for it; port 0: the server picks a free one and logs it."""
-    command = [sys.executable, "-m", "infra.dev.chdb_server", "--path", str(path), "--host", "127.0.0.1", "--port", "0"]
+def launch_chdb_server(path: Path, log_path: Path, port: int = 0,
+                       password: str | None = None) -> subprocess.Popen[bytes]:
+    """Start the process without waiting for it; port 0: the server picks a free one and logs it.
+    `password`: this one rather than one drawn at random (the command has no option for it: the
+    server is started through `serve`, the password in its environment, never on a command line)."""
+    if password is None:
+        command = [sys.executable, "-m", "infra.dev.chdb_server", "--path", str(path), "--host", "127.0.0.1",
+                   "--port", str(port)]
+        env = None
+    else:
+        code = ("import logging, os, sys; from infra.dev.chdb_server import serve; "
+                "logging.basicConfig(level='INFO', stream=sys.stderr); "
+                f"serve({str(path)!r}, '127.0.0.1', {port}, password=os.environ['CHDB_TEST_PASSWORD'])")
+        command, env = [sys.executable, "-c", code], {**os.environ, "CHDB_TEST_PASSWORD": password}
     with log_path.open("wb") as log:
-        return subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def start_chdb_server(path: Path, log_path: Path | None = None, timeout: float = READY_TIMEOUT_S) -> ChdbServerProcess:
-    """Start a server on `path` and return once it answers /ping."""
+def start_chdb_server(path: Path, log_path: Path | None = None, timeout: float = READY_TIMEOUT_S, *, port: int = 0,
+                      password: str | None = None) -> ChdbServerProcess:
+    """Start a server on `path` and return once it answers /ping. `port` and `password` (default: a
+    free port, a random password) start a stopped server again as a database server comes back."""
     log_path = log_path or path.parent / f"{path.name}-server.log"
-    process = launch_chdb_server(path, log_path)
+    process = launch_chdb_server(path, log_path, port, password)
     try:
         url = _wait_until_ready(process, log_path, timeout)
         password = (path / OWNER_PASSWORD_FILE).read_text(encoding="utf-8")

@@ -8,9 +8,6 @@ would ever store it."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +16,7 @@ import pytest
 from infra.cli.feeds import simulate_into
 from infra.config.settings import Settings
 from schemas import topics
-from tests.integration.chdb_fixture import REPO_ROOT, ChdbServerProcess, _wait_until_ready, start_chdb_server
+from tests.integration.chdb_fixture import ChdbServerProcess, start_chdb_server
 from tests.integration.conftest import Infra, start_worker
 from tests.integration.pipeline import prepare, scalar, wait_drained, wait_for
 
@@ -34,21 +31,10 @@ def restart_on_same_port(server: ChdbServerProcess) -> ChdbServerProcess:
     """The stopped server started again on its data, its port and its password, as a database server
     comes back (the worker keeps its URL); the embedded owner draws a new password at each start."""
     port = int(server.base_url.rsplit(":", 1)[1])
-    log_path = server.log_path.with_name("chdb-after.log")
-    code = ("import logging, os, sys; from infra.dev.chdb_server import serve; "
-            "logging.basicConfig(level='INFO', stream=sys.stderr); "
-            f"serve({str(server.path)!r}, '127.0.0.1', {port}, password=os.environ['OUTAGE_TEST_PASSWORD'])")
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "OUTAGE_TEST_PASSWORD": server.password})
-    try:
-        url = _wait_until_ready(process, log_path, 60.0)
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    assert url == server.base_url
-    return ChdbServerProcess(url, server.password, server.path, log_path, process)
+    again = start_chdb_server(server.path, server.log_path.with_name("chdb-after.log"), port=port,
+                              password=server.password)
+    assert again.base_url == server.base_url
+    return again
 
 
 def trade_count(settings: Settings) -> int:
