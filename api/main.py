@@ -35,6 +35,7 @@ from api.network import covers_a_whole_family
 from api.tls import check_tls_files
 from api.workers import listening_socket
 from api.ws.protocol import MAX_CLIENT_MESSAGE_BYTES
+from api.ws.server_protocol import SendManyWebSocketProtocol
 from infra.config.api import DEV_JWT_SECRET, ApiSettings
 from infra.config.collector import settle_garbage_collector
 from infra.config.settings import Settings, get_settings
@@ -194,6 +195,9 @@ def uvicorn_config(
         h11_max_incomplete_event_size=api_settings.max_header_bytes,
         limit_concurrency=api_settings.limit_concurrency,
         timeout_keep_alive=api_settings.keep_alive_seconds,
+        # uvicorn's websockets (sans-I/O) protocol, plus writing a socket's pending updates at once
+        # (api/ws/server_protocol.py).
+        ws=SendManyWebSocketProtocol,
         # Frames above this are refused by the WebSocket protocol itself (close 1009) before
         # they are buffered whole; the default, 16 MiB, let a client make us hold that much.
         ws_max_size=MAX_CLIENT_MESSAGE_BYTES,

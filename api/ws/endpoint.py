@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import anyio.to_thread
 from fastapi import FastAPI
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from api.errors import ErrorCode, Language, negotiate_language
 from api.keys import ApiKeyVerifier
@@ -58,6 +58,8 @@ from api.ws.protocol import (
     error_message,
     parse_message,
 )
+from api.ws.queue import ConflatingQueue
+from api.ws.server_protocol import SEND_MANY
 from infra.config.api import ApiSettings
 
 logger = logging.getLogger("api.ws")
@@ -249,10 +251,25 @@ class _Connection:
 
     async def _send(self) -> None:
         queue = self.session.queue
+        if SEND_MANY in self.websocket.scope.get("extensions", {}):
+            await self._send_many(queue)
         send = self.websocket.send_text
         while True:
             for text in await queue.get():
                 await send(text)
+
+    async def _send_many(self, queue: ConflatingQueue) -> None:
+        """Everything pending in one write (api/ws/server_protocol.py). Past Starlette's
+        `WebSocket.send`, which knows only the standard message types, to the server's own send;
+        a lost connection ends the socket as Starlette's send would."""
+        send = self.websocket._send
+        while True:
+            texts = await queue.get()
+            try:
+                await send({"type": SEND_MANY, "texts": texts})
+            except OSError:
+                self.websocket.application_state = WebSocketState.DISCONNECTED
+                raise WebSocketDisconnect(code=1006) from None
 
     def _reply(self, text: str) -> None:
         try:

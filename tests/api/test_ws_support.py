@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 
 from api.ws import WS_PATH, MarketHub, install_market_websocket
+from api.ws.server_protocol import SendManyWebSocketProtocol
 
 
 def free_port() -> int:
@@ -47,7 +48,10 @@ class Served:
 async def serve(app: FastAPI, hub: MarketHub | None = None, **config: Any) -> AsyncIterator[Served]:
     hub = install_market_websocket(app, hub)
     port = free_port()
-    options: dict[str, Any] = {"log_level": "warning", "lifespan": "on", "ws_ping_interval": 20.0}
+    # The API's own WebSocket protocol, as `entasis api` serves (api/main.py uvicorn_config).
+    options: dict[str, Any] = {
+        "log_level": "warning", "lifespan": "on", "ws_ping_interval": 20.0, "ws": SendManyWebSocketProtocol,
+    }
     options.update(config)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
     task = asyncio.create_task(server.serve())

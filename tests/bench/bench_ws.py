@@ -93,6 +93,7 @@ def run_server(port: int, bootstrap: str) -> None:
 
     from api.app import create_app
     from api.ws import MarketFeed, MarketHub, install_market_websocket
+    from api.ws.server_protocol import SendManyWebSocketProtocol
     from infra.config.collector import settle_garbage_collector
     from infra.config.settings import Settings
     from tests.api.conftest import test_api_settings
@@ -171,7 +172,10 @@ def run_server(port: int, bootstrap: str) -> None:
                 arrivals.clear()
 
     async def main() -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", http="httptools", log_level="warning")
+        # The API's own WebSocket protocol (api/main.py uvicorn_config); the anchor gets uvicorn's.
+        ws: Any = "auto" if bootstrap == "plain" else SendManyWebSocketProtocol
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", http="httptools", ws=ws,
+                                log_level="warning")
         server = uvicorn.Server(config)
         if feed is not None:
             await feed.start()

@@ -33,6 +33,7 @@ except ImportError as missing:  # a clear word instead of a collection error in 
 from api.app import create_app
 from api.key_repository import ApiKeyRepository
 from api.portfolio_service import LocalPortfolioBus
+from api.ws.server_protocol import SendManyWebSocketProtocol
 from infra.config.api import ApiSettings
 from infra.store.clickhouse import client_for_url
 from infra.store.repository import MarketRepository
@@ -73,7 +74,8 @@ def serve_http(app: FastAPI, **config: Any) -> Iterator[str]:
     """Serve `app` with uvicorn in a thread of its own; yields the base URL (https when
     `ssl_certfile` is given)."""
     port = free_port()
-    options: dict[str, Any] = {"log_level": "warning", "lifespan": "on"}
+    # The API's own WebSocket protocol, as `entasis api` serves (api/main.py uvicorn_config).
+    options: dict[str, Any] = {"log_level": "warning", "lifespan": "on", "ws": SendManyWebSocketProtocol}
     options.update(config)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
