@@ -36,6 +36,13 @@ from schemas.codecs import book_top, candles, predictions, quality, risk, trades
 logger = logging.getLogger("api.ws.feed")
 
 _RETRY_S = 1.0
+# One fetch carries every message since the previous one: hundreds when the broker holds a long
+# poll (Tansu answers after up to half the fetch wait) or the feed is busy. Applied in one go, all
+# of them would wait in every socket's queue before any sender ran, and a client that keeps up
+# would pass the hub's backlog bound (256) and be conflated as if it were slow. The event loop
+# gets a turn between chunks, so the senders drain between them (a fetch of one chunk or less,
+# the usual case, is applied as before, in one go).
+APPLY_CHUNK = 64
 
 
 def apply_trade_batch(hub: MarketHub, raw: bytes, model: ReadModel | None = None) -> None:
@@ -211,7 +218,10 @@ class MarketFeed:
         while True:
             batches = await consumer.getmany(timeout_ms=100, max_records=2000)
             for tp, records in batches.items():
-                self._apply(tp.topic, (r.value for r in records))
+                for start in range(0, len(records), APPLY_CHUNK):
+                    if start:
+                        await asyncio.sleep(0)  # the sockets' senders take what the last chunk queued
+                    self._apply(tp.topic, (r.value for r in records[start : start + APPLY_CHUNK]))
 
     def _handler(self, topic: str) -> Callable[[bytes], None]:
         hub, model = self.hub, self.model
