@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,12 @@ SYMBOL_FMT = "BW{}-USDT"
 
 
 # --- server subprocess -------------------------------------------------------------------
+
+
+def tls_paths(tls_dir: str) -> tuple[Path, Path]:
+    """The development certificate and key of a `--tls` run."""
+    return Path(tls_dir) / "cert.pem", Path(tls_dir) / "key.pem"
+
 
 
 def plain_fanout_app(publishers: list[Any]) -> Any:
@@ -83,12 +90,13 @@ def plain_fanout_app(publishers: list[Any]) -> Any:
     return Starlette(routes=[WebSocketRoute("/ws/market", plain)])
 
 
-def run_server(port: int, bootstrap: str) -> None:
+def run_server(port: int, bootstrap: str, tls_dir: str = "") -> None:
     """The API with its feed (`bootstrap` given) or without a broker (`bootstrap` = "direct": ticks are
     published into the hub by this process, which isolates the fan-out from the broker; "plain": the
     anchor, `plain_fanout_app`, direct too). Commands on stdin: `RUN rate seconds symbols` (direct
     mode: publish ticks), `STATS` (feed-arrival latency since the last STATS, ms: the raw topic -> API
-    part of the tick-to-client latency)."""
+    part of the tick-to-client latency). `tls_dir`: serve HTTPS with the development certificate
+    there, with the API's own cipher list (api/main.py), as `entasis api` serves."""
     import uvicorn
 
     from api.app import create_app
@@ -174,8 +182,14 @@ def run_server(port: int, bootstrap: str) -> None:
     async def main() -> None:
         # The API's own WebSocket protocol (api/main.py uvicorn_config); the anchor gets uvicorn's.
         ws: Any = "auto" if bootstrap == "plain" else SendManyWebSocketProtocol
+        tls: dict[str, Any] = {}
+        if tls_dir:
+            from api.main import TLS12_CIPHERS
+
+            cert, key = tls_paths(tls_dir)
+            tls = {"ssl_certfile": str(cert), "ssl_keyfile": str(key), "ssl_ciphers": TLS12_CIPHERS}
         config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", http="httptools", ws=ws,
-                                log_level="warning")
+                                log_level="warning", **tls)
         server = uvicorn.Server(config)
         if feed is not None:
             await feed.start()
@@ -200,7 +214,7 @@ def run_server(port: int, bootstrap: str) -> None:
 # --- client subprocess -------------------------------------------------------------------
 
 
-def run_clients(port: int, count: int, symbols: int, token: str) -> None:
+def run_clients(port: int, count: int, symbols: int, token: str, tls_dir: str = "") -> None:
     """Open `count` sockets, subscribe, print READY; then record latencies until stdin says STOP,
     and print them (ms, one JSON list).
 
@@ -239,11 +253,12 @@ def run_clients(port: int, count: int, symbols: int, token: str) -> None:
 
     async def main() -> None:
         nonlocal recording
-        url = f"ws://127.0.0.1:{port}/ws/market"
+        url = f"{'wss' if tls_dir else 'ws'}://127.0.0.1:{port}/ws/market"
         headers = {"Authorization": f"Bearer {token}"}
+        context = ssl.create_default_context(cafile=tls_paths(tls_dir)[0]) if tls_dir else None
         clients: list[tuple[WSTransport, Client]] = []
         for _ in range(count):
-            transport, listener = await ws_connect(Client, url, extra_headers=headers)
+            transport, listener = await ws_connect(Client, url, extra_headers=headers, ssl_context=context)
             assert isinstance(listener, Client)
             clients.append((transport, listener))
         await asyncio.gather(*(listener.ready for _, listener in clients))
@@ -320,6 +335,7 @@ async def measure(
     children = [
         await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.bench.bench_ws", "--client", str(port), str(n), str(args.symbols), token,
+            args.tls_dir,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, limit=1 << 30,  # one line holds every latency
         )
         for n in per
@@ -370,7 +386,7 @@ async def drive_one(args: argparse.Namespace, label: str, mode: str) -> list[dic
 
     port = free_port()
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.bench.bench_ws", "--serve", str(port), mode,
+        sys.executable, "-m", "tests.bench.bench_ws", "--serve", str(port), mode, args.tls_dir,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )  # fmt: skip
     run = argparse.Namespace(**{**vars(args), "direct": mode in ("direct", "plain")})
@@ -462,10 +478,10 @@ async def drive(args: argparse.Namespace) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        run_server(int(sys.argv[2]), sys.argv[3])
+        run_server(int(sys.argv[2]), sys.argv[3], *sys.argv[4:5])
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        run_clients(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+        run_clients(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], *sys.argv[6:7])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -476,7 +492,15 @@ def main() -> None:
     parser.add_argument("--direct", action="store_true", help="no broker: ticks published in the API process")
     parser.add_argument("--no-anchor", action="store_true", help="skip the plain fan-out anchor")
     parser.add_argument("--no-direct", action="store_true", help="skip the fan-out-alone run")
+    parser.add_argument("--tls", action="store_true",
+                        help="every server over HTTPS (wss://) with a development certificate, as `entasis api` serves")
     args = parser.parse_args()
+    args.tls_dir = ""
+    if args.tls:
+        from api.tls import ensure_self_signed
+
+        args.tls_dir = tempfile.mkdtemp(prefix="bench-ws-tls-")
+        ensure_self_signed(*tls_paths(args.tls_dir))
     broker = None
     if not args.bootstrap and not args.direct:
         from infra.dev.broker import start_tansu
