@@ -15,7 +15,9 @@ target: every update delivered, p99 < 15 ms, >= 100k deliveries/s per API proces
 docs/architecture.md) and clients doubling from 200 until p99 passes 100 ms. Then the same with
 the ticks published inside the API (the fan-out alone, no broker hop), and the same figures for
 the anchor in the same run: a bare uvicorn fan-out (`plain_fanout_app`, ticks published
-in-process) with the same clients. Reported, never asserted. On a 2-core machine the client
+in-process) with the same clients. With `--tls both` (the default) all of it once more over
+TLS, every server (the anchor too) with a development certificate and the API's cipher list,
+as `entasis api` serves, up to 200 clients. Reported, never asserted. On a 2-core machine the client
 processes share the CPUs with the server, so the capacity figure is a lower bound.
 
 The producer is the ingest's own publisher (confluent-kafka, the connectors' linger) and the
@@ -432,6 +434,23 @@ async def drive(args: argparse.Namespace) -> None:
 
     if not args.direct:
         await asyncio.to_thread(create_topics, args.bootstrap, NS)
+    if args.tls in ("off", "both"):
+        await drive_pass(argparse.Namespace(**{**vars(args), "tls_dir": ""}), "")
+    if args.tls in ("on", "both"):
+        from api.tls import ensure_self_signed
+
+        tls_dir = tempfile.mkdtemp(prefix="bench-ws-tls-")
+        ensure_self_signed(*tls_paths(tls_dir))
+        print("-- over TLS (wss://), as `entasis api` serves", flush=True)
+        # Every server of this pass over TLS, the anchor too; up to 200 clients (the TLS figures
+        # reported are at 100 and the peak), to keep `bench all` within its minutes.
+        tls_args = {**vars(args), "tls_dir": tls_dir, "max_clients": min(args.max_clients, 200)}
+        await drive_pass(argparse.Namespace(**tls_args), "over TLS: ")
+
+
+async def drive_pass(args: argparse.Namespace, prefix: str) -> None:
+    """The API through the broker, the API's fan-out alone and the plain anchor; the figures'
+    names start with `prefix`."""
     api = await drive_one(args, "api", "direct" if args.direct else args.bootstrap)
     # The API again with its ticks published in-process: the fan-out alone, without the broker
     # hop (the embedded broker answers a fetch that found nothing after sleeping half its wait,
@@ -447,21 +466,21 @@ async def drive(args: argparse.Namespace) -> None:
         plain = by_clients.get((100, target["ticks_per_s"]), {})
         report(
             "ws",
-            "market channel, 1k ticks/s to 100 clients: deliveries",
+            f"{prefix}market channel, 1k ticks/s to 100 clients: deliveries",
             target["deliveries_per_s"],
             "/s",
             anchor="plain uvicorn fan-out",
             anchor_value=plain.get("deliveries_per_s"),
             target="every update, >= 100k/s per process",
         )
-        report_p99("same: p99 raw topic -> client", target, plain)
+        report_p99(f"{prefix}same: p99 raw topic -> client", target, plain)
     if direct is not None:
-        report_p99("same, ticks published in the API (fan-out alone): p99 tick -> client", direct,
+        report_p99(f"{prefix}same, ticks published in the API (fan-out alone): p99 tick -> client", direct,
                    by_clients.get((100, direct["ticks_per_s"]), {}))
     peak = max(api, key=lambda r: r["deliveries_per_s"])
     report(
         "ws",
-        f"peak deliveries (1k ticks/s, {peak['clients']} clients)",
+        f"{prefix}peak deliveries (1k ticks/s, {peak['clients']} clients)",
         peak["deliveries_per_s"],
         "/s",
         anchor="plain fan-out peak",
@@ -492,15 +511,10 @@ def main() -> None:
     parser.add_argument("--direct", action="store_true", help="no broker: ticks published in the API process")
     parser.add_argument("--no-anchor", action="store_true", help="skip the plain fan-out anchor")
     parser.add_argument("--no-direct", action="store_true", help="skip the fan-out-alone run")
-    parser.add_argument("--tls", action="store_true",
-                        help="every server over HTTPS (wss://) with a development certificate, as `entasis api` serves")
+    parser.add_argument("--tls", choices=("off", "on", "both"), default="both",
+                        help="serve plain ws://, HTTPS (wss://, a development certificate, as `entasis api` serves), "
+                             "or both, one pass after the other (default)")
     args = parser.parse_args()
-    args.tls_dir = ""
-    if args.tls:
-        from api.tls import ensure_self_signed
-
-        args.tls_dir = tempfile.mkdtemp(prefix="bench-ws-tls-")
-        ensure_self_signed(*tls_paths(args.tls_dir))
     broker = None
     if not args.bootstrap and not args.direct:
         from infra.dev.broker import start_tansu
