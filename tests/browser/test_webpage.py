@@ -43,6 +43,7 @@ from api.principal import KNOWN_SCOPES
 from api.webapp import CONTENT_SECURITY_POLICY
 from api.ws import MarketHub
 from api.ws.protocol import CandleBar
+from api.ws.server_protocol import SendManyWebSocketProtocol
 from infra.store.clickhouse import client_for_url
 from infra.store.migrate import apply_migrations
 from infra.store.risk_repository import RiskRepository
@@ -183,7 +184,9 @@ def server(store: Callable[[], Client]) -> Iterator[LiveServer]:
     app = create_app(repository=repository, api_settings=test_api_settings(), key_repository=keys, market_hub=hub)
     app.state.portfolio_bus = LocalPortfolioBus()
     port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    # The API's own WebSocket protocol, as `entasis api` serves (api/main.py uvicorn_config).
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                                       ws=SendManyWebSocketProtocol))
     loop = asyncio.new_event_loop()
     failure: list[BaseException] = []
 

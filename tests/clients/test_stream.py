@@ -34,6 +34,7 @@ from fastapi import FastAPI
 from api.key_repository import ApiKeyRepository
 from api.ws import MarketHub, install_market_websocket
 from api.ws.protocol import CandleBar, format_levels
+from api.ws.server_protocol import SendManyWebSocketProtocol
 from infra.store.repository import MarketRepository
 from tests.api.conftest import NS, Market, TradeRow, new_account, token_for
 from tests.api.test_ws_support import Served, free_port, serve
@@ -172,7 +173,8 @@ async def test_a_restarted_server_is_reconnected_to(
     async def server(hub: MarketHub) -> AsyncIterator[FastAPI]:
         app = make_app(repository, key_repository)
         install_market_websocket(app, hub)
-        instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                                 ws=SendManyWebSocketProtocol))  # as `entasis api` serves
         task = asyncio.create_task(instance.serve())
         await settle(lambda: instance.started or task.done())
         try:
