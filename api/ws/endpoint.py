@@ -252,7 +252,8 @@ class _Connection:
     async def _send(self) -> None:
         queue = self.session.queue
         if SEND_MANY in self.websocket.scope.get("extensions", {}):
-            await self._send_many(queue)
+            await self._send_many(queue)  # returns only by raising, as the loop below
+            return
         send = self.websocket.send_text
         while True:
             for text in await queue.get():
