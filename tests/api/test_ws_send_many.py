@@ -17,18 +17,10 @@ from api.main import uvicorn_config
 from api.ws import MarketHub
 from api.ws.server_protocol import SEND_MANY, SendManyWebSocketProtocol
 from tests.api.conftest import new_account, test_api_settings, token_for
-from tests.api.test_ws_support import recv_json, send_json, serve
+from tests.api.test_ws_support import NoStore, recv_json, send_json, serve
 
 TS = 1_711_013_400_123_000_000
 BURST = 200  # below the queue's backlog bound (256), so no update is conflated away
-
-
-class NoStore:
-    def known_symbols(self) -> frozenset[str]:
-        return frozenset()
-
-    def close(self) -> None:
-        pass
 
 
 class RecordingProtocol(SendManyWebSocketProtocol):

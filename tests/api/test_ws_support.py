@@ -20,6 +20,17 @@ from api.ws import WS_PATH, MarketHub, install_market_websocket
 from api.ws.server_protocol import SendManyWebSocketProtocol
 
 
+class NoStore:
+    """A repository and key store for an app whose symbols come from the feed alone: no database
+    reads (the market and key repositories' only calls on a WebSocket path)."""
+
+    def known_symbols(self) -> frozenset[str]:
+        return frozenset()
+
+    def close(self) -> None:
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

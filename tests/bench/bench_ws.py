@@ -107,13 +107,7 @@ def run_server(port: int, bootstrap: str, tls_dir: str = "") -> None:
     from infra.config.collector import settle_garbage_collector
     from infra.config.settings import Settings
     from tests.api.conftest import test_api_settings
-
-    class NoStore:
-        def known_symbols(self) -> frozenset[str]:
-            return frozenset()
-
-        def close(self) -> None:
-            pass
+    from tests.api.test_ws_support import NoStore
 
     arrivals: list[float] = []
 

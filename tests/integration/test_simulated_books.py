@@ -16,23 +16,13 @@ from api.app import create_app
 from api.ws import MarketFeed, MarketHub
 from infra.cli.feeds import FeedResult, simulate_into
 from tests.api.conftest import new_account, test_api_settings, token_for
-from tests.api.test_ws_support import recv_json, send_json, serve
+from tests.api.test_ws_support import NoStore, recv_json, send_json, serve
 from tests.integration.conftest import Infra, start_worker
 from tests.integration.pipeline import prepare, scalar, wait_for
 
 pytestmark = pytest.mark.integration
 
 SYMBOL = "BTC-USDT"  # one of the default simulated symbols
-
-
-class NoStore:
-    """The feed's symbols are enough here; no database reads needed."""
-
-    def known_symbols(self) -> frozenset[str]:
-        return frozenset()
-
-    def close(self) -> None:
-        pass
 
 
 def check_book(message: dict[str, Any], depth: int) -> None:

@@ -18,20 +18,10 @@ from schemas.events import BookSnapshot, Side, Trade
 from schemas.symbols import stream_key
 from schemas.wire import encode_event, encode_trade_batch
 from tests.api.conftest import new_account, test_api_settings, token_for
-from tests.api.test_ws_support import recv_json, send_json, serve
+from tests.api.test_ws_support import NoStore, recv_json, send_json, serve
 from tests.integration.conftest import Infra
 
 pytestmark = pytest.mark.integration
-
-
-class NoStore:
-    """The feed's symbols are enough here; no database needed."""
-
-    def known_symbols(self) -> frozenset[str]:
-        return frozenset()
-
-    def close(self) -> None:
-        pass
 
 
 def trade(symbol: str, n: int, price: str, size: str) -> Trade:
